@@ -1,0 +1,69 @@
+"""The ``pointd`` command: one entry point that hands each subcommand to its layer.
+
+Each subcommand's module is imported only when it is asked for, so ``pointd relay`` on an
+internet host never imports the serial or USB stack, and a broken optional dependency of
+one part cannot stop another from starting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# subcommand words -> (module, function, one-line help). The function takes the remaining
+# arguments and returns the process exit code.
+SUBCOMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
+    ("run",): ("pointd.app.runtime", "main", "run the checkout daemon"),
+    ("relay",): ("pointd.relay.cli", "main", "run the webhook relay (internet side)"),
+    ("demo",): ("pointd.app.demo", "main", "run the whole product on simulators"),
+    ("sim", "cloud"): ("pointd.sim.cloud.cli", "main", "run the Mercado Pago cloud simulator"),
+    ("sim", "register"): ("pointd.sim.register.cli", "main", "run the cash register emulator"),
+    ("sim", "usb"): ("pointd.sim.usb", "main", "list the simulated USB devices"),
+}
+
+USAGE_EXIT = 2
+
+
+def _usage() -> str:
+    lines = ["usage: pointd <command> [options]", "", "commands:"]
+    for words, (_module, _function, help_text) in SUBCOMMANDS.items():
+        lines.append(f"  {' '.join(words):<14} {help_text}")
+    lines.append("")
+    lines.append("Run 'pointd <command> --help' for a command's options.")
+    return "\n".join(lines)
+
+
+def _resolve(argv: Sequence[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
+    for words, (module_name, function_name, _help) in sorted(
+        SUBCOMMANDS.items(), key=lambda item: -len(item[0])
+    ):
+        if tuple(argv[: len(words)]) == words:
+            module = importlib.import_module(module_name)
+            function: Callable[[list[str]], int] = getattr(module, function_name)
+            return function, list(argv[len(words) :])
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``pointd <command> ...``; print usage for anything unknown."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if args else USAGE_EXIT
+    if args[0] == "--version":
+        from pointd import __version__
+
+        print(f"pointd {__version__}")
+        return 0
+    resolved = _resolve(args)
+    if resolved is None:
+        print(f"pointd: unknown command {' '.join(args[:2])!r}\n", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return USAGE_EXIT
+    function, rest = resolved
+    return function(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

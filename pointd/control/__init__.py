@@ -1,0 +1,1 @@
+"""The technician's control socket (newline-delimited JSON over a unix socket) and pointctl."""

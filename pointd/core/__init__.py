@@ -1,0 +1,1 @@
+"""The pure payment core: sale state machine, handover gate, recovery decisions (no I/O)."""

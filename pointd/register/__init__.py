@@ -1,0 +1,1 @@
+"""Register messages, the register session and the cashier prompts catalogue."""

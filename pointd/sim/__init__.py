@@ -1,0 +1,1 @@
+"""Simulators shipped as a product feature: Mercado Pago cloud, cash register, USB devices."""

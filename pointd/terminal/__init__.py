@@ -1,0 +1,1 @@
+"""Point terminals at the checkout: USB discovery, hot-plug, identity, health."""

@@ -1,0 +1,1 @@
+"""Fixtures shared by every test area; each area adds its own conftest.py beside its tests."""
