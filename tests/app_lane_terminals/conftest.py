@@ -1,0 +1,162 @@
+"""Fixtures for the lane terminal service: a simulated USB bus, a fake device list, a clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pointd.app.lane_terminals import LaneSpec, LaneTerminals
+from pointd.core.states import LaneCondition
+from pointd.sim.usb.bus import FakeUsbBus
+from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
+
+USB_FIXTURES = Path(__file__).resolve().parents[2] / "hardware-fixtures" / "usb"
+
+GERTEC = "GERTEC_MP35P__8701016695109435"
+GERTEC_SERIAL = "8701016695109435"
+PAX = "PAX_A910__SMARTPOS1234345545"
+PAX_SERIAL = "1234345545"
+INGENICO = "INGENICO_MOVE2500__1123345670"
+
+
+@dataclass(frozen=True)
+class Device:
+    """An entry of the cloud's device list, shaped like pointd.cloud.port.TerminalView."""
+
+    id: str
+    operating_mode: str | None
+    store_id: object = "store-1"
+    pos_id: object = 7
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeCloud:
+    """The device list call: answers ``devices`` or raises while ``failing``."""
+
+    devices: list[Any] = field(default_factory=list)
+    failing: bool = False
+    calls: int = 0
+    fetched: asyncio.Queue[bool] = field(default_factory=asyncio.Queue)
+    mode_changes: list[tuple[str, str]] = field(default_factory=list)
+    mode_change_fails: bool = False
+
+    async def list_terminals(self) -> list[Any]:
+        self.calls += 1
+        self.fetched.put_nowait(not self.failing)
+        if self.failing:
+            raise ConnectionError("https://api.example/secret-path unreachable")
+        return list(self.devices)
+
+    async def set_operating_mode(self, device_id: str, mode: str) -> str:
+        self.mode_changes.append((device_id, mode))
+        if self.mode_change_fails:
+            raise TimeoutError("no answer")
+        return mode
+
+
+class GatedSleep:
+    """An injected sleep that records its delays and returns only when released."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._gate: asyncio.Queue[None] = asyncio.Queue()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self._gate.get()
+
+    def release(self) -> None:
+        self._gate.put_nowait(None)
+
+
+@dataclass
+class Harness:
+    """A LaneTerminals with its collaborators exposed to the test."""
+
+    lanes: LaneTerminals
+    cloud: FakeCloud
+    clock: Clock
+    watch: TerminalWatch | None
+    sleep: GatedSleep
+    busy: set[str]
+    announced: list[tuple[int, LaneCondition]]
+    changes: asyncio.Queue[tuple[int, LaneCondition]]
+
+
+Build = Callable[..., Harness]
+
+
+@pytest.fixture
+def bus() -> FakeUsbBus:
+    """An empty simulated bus that knows every shipped model."""
+    return FakeUsbBus.from_directory(USB_FIXTURES)
+
+
+@pytest.fixture
+def build(bus: FakeUsbBus) -> Build:
+    """Make a LaneTerminals wired as the composition root does, over the simulated bus."""
+
+    def make(
+        *specs: LaneSpec,
+        devices: list[Any] | None = None,
+        usb: bool = True,
+        hotplug: bool = False,
+        switch: bool = False,
+        refresh_interval: float = 300.0,
+    ) -> Harness:
+        cloud = FakeCloud(devices=list(devices or []))
+        clock = Clock()
+        sleep = GatedSleep()
+        busy: set[str] = set()
+        announced: list[tuple[int, LaneCondition]] = []
+        changes: asyncio.Queue[tuple[int, LaneCondition]] = asyncio.Queue()
+        holder: list[LaneTerminals] = []
+
+        def on_usb(change: TerminalChange) -> None:
+            holder[0].usb_changed(change)
+
+        def on_condition(lane: int, condition: LaneCondition) -> None:
+            announced.append((lane, condition))
+            changes.put_nowait((lane, condition))
+
+        watch = (
+            TerminalWatch(
+                bus.backend,
+                DEFAULT_VENDORS,
+                on_change=on_usb,
+                hotplug=bus.hotplug() if hotplug else None,
+            )
+            if usb
+            else None
+        )
+        lanes = LaneTerminals(
+            specs or (LaneSpec(1),),
+            catalog=DeviceCatalog(clock),
+            fetch_devices=cloud.list_terminals,
+            live_intent=lambda terminal_id: terminal_id in busy,
+            on_condition=on_condition,
+            watch=watch,
+            refresh_interval=refresh_interval,
+            sleep=sleep,
+            switch_to_pdv=switch,
+            set_operating_mode=cloud.set_operating_mode,
+        )
+        holder.append(lanes)
+        return Harness(lanes, cloud, clock, watch, sleep, busy, announced, changes)
+
+    return make
