@@ -107,7 +107,9 @@ def sign(secret: str, *, data_id: str | None, request_id: str | None, ts: str) -
     return f"ts={ts},v1={digest(secret, data_id=data_id, request_id=request_id, ts=ts)}"
 
 
-def id_candidates(query_data_id: str | None, body_id: str | None) -> list[tuple[IdSource, str | None]]:
+def id_candidates(
+    query_data_id: str | None, body_id: str | None
+) -> list[tuple[IdSource, str | None]]:
     """Every documented id reading, most specific first, without repeats."""
     candidates: list[tuple[IdSource, str | None]] = []
     seen: set[str | None] = set()

@@ -1,0 +1,602 @@
+"""The async HTTP client for Mercado Pago's Point Integration API and ``/v1/payments``.
+
+Theory of operation. Every call goes through one ``httpx.AsyncClient`` with a timeout per
+phase, and every failure is translated at this boundary into the tree of
+``pointd.cloud.errors``, keeping apart what provably did not reach Mercado Pago
+(``NotSent``) from what may have (``OutcomeUnknown``):
+
+- connect errors, connect and pool timeouts → ``NotSent``;
+- read/write timeouts, resets, protocol errors after the request was written →
+  ``OutcomeUnknown``; so is a 5xx answer to anything that is not a GET;
+- any other HTTP error status → the ``Rejected`` subclass for that status and call.
+
+Reads (GET) are retried here, with capped full-jitter back-off, honouring a 429's
+``Retry-After``, and intent reads are paced to one request per second per intent id.
+Writes are never retried here: a create, cancel or refund that may have arrived must be
+reconciled by the caller (by external_reference, the events endpoint, or a 409), which
+is a decision for the core, not for a transport.
+
+Time, sleeping and randomness are injected, so tests run the retry and pacing logic on a
+fake clock without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as random_module
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from pointd.cloud.errors import (
+    BadRequest,
+    CannotCancel,
+    DeviceBusy,
+    Forbidden,
+    InvalidRequest,
+    MalformedResponse,
+    NotFound,
+    NotSent,
+    OutcomeUnknown,
+    RateLimited,
+    Rejected,
+    ServerError,
+    Unauthorized,
+)
+from pointd.cloud.models import (
+    JSON,
+    Device,
+    DevicePage,
+    Integrator,
+    IntentEvent,
+    ModelError,
+    Payment,
+    PaymentIntent,
+    PaymentSearchPage,
+    RefundIntent,
+)
+from pointd.cloud.pacing import IntentGetPacer, backoff_delay, retry_after_seconds
+from pointd.cloud.sites import Site, SiteRuleViolation, check_create
+
+log = structlog.get_logger(__name__)
+
+Parsed = TypeVar("Parsed")
+
+DEFAULT_BASE_URL = "https://api.mercadopago.com"
+API = "/point/integration-api"
+
+# A store uplink that cannot finish TCP+TLS in 5 s is effectively down; failing fast lets
+# the register tell the cashier "card payments unavailable" instead of freezing.
+CONNECT_TIMEOUT = 5.0
+# Mercado Pago normally answers in well under 2 s; 15 s covers its slow tail while still
+# bounding how long a cashier waits for "outcome unknown" and reconciliation to start.
+READ_TIMEOUT = 15.0
+# Request bodies are a few hundred bytes; a write stalled this long means a dead link.
+WRITE_TIMEOUT = 10.0
+# Waiting for a free pooled connection happens before sending, so it is always NotSent;
+# a short bound keeps a burst of lanes from queueing behind a stuck connection.
+POOL_TIMEOUT = 2.0
+# One try plus three retries of a read: with the back-off cap this stays under ~15 s.
+MAX_GET_ATTEMPTS = 4
+DEVICE_PAGE_LIMIT = 50
+SEARCH_PAGE_LIMIT = 50
+# A loop guard for paging: no account has 50,000 terminals or matching payments.
+MAX_PAGES = 1000
+# GET /payment-intents/events refuses ranges longer than this (mercadopago-api.md §1.7).
+MAX_EVENTS_RANGE_DAYS = 30
+OPERATING_MODES = frozenset({"PDV", "STANDALONE"})
+DEVICE_EVENT_CHANNELS = frozenset({"email"})
+REFUND_TICKETS = frozenset({"SELLER_TICKET", "BUYER_TICKET"})
+# Orders-API rule, adopted for intents too: at most 64 of letters, digits, '-' and '_'.
+EXTERNAL_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Path parameters are opaque, but never empty, never with '/', and of sane length.
+PATH_ID = re.compile(r"[^/\s]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-phase timeouts in seconds (see the module constants for why each value)."""
+
+    connect: float = CONNECT_TIMEOUT
+    read: float = READ_TIMEOUT
+    write: float = WRITE_TIMEOUT
+    pool: float = POOL_TIMEOUT
+
+    def to_httpx(self) -> httpx.Timeout:
+        """The same values as an ``httpx.Timeout``."""
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+class CallKind(Enum):
+    """What a call does at Mercado Pago; decides retries and how errors map."""
+
+    READ = "read"  # GET: safe to repeat
+    CREATE = "create"  # creates an intent or refund intent: never repeated here
+    CANCEL = "cancel"  # DELETE of an intent or refund intent
+    UPDATE = "update"  # PATCH of a device or the integrator
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _path_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not PATH_ID.fullmatch(value):
+        raise InvalidRequest(f"{what} must be a non-empty id without '/' or spaces")
+    return quote(value, safe="")
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", ""
+    if not isinstance(body, Mapping):
+        return "", ""
+    error, message = body.get("error"), body.get("message")
+    return (
+        str(error) if isinstance(error, str | int) else "",
+        str(message)[:200] if isinstance(message, str) else "",
+    )
+
+
+class PointApiClient:
+    """Mercado Pago's Point Integration API and the Payments reads, as typed async calls."""
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str,
+        *,
+        site: Site = Site.MLA,
+        timeouts: Timeouts = Timeouts(),
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        random: Callable[[], float] = random_module.random,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_get_attempts: int = MAX_GET_ATTEMPTS,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not access_token:
+            raise InvalidRequest("an access token is required")
+        if max_get_attempts < 1:
+            raise InvalidRequest("max_get_attempts must be at least 1")
+        self.site = Site(site)
+        self._token = access_token
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self._max_get_attempts = max_get_attempts
+        self._pacer = IntentGetPacer()
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        headers.update(extra_headers or {})
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeouts.to_httpx(),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"PointApiClient(base_url={str(self._http.base_url)!r}, site={self.site.value!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- devices -----------------------------------------------------------------------
+
+    async def device_pages(
+        self, store_id: str | None = None, pos_id: int | None = None
+    ) -> AsyncIterator[DevicePage]:
+        """Yield every page of ``GET /devices``, filtered by store and POS when given."""
+        offset = 0
+        for _ in range(MAX_PAGES):
+            params: dict[str, str | int] = {"limit": DEVICE_PAGE_LIMIT, "offset": offset}
+            if store_id is not None:
+                params["store_id"] = store_id
+            if pos_id is not None:
+                params["pos_id"] = pos_id
+            body = await self._read(f"{API}/devices", params=params)
+            page = self._parse(DevicePage.from_json, body, CallKind.READ)
+            yield page
+            offset += len(page.devices)
+            if not page.devices or offset >= page.total:
+                return
+
+    async def list_devices(
+        self, store_id: str | None = None, pos_id: int | None = None
+    ) -> list[Device]:
+        """Every device of the account (all pages), optionally filtered."""
+        return [
+            device async for page in self.device_pages(store_id, pos_id) for device in page.devices
+        ]
+
+    async def set_operating_mode(self, device_id: str, mode: str) -> str:
+        """Ask for PDV or STANDALONE; it takes effect after the terminal restarts."""
+        if mode not in OPERATING_MODES:
+            raise InvalidRequest(f"operating_mode must be one of {sorted(OPERATING_MODES)}")
+        path = f"{API}/devices/{_path_id(device_id, 'device_id')}"
+        body = await self._write(
+            "PATCH", path, f"{API}/devices/{{device_id}}", {"operating_mode": mode}, CallKind.UPDATE
+        )
+        answered = body.get("operating_mode") if body else None
+        return str(answered) if isinstance(answered, str) else mode
+
+    # -- payment intents ---------------------------------------------------------------
+
+    async def create_payment_intent(
+        self,
+        device_id: str,
+        amount_cents: int,
+        external_reference: str,
+        *,
+        print_on_terminal: bool = True,
+        ticket_number: str | None = None,
+        description: str | None = None,
+        payment: Mapping[str, Any] | None = None,
+    ) -> PaymentIntent:
+        """Create an intent for a PDV terminal. Never retried: see the module docstring."""
+        device = _path_id(device_id, "device_id")
+        if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
+            external_reference
+        ):
+            raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+        try:
+            check_create(
+                self.site,
+                amount_cents,
+                ticket_number=ticket_number,
+                description=description,
+                payment=payment,
+            )
+        except SiteRuleViolation as exc:
+            raise InvalidRequest(str(exc)) from exc
+        info: dict[str, Any] = {
+            "external_reference": external_reference,
+            "print_on_terminal": print_on_terminal,
+        }
+        if ticket_number is not None:
+            info["ticket_number"] = ticket_number
+        request: dict[str, Any] = {"amount": amount_cents, "additional_info": info}
+        if description is not None:
+            request["description"] = description
+        if payment is not None:
+            request["payment"] = dict(payment)
+        body = await self._write(
+            "POST",
+            f"{API}/devices/{device}/payment-intents",
+            f"{API}/devices/{{device_id}}/payment-intents",
+            request,
+            CallKind.CREATE,
+        )
+        return self._parse(PaymentIntent.from_json, body, CallKind.CREATE)
+
+    async def get_payment_intent(self, intent_id: str) -> PaymentIntent:
+        """The intent's current state (paced to 1 request/second per intent)."""
+        path = f"{API}/payment-intents/{_path_id(intent_id, 'intent_id')}"
+        body = await self._read(path, template=f"{API}/payment-intents/{{id}}", pace_key=intent_id)
+        return self._parse(PaymentIntent.from_json, body, CallKind.READ)
+
+    async def cancel_payment_intent(self, device_id: str, intent_id: str) -> str:
+        """Cancel an intent that is still OPEN; CannotCancel once the terminal took it."""
+        device = _path_id(device_id, "device_id")
+        intent = _path_id(intent_id, "intent_id")
+        body = await self._write(
+            "DELETE",
+            f"{API}/devices/{device}/payment-intents/{intent}",
+            f"{API}/devices/{{device_id}}/payment-intents/{{id}}",
+            None,
+            CallKind.CANCEL,
+        )
+        answered = body.get("id") if body else None
+        return str(answered) if isinstance(answered, str | int) else intent_id
+
+    async def intent_events(self, start_date: date, end_date: date) -> list[IntentEvent]:
+        """Intents' latest states between two dates (inclusive, at most 30 days apart)."""
+        if not isinstance(start_date, date) or not isinstance(end_date, date):
+            raise InvalidRequest("start_date and end_date must be dates")
+        if isinstance(start_date, datetime) or isinstance(end_date, datetime):
+            raise InvalidRequest("start_date and end_date must be dates, not datetimes")
+        if end_date < start_date:
+            raise InvalidRequest("end_date is before start_date")
+        if (end_date - start_date).days > MAX_EVENTS_RANGE_DAYS:
+            raise InvalidRequest(f"the events range must not exceed {MAX_EVENTS_RANGE_DAYS} days")
+        params = {"startDate": start_date.isoformat(), "endDate": end_date.isoformat()}
+        body = await self._read(f"{API}/payment-intents/events", params=params)
+        raw = body.get("events")
+        if not isinstance(raw, list):
+            raise MalformedResponse("GET payment-intents/events: no 'events' array")
+        return [self._parse(IntentEvent.from_json, item, CallKind.READ) for item in raw]
+
+    async def last_intent_event(self, intent_id: str) -> IntentEvent:
+        """The latest state of one intent, from its events endpoint."""
+        path = f"{API}/payment-intents/{_path_id(intent_id, 'intent_id')}/events"
+        body = await self._read(
+            path, template=f"{API}/payment-intents/{{id}}/events", pace_key=intent_id
+        )
+        try:
+            return IntentEvent.from_json(body, payment_intent_id=intent_id)
+        except ModelError as exc:
+            raise MalformedResponse(f"GET payment-intents/{{id}}/events: {exc}") from exc
+
+    # -- integrator --------------------------------------------------------------------
+
+    async def get_integrator(self) -> Integrator:
+        """The integrator record, including device-event channels."""
+        body = await self._read(f"{API}/integrator")
+        return self._parse(Integrator.from_json, body, CallKind.READ)
+
+    async def patch_integrator(self, channels: Sequence[str]) -> None:
+        """Set the device-event channels (only "email" exists; active after ~30 min)."""
+        if isinstance(channels, str) or not set(channels) <= DEVICE_EVENT_CHANNELS:
+            raise InvalidRequest(
+                f"channels must be a list drawn from {sorted(DEVICE_EVENT_CHANNELS)}"
+            )
+        await self._write(
+            "PATCH",
+            f"{API}/integrator",
+            f"{API}/integrator",
+            {"event_channel_devices": list(channels)},
+            CallKind.UPDATE,
+        )
+
+    # -- refund intents ----------------------------------------------------------------
+
+    async def create_refund_intent(
+        self,
+        device_id: str,
+        payment_id: str,
+        *,
+        print_on_terminal: Sequence[str] = ("SELLER_TICKET", "BUYER_TICKET"),
+    ) -> RefundIntent:
+        """Send a full refund of a Point payment to the terminal that took it. Never retried."""
+        device = _path_id(device_id, "device_id")
+        if not isinstance(payment_id, str) or not payment_id.isdigit():
+            raise InvalidRequest("payment_id must be a numeric string")
+        if isinstance(print_on_terminal, str) or not set(print_on_terminal) <= REFUND_TICKETS:
+            raise InvalidRequest(f"print_on_terminal must be drawn from {sorted(REFUND_TICKETS)}")
+        body = await self._write(
+            "POST",
+            f"{API}/devices/{device}/refund",
+            f"{API}/devices/{{device_id}}/refund",
+            {
+                "payment_id": payment_id,
+                "additional_info": {"print_on_terminal": list(print_on_terminal)},
+            },
+            CallKind.CREATE,
+        )
+        return self._parse(RefundIntent.from_json, body, CallKind.CREATE)
+
+    async def get_refund_intent(self, refund_intent_id: str) -> RefundIntent:
+        """A refund intent's current state."""
+        path = f"{API}/refund/{_path_id(refund_intent_id, 'refund_intent_id')}"
+        body = await self._read(path, template=f"{API}/refund/{{id}}", pace_key=refund_intent_id)
+        return self._parse(RefundIntent.from_json, body, CallKind.READ)
+
+    async def cancel_refund_intent(self, device_id: str, refund_intent_id: str) -> str:
+        """Cancel a refund intent still OPEN; CannotCancel once the terminal took it."""
+        device = _path_id(device_id, "device_id")
+        refund = _path_id(refund_intent_id, "refund_intent_id")
+        body = await self._write(
+            "DELETE",
+            f"{API}/devices/{device}/refund/{refund}",
+            f"{API}/devices/{{device_id}}/refund/{{id}}",
+            None,
+            CallKind.CANCEL,
+        )
+        answered = body.get("id") if body else None
+        return str(answered) if isinstance(answered, str | int) else refund_intent_id
+
+    # -- payments ----------------------------------------------------------------------
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        """``GET /v1/payments/{id}``: the authority on status, amount and collector."""
+        if not isinstance(payment_id, str) or not payment_id.isdigit():
+            raise InvalidRequest("payment_id must be a numeric string")
+        body = await self._read(f"/v1/payments/{payment_id}", template="/v1/payments/{id}")
+        return self._parse(Payment.from_json, body, CallKind.READ)
+
+    async def search_payments(
+        self,
+        external_reference: str,
+        *,
+        begin_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> list[Payment]:
+        """Every payment carrying ``external_reference`` (all pages), newest first."""
+        if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
+            external_reference
+        ):
+            raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+        params: dict[str, str | int] = {
+            "external_reference": external_reference,
+            "sort": "date_created",
+            "criteria": "desc",
+            "limit": SEARCH_PAGE_LIMIT,
+        }
+        if begin_date is not None or end_date is not None:
+            if begin_date is None or end_date is None:
+                raise InvalidRequest("give both begin_date and end_date, or neither")
+            params |= {
+                "range": "date_created",
+                "begin_date": begin_date.isoformat(),
+                "end_date": end_date.isoformat(),
+            }
+        found: list[Payment] = []
+        for _ in range(MAX_PAGES):
+            params["offset"] = len(found)
+            body = await self._read("/v1/payments/search", params=params)
+            page = self._parse(PaymentSearchPage.from_json, body, CallKind.READ)
+            found.extend(page.results)
+            if not page.results or len(found) >= page.total:
+                break
+        return found
+
+    # -- transport ---------------------------------------------------------------------
+
+    async def _read(
+        self,
+        path: str,
+        *,
+        template: str | None = None,
+        params: Mapping[str, str | int] | None = None,
+        pace_key: str | None = None,
+    ) -> JSON:
+        template = template or path
+        last_error: Exception | None = None
+        for attempt in range(self._max_get_attempts):
+            final = attempt == self._max_get_attempts - 1
+            if pace_key is not None:
+                wait = self._pacer.reserve(pace_key, self._clock())
+                if wait > 0:
+                    await self._sleep(wait)
+            try:
+                response = await self._send("GET", path, template, params=params, attempt=attempt)
+            except (NotSent, OutcomeUnknown) as exc:
+                if final:
+                    raise
+                last_error = exc
+                await self._sleep(backoff_delay(attempt, self._random()))
+                continue
+            if response.status_code == 429:
+                limited = self._rejection(response, CallKind.READ, template)
+                if final:
+                    raise limited
+                assert isinstance(limited, RateLimited)
+                await self._sleep(limited.retry_after)
+                continue
+            if response.status_code >= 500:
+                if final:
+                    raise self._rejection(response, CallKind.READ, template)
+                await self._sleep(backoff_delay(attempt, self._random()))
+                continue
+            return self._body(response, CallKind.READ, template)
+        raise AssertionError("unreachable: the last attempt raises or returns") from last_error
+
+    async def _write(
+        self, method: str, path: str, template: str, payload: JSON | None, kind: CallKind
+    ) -> JSON:
+        response = await self._send(method, path, template, json=payload, attempt=0)
+        return self._body(response, kind, template)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: JSON | None = None,
+        attempt: int,
+    ) -> httpx.Response:
+        started = self._clock()
+        try:
+            response = await self._http.request(method, path, params=params, json=json)
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.UnsupportedProtocol,
+        ) as exc:
+            log.warning(
+                "cloud.call_failed",
+                method=method,
+                path=template,
+                attempt=attempt,
+                error=type(exc).__name__,
+                sent=False,
+            )
+            raise NotSent(f"{method} {template}: not sent ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            log.warning(
+                "cloud.call_failed",
+                method=method,
+                path=template,
+                attempt=attempt,
+                error=type(exc).__name__,
+                sent="unknown",
+            )
+            raise OutcomeUnknown(f"{method} {template}: no answer ({type(exc).__name__})") from None
+        log.info(
+            "cloud.call",
+            method=method,
+            path=template,
+            status=response.status_code,
+            duration_ms=round((self._clock() - started) * 1000, 1),
+            attempt=attempt,
+        )
+        return response
+
+    def _body(self, response: httpx.Response, kind: CallKind, template: str) -> JSON:
+        status = response.status_code
+        if 200 <= status < 300:
+            if status == 204 or not response.content:
+                return {}
+            try:
+                body = response.json()
+            except ValueError:
+                raise MalformedResponse(
+                    f"{template}: answer {status} is not JSON", status=status
+                ) from None
+            if not isinstance(body, Mapping):
+                raise MalformedResponse(
+                    f"{template}: answer {status} is not a JSON object", status=status
+                )
+            return body
+        if status >= 500 and kind is not CallKind.READ:
+            raise OutcomeUnknown(
+                f"{template}: answered {status}; the change may have happened", status=status
+            )
+        raise self._rejection(response, kind, template)
+
+    def _rejection(self, response: httpx.Response, kind: CallKind, template: str) -> Rejected:
+        status = response.status_code
+        error, message = _error_fields(response)
+        message = message.replace(self._token, "***") if message else f"{template} refused"
+        error = error.replace(self._token, "***")
+        if status == 429:
+            wait = retry_after_seconds(response.headers.get("retry-after"))
+            return RateLimited(status, error or "too_many_requests", message, retry_after=wait)
+        if status >= 500:
+            return ServerError(status, error or "internal_error", message)
+        by_status: dict[int, type[Rejected]] = {
+            400: BadRequest,
+            401: Unauthorized,
+            403: Forbidden,
+            404: NotFound,
+        }
+        if status == 409 and kind is CallKind.CREATE:
+            return DeviceBusy(status, error or "conflict_error", message)
+        if status == 409 and kind is CallKind.CANCEL:
+            return CannotCancel(status, error or "conflict_error", message)
+        return by_status.get(status, Rejected)(status, error, message)
+
+    def _parse(self, parse: Callable[[JSON], Parsed], body: object, kind: CallKind) -> Parsed:
+        if not isinstance(body, Mapping):
+            raise MalformedResponse(f"{kind.value}: an element is not a JSON object")
+        try:
+            return parse(body)
+        except ModelError as exc:
+            raise MalformedResponse(f"{kind.value}: {exc}") from exc

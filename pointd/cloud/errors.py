@@ -1,0 +1,99 @@
+"""The one error tree of the Mercado Pago cloud client.
+
+What a caller must decide after a failed call is whether the request may have changed
+something at Mercado Pago. The tree answers that first::
+
+    CloudError
+    ├── InvalidRequest        refused locally (site rules, bad argument): nothing was sent
+    ├── NotSent               connect failure, DNS, pool timeout: nothing reached Mercado Pago,
+    │                         a retry is safe
+    ├── OutcomeUnknown        the request may have arrived: read/write timeout, reset, a 5xx
+    │   │                     answer to a create/cancel/refund; reconcile before retrying
+    │   └── MalformedResponse a 2xx whose body we cannot read
+    └── Rejected              Mercado Pago answered and refused (status, error, message)
+        ├── BadRequest        400
+        ├── Unauthorized      401
+        ├── Forbidden         403
+        ├── NotFound          404
+        ├── DeviceBusy        409 on a create: the device already has a queued intent
+        ├── CannotCancel      409 on a cancel: the intent left OPEN (cancel on the device)
+        ├── RateLimited       429, with the server's Retry-After in seconds
+        └── ServerError       5xx on a GET, after the retries were used up
+
+For a GET, OutcomeUnknown only means "no answer": reads change nothing. A 409 or 424 on
+other calls is a plain ``Rejected``. No message in this tree ever contains the access
+token: the client builds messages from the method, the path template and Mercado Pago's
+own ``message`` field, and scrubs the token from the latter in case it was echoed.
+"""
+
+from __future__ import annotations
+
+
+class CloudError(Exception):
+    """Root of every error raised by pointd.cloud."""
+
+
+class InvalidRequest(CloudError, ValueError):
+    """The call was refused before sending (site rules or a malformed argument)."""
+
+
+class NotSent(CloudError):
+    """The request never reached Mercado Pago; repeating it is safe."""
+
+
+class OutcomeUnknown(CloudError):
+    """The request may have been processed; reconcile before trying again."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MalformedResponse(OutcomeUnknown):
+    """A 2xx answer whose body is not the documented shape."""
+
+
+class Rejected(CloudError):
+    """Mercado Pago answered with an error; the request had no effect."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class BadRequest(Rejected):
+    """400: a field or parameter was refused."""
+
+
+class Unauthorized(Rejected):
+    """401: the access token is missing, invalid or expired."""
+
+
+class Forbidden(Rejected):
+    """403: integrator not registered, device not owned, or nobody logged into it."""
+
+
+class NotFound(Rejected):
+    """404: no such device, intent or payment (intents: 3 months of history only)."""
+
+
+class DeviceBusy(Rejected):
+    """409 on create: the device already has a queued (non-final) intent."""
+
+
+class CannotCancel(Rejected):
+    """409 on cancel: the terminal already took the intent; cancel it on the device."""
+
+
+class RateLimited(Rejected):
+    """429: too many requests; ``retry_after`` is the wait Mercado Pago asked for."""
+
+    def __init__(self, status: int, error: str, message: str, *, retry_after: float) -> None:
+        super().__init__(status, error, message)
+        self.retry_after = retry_after
+
+
+class ServerError(Rejected):
+    """5xx on a read, after every retry was used."""
