@@ -1,0 +1,468 @@
+"""One register lane's session: handshake, request correlation and the prompts the engine pushes.
+
+Theory of operation
+-------------------
+``RegisterSession.run(link)`` runs the link and reads its events. Each connection starts
+without a handshake; until the register's HELLO is answered, requests get ERROR
+``hello_required``. Payloads are decoded with ``pointd.register.messages``; a bad one is
+answered with ERROR and its code, never dropped silently.
+
+The session keeps the protocol's promises that do not need the journal:
+
+* one sale at a time per lane — a SALE with a new correlation id while another sale is
+  open is refused (``Refusal.LANE_BUSY``) without reaching the handler;
+* a SALE repeated with a known correlation id and the same amount is the same sale: the
+  handler is not called again and the register gets the latest messages of that sale
+  again; the same id with another amount is ERROR ``id_reused``. The memory is bounded
+  and lives only as long as the process, so the engine must also refuse a correlation id
+  its journal already holds;
+* after a HELLO the current screen is sent again, because a register that reconnected has
+  lost it.
+
+The handler (the daemon's engine) is called once per accepted request, each call in its
+own task so that a slow SALE does not hold up a CANCEL. It answers StatusQuery with a
+``SaleStatus`` and HandoverCheck with a ``HandoverDecision`` built from the journal; for
+the other requests it returns None or a ``RequestRejected``.
+
+``show_state`` / ``show_refusal`` / ``show_condition`` never raise on link trouble: the
+register recovers the truth with STATUS after reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from pointd.core.states import (
+    FINAL_STATES,
+    HANDOVER_ALLOWED_STATES,
+    LaneCondition,
+    Refusal,
+    SaleState,
+)
+from pointd.link.driver import LinkEvent, LinkLost, LinkUp
+from pointd.link.errors import LinkError
+from pointd.register import messages as msg
+from pointd.register.prompts import LANGUAGES, Subject, prompt_for
+
+log = structlog.get_logger(__name__)
+
+# Sales remembered for duplicate detection: far more than a lane does between restarts of
+# its register, small enough to never matter for memory.
+SALE_MEMORY = 256
+
+_HOLD_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
+_OUTCOMES = {
+    SaleState.DECLINED: msg.Outcome.DECLINED,
+    SaleState.CANCELED: msg.Outcome.CANCELED,
+    SaleState.FAILED: msg.Outcome.ERROR,
+    SaleState.ABANDONED: msg.Outcome.ABANDONED,
+}
+
+
+# --- what the engine receives ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaleRequest:
+    """The register asks to take ``amount_cents`` by card."""
+
+    correlation_id: str
+    amount_cents: int
+    terminal_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """The register asks to cancel the sale."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """The register asks what happened to the sale."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class HandoverCheck:
+    """The register asks whether the goods may leave."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class HandoverDone:
+    """The register reports that the goods left."""
+
+    correlation_id: str
+
+
+RegisterRequest = SaleRequest | CancelRequest | StatusQuery | HandoverCheck | HandoverDone
+
+
+# --- what the engine answers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaleStatus:
+    """Where a sale stands, from the journal; ``state`` None means no such sale."""
+
+    correlation_id: str
+    state: SaleState | None
+    amount_cents: int | None = None
+    payment_id: str | None = None
+    card_last4: str | None = None
+
+
+@dataclass(frozen=True)
+class HandoverDecision:
+    """The answer to HandoverCheck."""
+
+    correlation_id: str
+    allowed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestRejected:
+    """The request cannot be acted on; sent to the register as ERROR."""
+
+    correlation_id: str | None
+    code: msg.ErrorCode
+    text: str
+
+
+Reply = SaleStatus | HandoverDecision | RequestRejected
+Handler = Callable[[RegisterRequest], Awaitable[Reply | None]]
+
+
+class RegisterLink(Protocol):
+    """What the session needs of a link (``pointd.link.driver.LinkDriver`` is one)."""
+
+    async def run(self) -> None:
+        """Open and keep the link open until close()."""
+        ...
+
+    async def send(self, payload: bytes) -> None:
+        """Send one payload and wait for its ACK."""
+        ...
+
+    async def next_event(self) -> LinkEvent:
+        """The next LinkUp, PayloadReceived or LinkLost."""
+        ...
+
+    def close(self) -> None:
+        """Stop the link."""
+        ...
+
+
+def status_reply(status: SaleStatus) -> msg.StatusReply:
+    """The STATUS_REPLY message for the engine's answer."""
+    if status.state is None:
+        return msg.StatusReply(status.correlation_id, msg.UNKNOWN_STATE, handover=False)
+    return msg.StatusReply(
+        status.correlation_id,
+        status.state.value,
+        handover=status.state in HANDOVER_ALLOWED_STATES,
+        amount_cents=status.amount_cents,
+        payment_id=status.payment_id,
+        card_last4=status.card_last4,
+    )
+
+
+class RegisterSession:
+    """The daemon's side of one register lane."""
+
+    def __init__(self, lane: int, language: str, handler: Handler) -> None:
+        if language not in LANGUAGES:
+            raise ValueError(f"language must be one of {', '.join(LANGUAGES)}")
+        self.lane = lane
+        self.language = language
+        self._handler = handler
+        self._link: RegisterLink | None = None
+        self._hello_done = False
+        self._sales: OrderedDict[str, int] = OrderedDict()
+        self._latest: OrderedDict[str, tuple[msg.DaemonMessage, ...]] = OrderedDict()
+        self._open_sale: str | None = None
+        self._held: set[str] = set()
+        self._screen: msg.Display | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def register_connected(self) -> bool:
+        """True while the register's HELLO on the current connection has been answered."""
+        return self._hello_done
+
+    @property
+    def open_sale(self) -> str | None:
+        """The correlation id of the sale in progress on this lane, if any."""
+        return self._open_sale
+
+    async def run(self, link: RegisterLink) -> None:
+        """Run the link and serve the register until stop(); survives reconnects."""
+        self._link = link
+        runner = asyncio.create_task(link.run(), name=f"register-link-{self.lane}")
+        consumer = asyncio.create_task(self._consume(link), name=f"register-session-{self.lane}")
+        try:
+            done, _pending = await asyncio.wait(
+                {runner, consumer}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()
+        finally:
+            link.close()
+            consumer.cancel()
+            for task in (runner, consumer, *self._tasks):
+                if task is not runner:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LinkError):
+                    await task
+
+    def stop(self) -> None:
+        """Make run() return."""
+        if self._link is not None:
+            self._link.close()
+
+    # --- pushing state to the register ----------------------------------------------------
+
+    async def show_state(
+        self,
+        correlation_id: str,
+        state: SaleState,
+        payment_id: str | None = None,
+        amount_cents: int | None = None,
+        card_last4: str | None = None,
+    ) -> None:
+        """Show the sale's state and send the RESULT, HOLD or RELEASE it implies."""
+        messages: list[msg.DaemonMessage] = [self._display(state, correlation_id)]
+        if state in _HOLD_STATES:
+            self._held.add(correlation_id)
+            messages.append(msg.Hold(correlation_id, state.value))
+        elif state is SaleState.APPROVED:
+            if correlation_id in self._held:
+                messages.append(msg.Release(correlation_id, "approved"))
+            messages.append(
+                msg.Result(
+                    correlation_id, msg.Outcome.APPROVED, amount_cents, payment_id, card_last4
+                )
+            )
+        elif state is SaleState.OVERRIDDEN:
+            messages.append(msg.Release(correlation_id, "override"))
+            messages.append(
+                msg.Result(
+                    correlation_id,
+                    msg.Outcome.APPROVED,
+                    amount_cents,
+                    payment_id,
+                    card_last4,
+                    reason="override",
+                )
+            )
+        elif state in _OUTCOMES:
+            messages.append(
+                msg.Result(
+                    correlation_id,
+                    _OUTCOMES[state],
+                    amount_cents,
+                    payment_id,
+                    card_last4,
+                    reason=state.value,
+                )
+            )
+        if state in FINAL_STATES or state is SaleState.APPROVED:
+            self._held.discard(correlation_id)
+            if self._open_sale == correlation_id:
+                self._open_sale = None
+        await self._push(correlation_id, messages)
+
+    async def show_refusal(self, correlation_id: str, refusal: Refusal) -> None:
+        """Tell the register its sale was refused before anything reached Mercado Pago."""
+        if self._open_sale == correlation_id:
+            self._open_sale = None
+        messages: list[msg.DaemonMessage] = [
+            self._display(refusal, correlation_id),
+            msg.Result(correlation_id, msg.Outcome.REFUSED, reason=refusal.value),
+        ]
+        await self._push(correlation_id, messages)
+
+    async def show_condition(self, condition: LaneCondition) -> None:
+        """Show the lane's standing while no sale is in progress."""
+        display = self._display(condition, None)
+        self._screen = display
+        await self._send(display)
+
+    def _display(self, subject: Subject, correlation_id: str | None) -> msg.Display:
+        prompt = prompt_for(subject, self.language)
+        return msg.Display(prompt.lines, prompt.severity, self.language, correlation_id)
+
+    async def _push(self, correlation_id: str, messages: list[msg.DaemonMessage]) -> None:
+        self._latest[correlation_id] = tuple(messages)
+        self._latest.move_to_end(correlation_id)
+        while len(self._latest) > SALE_MEMORY:
+            self._latest.popitem(last=False)
+        display = messages[0]
+        if isinstance(display, msg.Display):
+            self._screen = display
+        for message in messages:
+            await self._send(message)
+
+    async def _send(self, message: msg.DaemonMessage) -> None:
+        link = self._link
+        if link is None:
+            log.warning("register.not_running", lane=self.lane, message=type(message).__name__)
+            return
+        try:
+            await link.send(message.to_payload())
+        except LinkError as exc:
+            log.warning(
+                "register.send_failed",
+                lane=self.lane,
+                message=type(message).__name__,
+                error=str(exc),
+            )
+
+    # --- serving the register -----------------------------------------------------------
+
+    async def _consume(self, link: RegisterLink) -> None:
+        while True:
+            event = await link.next_event()
+            if isinstance(event, LinkUp):
+                self._hello_done = False
+                log.info("register.link_up", lane=self.lane, generation=event.generation)
+            elif isinstance(event, LinkLost):
+                self._hello_done = False
+                log.warning("register.link_lost", lane=self.lane, reason=event.reason)
+            else:
+                self._on_payload(event.payload)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reject(self, code: msg.ErrorCode, text: str, correlation_id: str | None) -> None:
+        log.info("register.request_rejected", lane=self.lane, code=code.value, id=correlation_id)
+        self._spawn(self._send(msg.Error(code, text, correlation_id)))
+
+    def _on_payload(self, payload: bytes) -> None:
+        try:
+            message = msg.decode_message(payload)
+        except msg.MessageError as exc:
+            self._reject(exc.code, exc.text, exc.correlation_id)
+            return
+        if isinstance(message, msg.Hello):
+            self._on_hello(message)
+            return
+        if not isinstance(message, msg.RegisterMessage):
+            self._reject(
+                msg.ErrorCode.WRONG_DIRECTION,
+                f"{type(message).__name__} is sent by the daemon, not to it",
+                getattr(message, "correlation_id", None),
+            )
+            return
+        if not self._hello_done:
+            self._reject(msg.ErrorCode.HELLO_REQUIRED, "send HELLO first", message.correlation_id)
+            return
+        if isinstance(message, msg.Sale):
+            self._on_sale(message)
+        elif isinstance(message, msg.Cancel):
+            self._spawn(self._call(CancelRequest(message.correlation_id)))
+        elif isinstance(message, msg.Status):
+            self._spawn(self._call(StatusQuery(message.correlation_id)))
+        elif isinstance(message, msg.HandoverCheck):
+            self._spawn(self._call(HandoverCheck(message.correlation_id)))
+        else:
+            self._spawn(self._call(HandoverDone(message.correlation_id)))
+
+    def _on_hello(self, hello: msg.Hello) -> None:
+        majors = {int(version.split(".")[0]) for version in hello.versions}
+        if not majors & msg.SUPPORTED_MAJOR_VERSIONS:
+            self._reject(
+                msg.ErrorCode.UNSUPPORTED_VERSION,
+                f"this daemon speaks {msg.PROTOCOL_VERSION}",
+                None,
+            )
+            return
+        self._hello_done = True
+        log.info("register.hello", lane=self.lane, versions=",".join(hello.versions))
+        reply = msg.HelloReply(msg.PROTOCOL_VERSION, self.lane, self.language)
+
+        async def answer() -> None:
+            await self._send(reply)
+            if self._screen is not None:
+                await self._send(self._screen)
+
+        self._spawn(answer())
+
+    def _on_sale(self, sale: msg.Sale) -> None:
+        known_amount = self._sales.get(sale.correlation_id)
+        if known_amount is not None:
+            if known_amount != sale.amount_cents:
+                self._reject(
+                    msg.ErrorCode.ID_REUSED,
+                    "this correlation id belongs to a sale of another amount",
+                    sale.correlation_id,
+                )
+                return
+            log.info("register.sale_repeated", lane=self.lane, id=sale.correlation_id)
+            latest = self._latest.get(sale.correlation_id, ())
+            self._spawn(self._resend(latest))
+            return
+        if self._open_sale is not None:
+            self._spawn(self.show_refusal(sale.correlation_id, Refusal.LANE_BUSY))
+            return
+        self._sales[sale.correlation_id] = sale.amount_cents
+        while len(self._sales) > SALE_MEMORY:
+            self._sales.popitem(last=False)
+        self._open_sale = sale.correlation_id
+        log.info("register.sale", lane=self.lane, id=sale.correlation_id, amount=sale.amount_cents)
+        request = SaleRequest(sale.correlation_id, sale.amount_cents, sale.terminal_id)
+        self._spawn(self._call(request))
+
+    async def _resend(self, messages: tuple[msg.DaemonMessage, ...]) -> None:
+        for message in messages:
+            await self._send(message)
+
+    async def _call(self, request: RegisterRequest) -> None:
+        try:
+            reply = await self._handler(request)
+        except Exception:
+            log.exception("register.handler_failed", lane=self.lane, request=type(request).__name__)
+            if isinstance(request, SaleRequest) and self._open_sale == request.correlation_id:
+                self._open_sale = None
+            await self._send(
+                msg.Error(
+                    msg.ErrorCode.INTERNAL,
+                    "daemon error; ask STATUS later",
+                    request.correlation_id,
+                )
+            )
+            return
+        answer = self._answer(request, reply)
+        if answer is not None:
+            await self._send(answer)
+
+    def _answer(self, request: RegisterRequest, reply: Reply | None) -> msg.DaemonMessage | None:
+        cid = request.correlation_id
+        if isinstance(reply, RequestRejected):
+            if isinstance(request, SaleRequest) and self._open_sale == cid:
+                self._open_sale = None
+                self._sales.pop(cid, None)
+            return msg.Error(reply.code, reply.text, reply.correlation_id or cid)
+        if isinstance(request, StatusQuery):
+            status = reply if isinstance(reply, SaleStatus) else SaleStatus(cid, None)
+            return status_reply(status)
+        if isinstance(request, HandoverCheck):
+            if isinstance(reply, HandoverDecision):
+                return msg.HandoverReply(cid, reply.allowed, reply.reason)
+            return msg.HandoverReply(cid, allowed=False, reason=msg.UNKNOWN_STATE)
+        return None
