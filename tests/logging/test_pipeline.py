@@ -1,0 +1,171 @@
+"""configure_logging: renderer choice, timestamps, levels, and stdlib libraries on one pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+import uvicorn
+
+from pointd.logging import configure_logging, register_secret
+
+from .conftest import Configure
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+PTY_READ_TIMEOUT = 5.0  # generous: the bytes are already written when we read
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_json_lines_lead_with_time_level_logger_and_event(configure: Configure) -> None:
+    stream = configure("json")
+    structlog.get_logger("pointd.core").info("sale started", lane=3, amount_cents=1500)
+    (line,) = json_lines(stream.getvalue())
+    assert list(line)[:4] == ["timestamp", "level", "logger", "event"]
+    assert ISO_UTC.fullmatch(line["timestamp"])
+    assert line | {"timestamp": None} == {
+        "timestamp": None,
+        "level": "info",
+        "logger": "pointd.core",
+        "event": "sale started",
+        "lane": 3,
+        "amount_cents": 1500,
+    }
+
+
+def test_auto_renders_json_when_the_stream_is_not_a_terminal(configure: Configure) -> None:
+    stream = configure("auto")
+    structlog.get_logger("t").info("hello", n=1)
+    assert json_lines(stream.getvalue())[0]["event"] == "hello"
+
+
+def test_console_format_is_human_readable(configure: Configure) -> None:
+    stream = configure("console")
+    structlog.get_logger("t").warning("terminal offline", lane=2)
+    out = stream.getvalue()
+    assert "terminal offline" in out
+    assert "lane=2" in out
+    assert "warning" in out
+    assert ISO_UTC.match(out)
+    assert not ANSI.search(out)  # colours only on a real terminal
+
+
+@pytest.fixture
+def pty_stream() -> Iterator[tuple[Any, int]]:
+    master, slave = os.openpty()
+    stream = os.fdopen(slave, "w", encoding="utf-8")
+    yield stream, master
+    stream.close()
+    os.close(master)
+
+
+def read_pty(master: int) -> str:
+    chunks = b""
+    while select.select([master], [], [], PTY_READ_TIMEOUT if not chunks else 0.05)[0]:
+        chunks += os.read(master, 65536)
+    return chunks.decode()
+
+
+def test_auto_renders_for_people_on_a_real_terminal_and_still_redacts(
+    configure: Configure, pty_stream: tuple[Any, int]
+) -> None:
+    stream, master = pty_stream
+    secret = f"APP_USR-{secrets.token_hex(12)}"
+    register_secret(secret)
+    configure_logging("info", "auto", stream)
+    structlog.get_logger("t").info("on a tty", token=secret, note=f"used {secret}")
+    stream.flush()
+    out = read_pty(master)
+    plain = ANSI.sub("", out)
+    assert ANSI.search(out)  # colours on a terminal
+    assert "on a tty" in plain
+    assert not plain.lstrip().startswith("{")
+    assert secret not in out
+    assert "token=[redacted]" in plain
+
+
+def test_levels_filter_structlog_and_stdlib_alike(configure: Configure) -> None:
+    stream = configure("json", "warning")
+    log = structlog.get_logger("pointd.x")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    logging.getLogger("httpx").info("library chatter")
+    logging.getLogger("uvicorn.error").error("library error")
+    assert [line["event"] for line in json_lines(stream.getvalue())] == ["w", "library error"]
+
+
+def test_reconfiguring_replaces_the_handler_instead_of_adding_one(configure: Configure) -> None:
+    first = configure("json")
+    second = configure("json")
+    structlog.get_logger("t").info("once")
+    assert first.getvalue() == ""
+    assert len(json_lines(second.getvalue())) == 1
+
+
+def test_loggers_created_before_configuration_follow_it(configure: Configure) -> None:
+    early = structlog.get_logger("pointd.early")
+    stream = configure("json")
+    early.info("late config")
+    assert json_lines(stream.getvalue())[0]["logger"] == "pointd.early"
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("verbose", "json"), ("info", "xml")])
+def test_bad_arguments_are_refused(level: str, fmt: str) -> None:
+    with pytest.raises(ValueError, match="must be one of"):
+        configure_logging(level, fmt)
+
+
+def test_python_warnings_are_logged(configure: Configure) -> None:
+    import warnings
+
+    stream = configure("json")
+    warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+    (line,) = json_lines(stream.getvalue())
+    assert line["logger"] == "py.warnings"
+    assert "deprecated thing" in line["event"]
+
+
+async def test_uvicorn_and_httpx_records_take_the_same_path(configure: Configure) -> None:
+    stream = configure("json", "info")
+    token = f"APP_USR-{secrets.token_hex(12)}"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    # A socket listening before the server starts: connections wait in its backlog.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/hook?access_token={token}")
+    assert response.status_code == 200
+    server.should_exit = True
+    await asyncio.wait_for(serving, timeout=10)
+    listener.close()
+
+    out = stream.getvalue()
+    assert token not in out
+    lines = json_lines(out)
+    by_logger = {line["logger"]: line["event"] for line in lines}
+    assert "access_token=[redacted]" in by_logger["httpx"]
+    assert "access_token=[redacted]" in by_logger["uvicorn.access"]
+    assert all(ISO_UTC.fullmatch(line["timestamp"]) for line in lines)
