@@ -28,7 +28,6 @@ reach a log line even by accident.
 ``examples/``; a test keeps those files in step with the schemas.
 """
 
-# ruff: noqa: RUF009 - option() returns a dataclasses.field, which ruff cannot see through
 
 from __future__ import annotations
 

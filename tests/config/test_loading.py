@@ -1,6 +1,5 @@
 """load_config and friends: every problem class is reported, all at once, by file and key."""
 
-# ruff: noqa: RUF009 - option() returns a dataclasses.field
 
 from __future__ import annotations
 
