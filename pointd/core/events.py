@@ -1,0 +1,356 @@
+"""The core's inputs: frozen, past-tense events and their JSON form for the journal.
+
+Every event is a fact the engine observed (the register asked, Mercado Pago answered, a
+timer fired, a supervisor decided). The journal stores each one as JSON *before* the core's
+effects for it run, and replaying the stored events through ``step`` rebuilds the state, so
+the JSON form is a contract: ``event_from_json(e.to_json()) == e`` for every event, and
+decoding refuses unknown kinds, unknown or missing fields and wrongly typed values.
+
+Identifiers from Mercado Pago (payment ids, collector ids) travel as strings even where
+the API sends numbers; the engine normalises them before building an event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Union
+
+from pointd.core.errors import EventDecodeError
+from pointd.core.states import Refusal
+
+
+class IntentState(StrEnum):
+    """A payment intent's state as Mercado Pago spells it (mercadopago-api.md §1.6)."""
+
+    OPEN = "OPEN"
+    ON_TERMINAL = "ON_TERMINAL"
+    PROCESSING = "PROCESSING"
+    PROCESSED = "PROCESSED"
+    FINISHED = "FINISHED"
+    CONFIRMATION_REQUIRED = "CONFIRMATION_REQUIRED"
+    CANCELED = "CANCELED"
+    ERROR = "ERROR"
+    ABANDONED = "ABANDONED"
+
+
+class ObservationSource(StrEnum):
+    """Where an intent observation came from; only notifications are mere hints."""
+
+    NOTIFICATION = "notification"  # relayed webhook: triggers a fetch, never ends a sale
+    POLL = "poll"  # GET payment-intents/{id} answered
+    RECONCILIATION = "reconciliation"  # found while reconciling an unknown create
+    RECOVERY = "recovery"  # fetched after a daemon restart
+
+
+class TimerKind(StrEnum):
+    """The per-sale timers; at most one of each kind is pending per sale."""
+
+    CREATE_RETRY = "create_retry"  # resend a create that provably was not sent
+    RECONCILE = "reconcile"  # ask again what became of an unknown create
+    POLL = "poll"  # no notification for a while: fetch the intent
+    ABANDON = "abandon"  # intent still OPEN long after creation: fetch the intent
+    VERIFY = "verify"  # fetch the payment again (exponential back-off)
+    ESCALATE = "escalate"  # verification took too long: call a supervisor
+
+
+class OverrideDecision(StrEnum):
+    """A supervisor's decision on a sale the core cannot settle by itself."""
+
+    RELEASE = "release"  # hand the goods over; the supervisor takes responsibility
+    VOID = "void"  # do not hand over; the sale ends as declined
+
+
+class CoreEvent:
+    """Behaviour shared by every event: its journal kind and JSON form."""
+
+    __slots__ = ()
+
+    def to_json(self) -> str:
+        """The event as one line of JSON, tagged with its kind."""
+        body: dict[str, Any] = {"kind": type(self).__name__}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            body[field.name] = _encode(getattr(self, field.name))
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Event:
+        """Decode any event from its JSON; raise EventDecodeError when malformed."""
+        return event_from_json(text)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundPayment:
+    """One payment that a payments search returned for an attempt's reference."""
+
+    payment_id: str
+    status: str
+    amount_cents: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRequested(CoreEvent):
+    """The register asked for a card payment; the engine added its terminal verdict."""
+
+    sale_id: str
+    lane: int
+    correlation_id: str
+    amount_cents: int
+    terminal_id: str
+    terminal_ok: Refusal | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentCreated(CoreEvent):
+    """Mercado Pago returned the intent id for this attempt's create."""
+
+    sale_id: str
+    attempt: int
+    intent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNotSent(CoreEvent):
+    """The create provably never reached Mercado Pago (e.g. connection refused)."""
+
+    sale_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcomeUnknown(CoreEvent):
+    """The create may have reached Mercado Pago (timeout after send, 5xx, reset)."""
+
+    sale_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalBusy(CoreEvent):
+    """The create was refused with 409: the terminal already has a queued intent."""
+
+    sale_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRejected(CoreEvent):
+    """The create was refused outright (400/401/403); nothing was created."""
+
+    sale_id: str
+    attempt: int
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntentObserved(CoreEvent):
+    """An intent's state as seen by a notification, a fetch or reconciliation."""
+
+    intent_id: str
+    state: str
+    payment_id: str | None
+    payment_state: str | None
+    source: ObservationSource
+    external_reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentVerified(CoreEvent):
+    """GET /v1/payments/{id} answered; amount already converted to exact cents."""
+
+    payment_id: str
+    status: str
+    status_detail: str | None
+    amount_cents: int | None  # None when the API amount is not a whole number of cents
+    currency: str
+    collector_id: str
+    external_reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentNotFound(CoreEvent):
+    """GET /v1/payments/{id} answered 404 (it may appear a little later)."""
+
+    payment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsFound(CoreEvent):
+    """Reconciliation's payments search found payments carrying the attempt's reference."""
+
+    sale_id: str
+    attempt: int
+    payments: tuple[FoundPayment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptNotFound(CoreEvent):
+    """Reconciliation proved that no intent and no payment exist for this attempt."""
+
+    sale_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class FraudAlerted(CoreEvent):
+    """A ``stop_delivery_op_wh`` fraud alert named this payment."""
+
+    payment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(CoreEvent):
+    """Someone asked to cancel a sale, named by sale id or by its lane."""
+
+    sale_id: str | None
+    lane: int | None
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRefused(CoreEvent):
+    """The intent cancel was refused (409): the terminal already took the intent."""
+
+    sale_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerExpired(CoreEvent):
+    """A timer the core scheduled for this sale is due."""
+
+    sale_id: str
+    timer: TimerKind
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverConfirmed(CoreEvent):
+    """The register reports that the goods left the store."""
+
+    sale_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideGiven(CoreEvent):
+    """A supervisor settled a sale by hand; journaled with who and why."""
+
+    sale_id: str
+    decision: OverrideDecision
+    reason: str
+    uid: int
+
+
+Event = Union[  # noqa: UP007 - a runtime value, also used for isinstance checks
+    SaleRequested,
+    IntentCreated,
+    CreateNotSent,
+    CreateOutcomeUnknown,
+    TerminalBusy,
+    CreateRejected,
+    IntentObserved,
+    PaymentVerified,
+    PaymentNotFound,
+    PaymentsFound,
+    AttemptNotFound,
+    FraudAlerted,
+    CancelRequested,
+    CancelRefused,
+    TimerExpired,
+    HandoverConfirmed,
+    OverrideGiven,
+]
+
+EVENT_TYPES: tuple[type[CoreEvent], ...] = typing.get_args(Event)
+_BY_KIND: dict[str, type[CoreEvent]] = {cls.__name__: cls for cls in EVENT_TYPES}
+
+
+def event_sale_id(event: Event) -> str | None:
+    """The sale id the event itself names, if any."""
+    sale_id = getattr(event, "sale_id", None)
+    return sale_id if isinstance(sale_id, str) else None
+
+
+def event_from_json(text: str | bytes) -> Event:
+    """Decode one event; raise EventDecodeError naming what is wrong."""
+    try:
+        body = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventDecodeError(f"event is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise EventDecodeError("event JSON must be an object")
+    kind = body.pop("kind", None)
+    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise EventDecodeError(f"unknown event kind {str(kind)[:40]!r}")
+    return typing.cast(Event, _decode_dataclass(cls, body, kind))
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_encode(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _decode_dataclass(cls: type[Any], body: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise EventDecodeError(f"{where}: unknown fields {unknown}")
+    missing = [name for name in names if name not in body]
+    if missing:
+        raise EventDecodeError(f"{where}: missing fields {missing}")
+    values = {name: _decode_value(hints[name], body[name], f"{where}.{name}") for name in names}
+    return cls(**values)
+
+
+def _decode_value(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _decode_value(inner, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise EventDecodeError(f"{where}: expected a list")
+        item_hint = typing.get_args(hint)[0]
+        return tuple(_decode_value(item_hint, item, f"{where}[]") for item in value)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(value)
+        except ValueError:
+            shown = str(value)[:40]
+            raise EventDecodeError(f"{where}: {shown!r} is not a {hint.__name__}") from None
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise EventDecodeError(f"{where}: expected an object")
+        return _decode_dataclass(hint, dict(value), where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise EventDecodeError(f"{where}: expected a boolean")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EventDecodeError(f"{where}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EventDecodeError(f"{where}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise EventDecodeError(f"{where}: expected a string")
+        return value
+    raise EventDecodeError(f"{where}: unsupported field type {hint!r}")

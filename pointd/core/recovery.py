@@ -1,0 +1,129 @@
+"""Recovery decisions after a restart: what to ask the API, and what to do with orphan intents.
+
+Theory of operation
+-------------------
+After a restart the journal rebuilds the state exactly as it was committed, but the world
+moved on while the daemon was down: creates may have reached Mercado Pago after their last
+journal entry, intents may have ended, payments may have been approved or reversed, and
+timers were lost with the process. ``recover`` answers, for every unfinished sale, with the
+effects that re-establish the truth from the API and re-arm the sale's timers, and re-tells
+the register each sale's standing (a hold survives the restart):
+
+- REQUESTED: re-arm the create retry (nothing was in flight: CreateNotSent proved it);
+- CREATING, CREATE_UNKNOWN: ``ReconcileAttempt`` — a crash between the journal commit and
+  the HTTP call looks exactly like an unknown outcome, so both are reconciled, never resent;
+- OPEN, ON_TERMINAL, PROCESSING, CANCELING: ``FetchIntent`` and re-arm polling;
+- VERIFYING, HELD, ESCALATED: ``FetchPayment`` (or ``FetchIntent`` while the payment id is
+  unknown) and re-arm verification and escalation;
+- APPROVED, BLOCKED: only re-tell the register (the goods wait for a handover or a
+  supervisor).
+
+``orphan_decision`` judges an intent found on a lane's terminal that the journal does not
+tie to a live sale: adopt it when it is exactly the current attempt of a sale still
+creating (whatever its state: feeding it in lets the sale follow it); cancel it while
+it is OPEN otherwise (nobody can be paying for it); ignore it
+when it ended or the terminal already took it (it must be cancelled on the device).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pointd.core.effects import (
+    Effect,
+    FetchIntent,
+    FetchPayment,
+    ReconcileAttempt,
+    ScheduleTimer,
+    TellRegister,
+)
+from pointd.core.events import IntentObserved, IntentState, TimerKind
+from pointd.core.machine import OWNED_TIMERS, CoreState, Sale
+from pointd.core.policy import Policy
+from pointd.core.reference import ExternalReference, ExternalReferenceError
+from pointd.core.states import SaleState
+
+S = SaleState
+
+
+class OrphanDecision(StrEnum):
+    """What to do with an intent on our terminal that no live sale owns."""
+
+    ADOPT = "adopt"  # it is the current attempt of a sale still creating: feed it in
+    CANCEL = "cancel"  # OPEN and nobody's: cancel it so the terminal is free
+    IGNORE = "ignore"  # ended, or on the terminal already (cancel only on the device)
+
+
+def recover(state: CoreState, now: float, policy: Policy) -> tuple[Effect, ...]:
+    """Effects that re-establish every unfinished sale's truth after a restart."""
+    effects: list[Effect] = []
+    for sale in state.unfinished():
+        effects.extend(_recover_sale(sale, now, policy))
+    return tuple(effects)
+
+
+def _tell(sale: Sale) -> TellRegister:
+    return TellRegister(lane=sale.lane, correlation_id=sale.correlation_id,
+                        sale_id=sale.sale_id, state=sale.state, refusal=sale.refusal,
+                        payment_id=sale.payment_id, amount_cents=sale.amount_cents)
+
+
+def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
+    effects: list[Effect] = [_tell(sale)]
+    if sale.state in (S.CREATING, S.CREATE_UNKNOWN):
+        assert sale.reference is not None
+        effects.append(ReconcileAttempt(sale.sale_id, sale.attempt, sale.reference,
+                                        sale.terminal_id, sale.attempt_started_at))
+        effects.append(ScheduleTimer(sale.sale_id, TimerKind.RECONCILE,
+                                     now + policy.reconcile_initial_backoff))
+        return effects
+    if sale.state in (S.OPEN, S.ON_TERMINAL, S.PROCESSING, S.CANCELING):
+        assert sale.intent_id is not None
+        effects.append(FetchIntent(sale.sale_id, sale.intent_id))
+        due = {TimerKind.POLL: now + policy.poll_fallback_after}
+    elif sale.state in (S.VERIFYING, S.HELD, S.ESCALATED):
+        if sale.payment_id is not None:
+            effects.append(FetchPayment(sale.sale_id, sale.payment_id))
+        elif sale.intent_id is not None:
+            effects.append(FetchIntent(sale.sale_id, sale.intent_id))
+        due = {TimerKind.VERIFY: now + policy.verify_initial_backoff}
+    elif sale.state is S.REQUESTED:
+        due = {TimerKind.CREATE_RETRY: now + policy.create_retry_after}
+    else:
+        due = {}
+    # Timers keep their journaled due time (escalation and abandon are measured from
+    # events before the restart); a due time in the past fires at once.
+    for kind in sorted(OWNED_TIMERS.get(sale.state, frozenset())):
+        at = sale.timer_due(kind)
+        if kind in due:
+            at = due[kind] if at is None else min(at, due[kind])
+        if at is not None:
+            effects.append(ScheduleTimer(sale.sale_id, kind, at))
+    return effects
+
+
+def orphan_decision(intent: IntentObserved, known: CoreState) -> OrphanDecision:
+    """Adopt, cancel or ignore an intent found on a terminal of this store."""
+    sale_id = known.intents.get(intent.intent_id)
+    if sale_id is not None and not known.sales[sale_id].is_final:
+        return OrphanDecision.IGNORE  # not an orphan: its sale is alive and knows it
+    if sale_id is None and _is_current_attempt_of_creating_sale(intent, known):
+        return OrphanDecision.ADOPT
+    if intent.state.strip().upper() == IntentState.OPEN:
+        return OrphanDecision.CANCEL
+    return OrphanDecision.IGNORE
+
+
+def _is_current_attempt_of_creating_sale(intent: IntentObserved, known: CoreState) -> bool:
+    try:
+        ref = ExternalReference.parse(intent.external_reference or "")
+    except ExternalReferenceError:
+        return False
+    sale = known.sales.get(ref.sale) if ref.store == known.store_id else None
+    return (
+        sale is not None
+        and sale.state in (S.CREATING, S.CREATE_UNKNOWN)
+        and sale.intent_id is None
+        and sale.attempt == ref.attempt
+        and str(ref) == sale.reference
+    )

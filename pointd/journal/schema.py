@@ -1,0 +1,70 @@
+"""The journal's schema as ordered migration steps; step n takes user_version n to n+1.
+
+A released step is never edited: a change to the schema is a new step appended here, and
+the migration test builds a database at every older version and migrates it to the latest.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 → 1: the append-only event log, the per-sale projection, the relay cursor and the
+    # notification dedupe keys.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        sale_id TEXT,
+        json TEXT NOT NULL
+    );
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TABLE sales (
+        sale_id TEXT PRIMARY KEY,
+        lane INTEGER NOT NULL,
+        correlation_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        refusal TEXT,
+        amount_cents INTEGER NOT NULL,
+        terminal_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        intent_id TEXT,
+        payment_id TEXT,
+        requested_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL
+    );
+    CREATE TABLE relay_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        cursor TEXT NOT NULL
+    );
+    CREATE TABLE seen_notifications (
+        key TEXT PRIMARY KEY,
+        seq INTEGER
+    );
+    """,
+    # 1 → 2: supervisor audit trail, the policy in force per event range (replay must decide
+    # as the live daemon did), the technician-facing detail, and indexes for the views.
+    """
+    ALTER TABLE sales ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_by_sale ON events (sale_id, seq);
+    CREATE INDEX sales_by_state ON sales (state, updated_at);
+    CREATE INDEX sales_by_lane ON sales (lane, updated_at);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        uid INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        args TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TABLE policies (
+        from_seq INTEGER PRIMARY KEY,
+        json TEXT NOT NULL
+    );
+    """,
+)
+
+LATEST_VERSION = len(MIGRATIONS)

@@ -1,0 +1,124 @@
+"""Recovery after a restart from every state, and the orphan-intent decision table."""
+
+from __future__ import annotations
+
+import pytest
+
+from pointd.core.effects import (
+    CancelIntent,
+    CreateIntent,
+    ReconcileAttempt,
+    ScheduleTimer,
+    TellRegister,
+)
+from pointd.core.events import (
+    AttemptNotFound,
+    IntentCreated,
+    IntentObserved,
+    ObservationSource,
+    TimerExpired,
+    TimerKind,
+)
+from pointd.core.machine import CoreState, step
+from pointd.core.recovery import OrphanDecision, orphan_decision, recover
+from pointd.core.states import FINAL_STATES, SaleState
+from tests.core.scenario import INTENT, PAYMENT, POLICY, REF1, SALE, STORE, T0, reach, run
+
+S = SaleState
+LATER = T0 + 3600
+
+EXPECTED: dict[SaleState, tuple[str, ...]] = {
+    S.REQUESTED: ("TellRegister", "ScheduleTimer"),
+    S.CREATING: ("TellRegister", "ReconcileAttempt", "ScheduleTimer"),
+    S.CREATE_UNKNOWN: ("TellRegister", "ReconcileAttempt", "ScheduleTimer"),
+    S.OPEN: ("TellRegister", "FetchIntent", "ScheduleTimer", "ScheduleTimer"),
+    S.ON_TERMINAL: ("TellRegister", "FetchIntent", "ScheduleTimer"),
+    S.PROCESSING: ("TellRegister", "FetchIntent", "ScheduleTimer"),
+    S.CANCELING: ("TellRegister", "FetchIntent", "ScheduleTimer"),
+    S.VERIFYING: ("TellRegister", "FetchPayment", "ScheduleTimer", "ScheduleTimer"),
+    S.HELD: ("TellRegister", "FetchPayment", "ScheduleTimer", "ScheduleTimer"),
+    S.ESCALATED: ("TellRegister", "FetchPayment", "ScheduleTimer"),
+    S.APPROVED: ("TellRegister",),
+    S.BLOCKED: ("TellRegister",),
+}
+
+
+def test_every_unfinished_state_has_a_recovery() -> None:
+    assert set(EXPECTED) == set(SaleState) - FINAL_STATES
+
+
+@pytest.mark.parametrize("state", list(EXPECTED), ids=lambda s: s.value)
+def test_recovery_re_establishes_truth_and_re_tells_the_register(state: SaleState) -> None:
+    effects = recover(reach(state), LATER, POLICY)
+    assert tuple(type(e).__name__ for e in effects) == EXPECTED[state]
+    tell = effects[0]
+    assert isinstance(tell, TellRegister)
+    assert tell.state is state
+    assert not any(isinstance(e, CreateIntent | CancelIntent) for e in effects)
+    for effect in effects:
+        if isinstance(effect, ScheduleTimer):
+            assert effect.kind in _owned(state)
+
+
+def _owned(state: SaleState) -> frozenset[TimerKind]:
+    from pointd.core.machine import OWNED_TIMERS
+
+    return OWNED_TIMERS[state]
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES), ids=lambda s: s.value)
+def test_final_sales_need_no_recovery(state: SaleState) -> None:
+    assert recover(reach(state), LATER, POLICY) == ()
+
+
+def test_hold_survives_a_restart_with_its_original_escalation_time() -> None:
+    state = reach(S.HELD)
+    due = state.sales[SALE].timer_due(TimerKind.ESCALATE)
+    effects = recover(state, LATER, POLICY)
+    timers = {e.kind: e.at for e in effects if isinstance(e, ScheduleTimer)}
+    assert timers[TimerKind.ESCALATE] == due
+    assert timers[TimerKind.VERIFY] <= LATER + POLICY.verify_initial_backoff
+    assert effects[0] == TellRegister(3, f"c-{SALE}", SALE, S.HELD, None, PAYMENT, 1500)
+
+
+def test_a_creating_sale_is_reconciled_like_an_unknown_outcome() -> None:
+    state = reach(S.CREATING)
+    (reconcile,) = [e for e in recover(state, LATER, POLICY) if isinstance(e, ReconcileAttempt)]
+    assert (reconcile.attempt, reconcile.external_reference) == (1, REF1)
+    assert reconcile.since == state.sales[SALE].attempt_started_at
+    # Every answer reconciliation can give is accepted in CREATING.
+    adopted, _ = run([IntentCreated(SALE, 1, INTENT)], state)
+    assert adopted.sales[SALE].state is S.OPEN
+    _retried, steps = run([AttemptNotFound(SALE, 1)], state)
+    assert [e.attempt for e in steps[0].effects if isinstance(e, CreateIntent)] == [2]
+    silent = step(state, TimerExpired(SALE, TimerKind.RECONCILE), now=LATER, policy=POLICY)
+    assert silent.state.sales[SALE].state is S.CREATE_UNKNOWN
+    assert any(isinstance(e, ReconcileAttempt) for e in silent.effects)
+
+
+def _intent(state: str, reference: str | None, intent_id: str = "orphan-1") -> IntentObserved:
+    return IntentObserved(intent_id, state, None, None, ObservationSource.RECOVERY, reference)
+
+
+@pytest.mark.parametrize(("known", "intent", "decision"), [
+    (CoreState.empty(STORE), _intent("OPEN", None), OrphanDecision.CANCEL),
+    (CoreState.empty(STORE), _intent("open", "information"), OrphanDecision.CANCEL),
+    (CoreState.empty(STORE), _intent("ON_TERMINAL", None), OrphanDecision.IGNORE),
+    (CoreState.empty(STORE), _intent("PROCESSING", REF1), OrphanDecision.IGNORE),
+    (CoreState.empty(STORE), _intent("FINISHED", REF1), OrphanDecision.IGNORE),
+    (CoreState.empty(STORE), _intent("OPEN", REF1), OrphanDecision.CANCEL),
+    (reach(S.CREATING), _intent("OPEN", REF1), OrphanDecision.ADOPT),
+    (reach(S.CREATE_UNKNOWN), _intent("ON_TERMINAL", REF1), OrphanDecision.ADOPT),
+    (reach(S.CREATE_UNKNOWN), _intent("FINISHED", REF1), OrphanDecision.ADOPT),
+    (reach(S.CREATE_UNKNOWN), _intent("OPEN", REF1.replace("_1", "_2")), OrphanDecision.CANCEL),
+    (reach(S.CREATE_UNKNOWN), _intent("OPEN", REF1.replace("loja-centro", "outra")),
+     OrphanDecision.CANCEL),
+    (reach(S.OPEN), _intent("OPEN", REF1, INTENT), OrphanDecision.IGNORE),
+    (reach(S.OPEN), _intent("OPEN", REF1), OrphanDecision.CANCEL),
+    (reach(S.CANCELED), _intent("OPEN", REF1, INTENT), OrphanDecision.CANCEL),
+    (reach(S.HANDED_OVER), _intent("FINISHED", REF1, INTENT), OrphanDecision.IGNORE),
+    (reach(S.REQUESTED), _intent("OPEN", REF1), OrphanDecision.CANCEL),
+])
+def test_orphan_decision(known: CoreState, intent: IntentObserved,
+                         decision: OrphanDecision) -> None:
+    assert orphan_decision(intent, known) is decision
