@@ -14,7 +14,7 @@ from enum import StrEnum
 class SaleState(StrEnum):
     """Where one sale stands. Final states never change (see docs/sale-lifecycle.md)."""
 
-    REQUESTED = "requested"  # the register asked; the lane and terminal are being checked
+    REQUESTED = "requested"  # a create provably not sent: waiting to send it again
     CREATING = "creating"  # create attempt journaled; the request may be in flight
     CREATE_UNKNOWN = "create_unknown"  # create may have reached Mercado Pago: reconciling
     OPEN = "open"  # intent exists; waiting for the terminal to take it
