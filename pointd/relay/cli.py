@@ -1,0 +1,97 @@
+"""``pointd relay``: load the relay's settings, open its storage and serve it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from pointd.config import ConfigError
+from pointd.logging import configure_logging
+from pointd.relay.errors import ConfigurationError, StorageError
+from pointd.relay.service import INTAKE_PATH, RelayService
+from pointd.relay.settings import RelaySettings, load_settings
+from pointd.relay.storage import Storage
+
+CONFIG_ERROR_EXIT = 78  # EX_CONFIG: systemd and operators read it as "fix the configuration"
+STORAGE_ERROR_EXIT = 69  # EX_UNAVAILABLE
+
+
+def open_storage(settings: RelaySettings) -> Storage:
+    """The configured backend, not yet opened."""
+    if settings.backend == "postgres":
+        from pointd.relay.postgres_backend import PostgresStorage  # noqa: PLC0415
+
+        if settings.postgres_dsn is None:
+            raise ConfigurationError("storage.postgres_dsn_file is required for postgres")
+        return PostgresStorage(settings.postgres_dsn.reveal())
+    from pointd.relay.sqlite_backend import SqliteStorage  # noqa: PLC0415
+
+    return SqliteStorage(settings.sqlite_path)
+
+
+async def serve(settings: RelaySettings, *, port: int | None = None) -> None:
+    """Serve the relay until the process is told to stop."""
+    service = RelayService(settings, open_storage(settings))
+    config = uvicorn.Config(
+        service.app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        lifespan="on",
+        log_config=None,  # records go through pointd.logging's redacting pipeline
+        access_log=False,
+        # Mercado Pago waits 22 s; a relay that holds a socket longer only wastes it.
+        timeout_keep_alive=30,
+    )
+    server = _AnnouncingServer(config)
+    await server.serve()
+    if not server.started:
+        raise StorageError("the relay did not start; see the log above")
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that prints its bound address once it listens."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            host, bound_port = self.servers[0].sockets[0].getsockname()[:2]
+            # Printed for supervisors and tests that start the relay on port 0.
+            print(f"pointd relay listening on http://{host}:{bound_port}{INTAKE_PATH}", flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point for ``pointd relay``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="pointd relay", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="relay TOML file")
+    parser.add_argument("--port", type=int, help="override server.port (0: any free port)")
+    parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    args = parser.parse_args(list(argv))
+    configure_logging(level=args.log_level)
+    try:
+        settings = load_settings(args.config)
+    except (ConfigError, ConfigurationError) as exc:
+        print(f"pointd relay: {exc}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
+    if args.check:
+        print(
+            f"pointd relay: {args.config} is valid ({settings.backend}, "
+            f"{len(settings.stores)} stores)"
+        )
+        return 0
+    try:
+        asyncio.run(serve(settings, port=args.port))
+    except (StorageError, ConfigurationError) as exc:
+        print(f"pointd relay: {exc}", file=sys.stderr)
+        return STORAGE_ERROR_EXIT
+    except KeyboardInterrupt:
+        return 0
+    return 0

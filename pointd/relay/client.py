@@ -1,0 +1,360 @@
+"""The store side of the relay: a consumer that long-polls its store's stream, losslessly.
+
+Theory of operation. The consumer owns no durable state: ``cursor_store`` (the daemon's
+journal) holds the position of the last event the daemon journaled. Each cycle asks the
+relay for events after that cursor, drops canaries and ids already handed up, and awaits
+``handler(events)``, which must journal them before it returns. Only then is the cursor
+stored and acknowledged to the relay. A crash anywhere in between makes the relay send the
+same events again (at-least-once); the journal's cursor and the id memory keep them from
+being handed up twice.
+
+Health. Every poll that answers counts as contact. A canary is posted to the relay every
+``canary_interval`` seconds and must come back through the store's own stream within
+``canary_timeout``; the relay is *silent* when it answers polls but the canary (or any
+event) stops arriving, and *down* when polls fail. The daemon polls Mercado Pago itself
+while the relay is not *connected*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import random as random_module
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from pointd.cloud.signature import SignatureInvalid, verify
+from pointd.relay.errors import RelayRefused, RelayUnreachable
+from pointd.relay.notification import Kind, read_body
+
+log = structlog.get_logger(__name__)
+
+# The relay holds a long-poll this long; Mercado Pago traffic is sparse, so long polls are cheap.
+LONG_POLL_WAIT = 25.0
+# Extra time over the long-poll wait before the HTTP read is abandoned.
+POLL_TIMEOUT_MARGIN = 10.0
+# Connect and short requests (ack, canary) on an internet link.
+REQUEST_TIMEOUT = 10.0
+BACKOFF_INITIAL = 0.5
+BACKOFF_CAP = 30.0
+# Canary period and the time a canary may take to come back through the stream.
+CANARY_INTERVAL = 60.0
+CANARY_TIMEOUT = 30.0
+# With canaries every CANARY_INTERVAL, a stream with nothing at all for longer than this is
+# silent even when no canary is outstanding (e.g. the canary POST itself keeps failing).
+SILENCE_AFTER = CANARY_INTERVAL + CANARY_TIMEOUT
+# How many recent event ids are remembered to drop repeats within a run.
+DEDUPE_MEMORY = 10_000
+MAX_BATCH = 100
+
+
+class HealthState(StrEnum):
+    """How far the daemon can trust the relay to bring notifications."""
+
+    CONNECTED = "connected"
+    SILENT = "silent"  # the relay answers, but events (the canary) do not come through
+    DOWN = "down"  # the relay does not answer
+
+
+@dataclass(frozen=True, slots=True)
+class RelayHealth:
+    """The relay link's state, since when, and what was last seen."""
+
+    state: HealthState
+    since: float
+    detail: str = ""
+    last_event_at: float | None = None
+    last_canary_rtt: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEvent:
+    """One notification as the relay stored it, raw body and headers included."""
+
+    id: int
+    cursor: int
+    kind: str
+    topic: str | None
+    received_at: float
+    parse: str
+    signed: bool
+    id_source: str | None
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    verified: bool | None = None  # the daemon's own signature check; None when not checked
+
+    def document(self) -> Any:
+        """The body read as JSON (leniently, as the relay did), or None."""
+        return read_body(self.body)[1]
+
+
+class CursorStore(Protocol):
+    """Where the daemon keeps the last journaled cursor (its journal)."""
+
+    def get(self) -> int | Awaitable[int]:
+        """The last stored cursor, 0 when none."""
+
+    def set(self, cursor: int) -> Awaitable[None] | None:
+        """Store a cursor durably."""
+
+
+Handler = Callable[[Sequence[RelayEvent]], Awaitable[None]]
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def parse_event(raw: dict[str, Any]) -> RelayEvent:
+    """An event from the relay's wire form; raise ValueError on anything malformed."""
+    try:
+        return RelayEvent(
+            id=int(raw["id"]),
+            cursor=int(raw["cursor"]),
+            kind=str(raw["kind"]),
+            topic=raw.get("topic"),
+            received_at=float(raw["received_at"]),
+            parse=str(raw["parse"]),
+            signed=bool(raw["signed"]),
+            id_source=raw.get("id_source"),
+            query={str(k): str(v) for k, v in dict(raw["query"]).items()},
+            headers={str(k): str(v) for k, v in dict(raw["headers"]).items()},
+            body=base64.b64decode(raw["body_b64"], validate=True),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed relay event: {exc}") from None
+
+
+def check_signature(event: RelayEvent, secret: str) -> bool:
+    """Re-verify Mercado Pago's signature from the stored headers and raw body."""
+    document = event.document()
+    body_id = document.get("id") if isinstance(document, dict) else None
+    try:
+        verify(
+            secret,
+            event.headers.get("x-signature"),
+            request_id=event.headers.get("x-request-id"),
+            query_data_id=event.query.get("data.id"),
+            body_id=str(body_id) if isinstance(body_id, str | int) else None,
+            now=event.received_at,
+            window_seconds=None,  # the relay applied the window when the event arrived
+        )
+    except SignatureInvalid:
+        return False
+    return True
+
+
+class RelayConsumer:
+    """Long-poll one store's stream and hand events to the daemon after dedupe."""
+
+    def __init__(
+        self,
+        base_url: str,
+        store_id: str,
+        token: str,
+        handler: Handler,
+        cursor_store: CursorStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = random_module.random,
+        webhook_secret: str | None = None,
+        on_health_change: Callable[[RelayHealth], None] | None = None,
+        long_poll_wait: float = LONG_POLL_WAIT,
+        canary_interval: float = CANARY_INTERVAL,
+        canary_timeout: float = CANARY_TIMEOUT,
+        silence_after: float = SILENCE_AFTER,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._store = store_id
+        self._token = token
+        self._handler = handler
+        self._cursor_store = cursor_store
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self._secret = webhook_secret
+        self._on_health_change = on_health_change
+        self._wait = long_poll_wait
+        self._canary_interval = canary_interval
+        self._canary_timeout = canary_timeout
+        self._silence_after = silence_after
+        self._first_contact: float | None = None
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(REQUEST_TIMEOUT, read=long_poll_wait + POLL_TIMEOUT_MARGIN),
+            headers={"authorization": f"Bearer {token}"},
+            transport=transport,
+        )
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._failures = 0
+        self._canary: tuple[int, float] | None = None
+        self._last_contact: float | None = None
+        self._last_event_at: float | None = None
+        self._last_rtt: float | None = None
+        self._health = RelayHealth(HealthState.DOWN, clock(), "not connected yet")
+        self._stopping = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"RelayConsumer(store={self._store!r}, url={str(self._client.base_url)!r})"
+
+    @property
+    def health(self) -> RelayHealth:
+        """The current health of the relay link."""
+        return self._health
+
+    def _set_health(self, state: HealthState, detail: str) -> None:
+        if state == self._health.state and detail == self._health.detail:
+            return
+        since = self._health.since if state == self._health.state else self._clock()
+        self._health = RelayHealth(state, since, detail, self._last_event_at, self._last_rtt)
+        log.info("relay_health", store=self._store, state=str(state), detail=detail)
+        if self._on_health_change is not None:
+            self._on_health_change(self._health)
+
+    def evaluate_health(self) -> RelayHealth:
+        """Recompute silent/connected from the canary and the time of the last contact."""
+        if self._health.state == HealthState.DOWN and self._failures:
+            return self._health
+        now = self._clock()
+        quiet_since = self._last_event_at or self._first_contact
+        if self._canary is not None and now - self._canary[1] > self._canary_timeout:
+            waited = now - self._canary[1]
+            self._set_health(HealthState.SILENT, f"canary not delivered after {waited:.0f} s")
+        elif quiet_since is not None and now - quiet_since > self._silence_after:
+            self._set_health(HealthState.SILENT, f"no event for {now - quiet_since:.0f} s")
+        elif self._last_contact is not None:
+            self._set_health(HealthState.CONNECTED, "")
+        return self._health
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+    def stop(self) -> None:
+        """Ask run() to return after its current step."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Poll and probe until stop(); survives relay restarts and outages."""
+        canary = asyncio.get_running_loop().create_task(self._canary_loop(), name="relay-canary")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.poll_once()
+                except (RelayUnreachable, RelayRefused) as exc:
+                    self._failures += 1
+                    self._set_health(HealthState.DOWN, str(exc))
+                    await self._backoff()
+                except Exception as exc:  # the handler failed: nothing was acknowledged
+                    log.warning("relay_handler_failed", store=self._store, error=repr(exc))
+                    self._failures += 1
+                    await self._backoff()
+        finally:
+            canary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await canary
+
+    async def _backoff(self) -> None:
+        ceiling = min(BACKOFF_CAP, BACKOFF_INITIAL * 2 ** min(self._failures - 1, 16))
+        # Equal jitter: never less than half the step, so a fleet of stores does not hammer
+        # a relay that just came back, and never all at the same instant.
+        await self._sleep(ceiling / 2 + self._random() * ceiling / 2)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RelayUnreachable(f"relay unreachable: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise RelayRefused(response.status_code, response.text[:200])
+        try:
+            return response.json()
+        except ValueError:
+            raise RelayRefused(response.status_code, "answer is not JSON") from None
+
+    async def poll_once(self, wait: float | None = None) -> int:
+        """One long-poll cycle; returns how many events were handed to the handler."""
+        cursor = int(await _maybe_await(self._cursor_store.get()))
+        answer = await self._request(
+            "GET",
+            f"/stores/{self._store}/events",
+            params={
+                "after": cursor,
+                "wait": self._wait if wait is None else wait,
+                "limit": MAX_BATCH,
+            },
+        )
+        self._failures = 0
+        self._last_contact = self._clock()
+        if self._first_contact is None:
+            self._first_contact = self._last_contact
+        try:
+            events = [parse_event(raw) for raw in answer["events"]]
+            new_cursor = int(answer["cursor"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RelayRefused(200, f"malformed answer: {exc}") from None
+        fresh = self._select(events, cursor)
+        if fresh:
+            await self._handler(fresh)
+            for event in fresh:
+                self._remember(event.id)
+        if new_cursor > cursor:
+            await _maybe_await(self._cursor_store.set(new_cursor))
+            with contextlib.suppress(RelayUnreachable, RelayRefused):
+                await self._request(
+                    "POST", f"/stores/{self._store}/ack", json={"cursor": new_cursor}
+                )
+        self.evaluate_health()
+        return len(fresh)
+
+    def _select(self, events: Sequence[RelayEvent], cursor: int) -> list[RelayEvent]:
+        now = self._clock()
+        fresh: list[RelayEvent] = []
+        for event in events:
+            if event.cursor <= cursor:
+                continue
+            self._last_event_at = now
+            if event.kind == Kind.CANARY:
+                if self._canary is not None and self._canary[0] == event.id:
+                    self._last_rtt = now - self._canary[1]
+                    self._canary = None
+                continue
+            if event.id in self._seen or any(e.id == event.id for e in fresh):
+                continue
+            if self._secret is not None and event.kind != Kind.IPN:
+                fresh.append(replace(event, verified=check_signature(event, self._secret)))
+            else:
+                fresh.append(event)
+        return fresh
+
+    def _remember(self, event_id: int) -> None:
+        self._seen[event_id] = None
+        while len(self._seen) > DEDUPE_MEMORY:
+            self._seen.popitem(last=False)
+
+    async def send_canary(self) -> None:
+        """Post a canary that must come back through this store's stream."""
+        if self._canary is not None:
+            return  # the outstanding one decides; a new one would hide its loss
+        answer = await self._request("POST", f"/stores/{self._store}/canary")
+        self._canary = (int(answer["id"]), self._clock())
+
+    async def _canary_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(
+                RelayUnreachable, RelayRefused, KeyError, TypeError, ValueError
+            ):
+                await self.send_canary()
+            self.evaluate_health()
+            await self._sleep(self._canary_interval)

@@ -1,0 +1,532 @@
+"""The relay's HTTP service: Mercado Pago intake, the store delivery API, the admin API, health.
+
+Theory of operation. Intake checks, in this order and before anything is stored: the
+declared and actual body size (read incrementally, never more than ``body_limit`` bytes
+buffered), the query and headers, then Mercado Pago's ``x-signature``. A notification
+that passes is written through the group committer and answered 200 only after its commit
+is durable; a failed commit answers 503 so that Mercado Pago retries. Legacy IPN cannot be
+verified, so it is stored flagged unsigned, as a hint that only makes a daemon ask Mercado
+Pago sooner.
+
+Stores read their own stream by long-poll with a cursor and acknowledge positions; each
+bearer token is bound to one store id, and a token that does not fit the store in the path
+is answered exactly like a store that does not exist. Long-polls wake on local commits and,
+with several replicas, on the backend's remote-write signal; they also re-read storage
+every ``WAKE_RECHECK_INTERVAL`` so that a lost wake-up only delays, never loses, an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from pointd.cloud.signature import SignatureInvalid, verify
+from pointd.relay.errors import NotStored, StorageError
+from pointd.relay.group_commit import GroupCommitter
+from pointd.relay.metrics import RelayMetrics
+from pointd.relay.notification import Kind, classify
+from pointd.relay.settings import RelaySettings
+from pointd.relay.storage import MAX_READ_LIMIT, Incoming, Storage, WriteResult
+
+log = structlog.get_logger(__name__)
+
+INTAKE_PATH = "/mp/webhook"
+# A long-poll re-reads storage at least this often, in case a wake-up was lost.
+WAKE_RECHECK_INTERVAL = 2.0
+# How often the retention job runs; retention is in days, so hourly is plenty.
+CLEANUP_INTERVAL = 3600.0
+DEFAULT_READ_LIMIT = 100
+MAX_QUERY_LENGTH = 2048
+MAX_HEADER_VALUE = 256
+# Headers that may carry credentials are never stored; x-signature is a MAC, not a secret.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+_SIGNIFICANT_QUERY = ("data.id", "type", "topic", "id")
+_DUMMY_DIGEST = hashlib.sha256(b"pointd-relay-no-such-store").digest()
+
+
+class BadRequest(Exception):
+    """The request is malformed; answered 4xx with the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _error(status: int, reason: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+
+
+def _printable(value: str) -> bool:
+    return all(" " <= ch <= "~" for ch in value)
+
+
+class RelayService:
+    """The relay's state and routes; ``app`` is the ASGI application to serve."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        storage: Storage,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.clock = clock
+        self.metrics = RelayMetrics()
+        self._store_digests = {
+            store.id: bytes.fromhex(store.token_sha256) for store in settings.stores
+        }
+        self._admin_digest = (
+            hashlib.sha256(settings.admin_token.reveal().encode()).digest()
+            if settings.admin_token is not None
+            else None
+        )
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._last_poll: dict[str, float] = {}
+        self.committer: GroupCommitter[Incoming, WriteResult] = GroupCommitter(
+            storage.write_batch,
+            batch_max=settings.batch_max,
+            batch_wait=settings.batch_wait,
+            on_commit=self.metrics.observe_commit,
+        )
+        self.app = Starlette(
+            routes=[
+                Route(INTAKE_PATH, self.intake, methods=["POST"]),
+                Route("/stores/{store}/events", self.store_events, methods=["GET"]),
+                Route("/stores/{store}/ack", self.store_ack, methods=["POST"]),
+                Route("/stores/{store}/canary", self.store_canary, methods=["POST"]),
+                Route("/admin/events", self.admin_events, methods=["GET"]),
+                Route("/admin/events/{event_id}/assign", self.admin_assign, methods=["POST"]),
+                Route("/admin/stats", self.admin_stats, methods=["GET"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.metrics_page, methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.storage.open()
+        self.storage.on_remote_write(self._wake)
+        self.committer.start()
+        cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop(), name="retention")
+        log.info("relay_started", backend=self.settings.backend, stores=len(self._store_digests))
+        try:
+            yield
+        finally:
+            cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
+            await self.committer.stop()
+            await self.storage.close()
+
+    # ---- intake -------------------------------------------------------------------------
+
+    async def intake(self, request: Request) -> Response:
+        """Receive one Mercado Pago notification; 2xx only once it is durable."""
+        try:
+            item = await self._admit(request)
+        except BadRequest as exc:
+            outcome = {401: "unauthorized", 413: "too_large"}.get(exc.status, "bad_request")
+            self.metrics.count_intake(outcome)
+            log.info("intake_refused", status=exc.status, reason=exc.reason)
+            headers = {"WWW-Authenticate": "x-signature"} if exc.status == 401 else {}
+            return _error(exc.status, exc.reason, **headers)
+        try:
+            result = await self.committer.submit(item)
+        except NotStored as exc:
+            self.metrics.count_intake("not_stored")
+            log.warning("intake_not_stored", error=str(exc))
+            return _error(503, "not stored, retry later", **{"Retry-After": "5"})
+        outcome = "duplicate" if result.duplicate else "stored"
+        self.metrics.count_intake(outcome)
+        if result.store is not None and result.position is not None:
+            self._wake(result.store)
+        # debug: one line per notification would cost more than its commit; the stored row
+        # is the audit record.
+        log.debug(
+            "intake_stored",
+            event_id=result.event_id,
+            outcome=outcome,
+            kind=item.kind,
+            topic=item.topic,
+            store=result.store,
+            parse=item.parse,
+            id_source=item.id_source,
+        )
+        return JSONResponse({"status": outcome, "event": result.event_id})
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.body_limit
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest(400, "content-length is not a number")
+            if int(declared) > limit:
+                raise BadRequest(413, f"body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _read_query(self, request: Request) -> dict[str, str]:
+        raw = request.scope.get("query_string", b"")
+        if len(raw) > MAX_QUERY_LENGTH:
+            raise BadRequest(414, "query string too long")
+        query: dict[str, str] = {}
+        for key, value in request.query_params.multi_items():
+            if key in query:
+                raise BadRequest(400, f"query parameter {key[:40]!r} is repeated")
+            if key in _SIGNIFICANT_QUERY and (
+                not value or len(value) > MAX_HEADER_VALUE or not _printable(value)
+            ):
+                raise BadRequest(400, f"query parameter {key!r} is empty or not printable")
+            query[key] = value
+        return query
+
+    def _read_headers(self, request: Request) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in request.headers.raw:
+            name = raw_name.decode("latin-1").lower()
+            if name in _SECRET_HEADERS:
+                continue
+            headers[name] = raw_value.decode("latin-1")
+        request_id = headers.get("x-request-id")
+        if request_id is not None and (
+            not request_id or len(request_id) > MAX_HEADER_VALUE or not _printable(request_id)
+        ):
+            raise BadRequest(400, "x-request-id is empty, too long or not printable")
+        return headers
+
+    async def _admit(self, request: Request) -> Incoming:
+        query = self._read_query(request)
+        headers = self._read_headers(request)
+        body = await self._read_body(request)
+        now = self.clock()
+        classified = classify(body, query)
+        signed, id_source = self._check_signature(
+            classified.kind, classified.body_id, query, headers, now
+        )
+        store = classified.store if classified.store in self._store_digests else None
+        content = hashlib.sha256()
+        for key in _SIGNIFICANT_QUERY:
+            content.update(f"{key}={query.get(key, '')}\n".encode())
+        content.update(body)
+        return Incoming(
+            received_at=now,
+            request_id=headers.get("x-request-id"),
+            content_key=content.hexdigest(),
+            kind=classified.kind,
+            topic=classified.topic,
+            parse=classified.parse,
+            signed=signed,
+            id_source=id_source,
+            store=store,
+            asks=classified.asks,
+            teaches=classified.teaches,
+            query=query,
+            headers=headers,
+            body=body,
+        )
+
+    def _check_signature(
+        self,
+        kind: Kind,
+        body_id: str | None,
+        query: dict[str, str],
+        headers: dict[str, str],
+        now: float,
+    ) -> tuple[bool, str | None]:
+        secret = self.settings.webhook_secret
+        header = headers.get("x-signature")
+        # IPN cannot be verified with the secret (seed 003); keep it as an unsigned hint.
+        required = self.settings.signature_required and kind != Kind.IPN
+        if secret is None or (header is None and not required):
+            return False, None
+        try:
+            verified = verify(
+                secret.reveal(),
+                header,
+                request_id=headers.get("x-request-id"),
+                query_data_id=query.get("data.id"),
+                body_id=body_id,
+                now=now,
+                window_seconds=self.settings.window_seconds,
+            )
+        except SignatureInvalid as exc:
+            if required:
+                raise BadRequest(401, exc.reason) from None
+            return False, None
+        return True, str(verified.id_source)
+
+    # ---- store delivery -----------------------------------------------------------------
+
+    def _wake(self, store: str) -> None:
+        waker = self._wakers.pop(store, None)
+        if waker is not None:
+            waker.set()
+
+    def _authorize_store(self, request: Request) -> str:
+        store = str(request.path_params["store"])
+        token = _bearer(request)
+        expected = self._store_digests.get(store, _DUMMY_DIGEST)
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), expected):
+            raise BadRequest(404, "not found")
+        return store
+
+    async def store_events(self, request: Request) -> Response:
+        """Long-poll a store's stream after a cursor."""
+        try:
+            store = self._authorize_store(request)
+            after = _int_param(request, "after", None, minimum=0)
+            wait = _float_param(request, "wait", 0.0, maximum=self.settings.long_poll_timeout)
+            limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1)
+        except BadRequest as exc:
+            return _auth_error(exc)
+        self._last_poll[store] = self.clock()
+        try:
+            if after is None:
+                after = await self.storage.acked(store)
+            deadline = asyncio.get_running_loop().time() + wait
+            while True:
+                waker = self._wakers.setdefault(store, asyncio.Event())
+                events = await self.storage.read(store, after, min(limit or 1, MAX_READ_LIMIT))
+                remaining = deadline - asyncio.get_running_loop().time()
+                if events or remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waker.wait(), min(remaining, WAKE_RECHECK_INTERVAL))
+        except StorageError as exc:
+            log.warning("store_read_failed", store=store, error=str(exc))
+            return _error(503, "storage unavailable")
+        cursor = events[-1].position if events else after
+        return JSONResponse({"events": [event.to_json() for event in events], "cursor": cursor})
+
+    async def store_ack(self, request: Request) -> Response:
+        """Acknowledge a store's stream up to a cursor."""
+        try:
+            store = self._authorize_store(request)
+            payload = await _json_body(request)
+            cursor = payload.get("cursor")
+            if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+                raise BadRequest(400, "cursor must be a non-negative integer")
+        except BadRequest as exc:
+            return _auth_error(exc)
+        try:
+            acked = await self.storage.ack(store, cursor, self.clock())
+        except StorageError:
+            return _error(503, "storage unavailable")
+        return JSONResponse({"acked": acked})
+
+    async def store_canary(self, request: Request) -> Response:
+        """Put a canary event through intake storage into the store's own stream."""
+        try:
+            store = self._authorize_store(request)
+        except BadRequest as exc:
+            return _auth_error(exc)
+        now = self.clock()
+        item = Incoming(
+            received_at=now,
+            request_id=None,
+            content_key=f"canary:{uuid.uuid4().hex}",
+            kind=Kind.CANARY,
+            topic="canary",
+            parse="json",
+            signed=False,
+            id_source=None,
+            store=store,
+            asks=None,
+            teaches=(),
+            query={},
+            headers={},
+            body=json.dumps({"canary": True, "sent_at": now}).encode(),
+        )
+        try:
+            result = await self.committer.submit(item)
+        except NotStored:
+            return _error(503, "not stored, retry later")
+        self._wake(store)
+        return JSONResponse({"id": result.event_id, "cursor": result.position, "sent_at": now})
+
+    # ---- admin --------------------------------------------------------------------------
+
+    def _authorize_admin(self, request: Request) -> None:
+        if self._admin_digest is None:
+            raise BadRequest(404, "not found")
+        token = _bearer(request)
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin_digest):
+            raise BadRequest(403, "forbidden")
+
+    async def admin_events(self, request: Request) -> Response:
+        """List unrouted or quarantined events, newest first."""
+        try:
+            self._authorize_admin(request)
+            which = request.query_params.get("status", "unrouted")
+            if which not in {"unrouted", "quarantined"}:
+                raise BadRequest(400, "status must be unrouted or quarantined")
+            limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1) or 1
+        except BadRequest as exc:
+            return _auth_error(exc)
+        events = await self.storage.list_events(which, limit)
+        return JSONResponse({"events": [event.to_json() for event in events]})
+
+    async def admin_assign(self, request: Request) -> Response:
+        """Assign an event to a store and append it to that store's stream (replay)."""
+        try:
+            self._authorize_admin(request)
+            raw_id = str(request.path_params["event_id"])
+            if not raw_id.isdigit():
+                raise BadRequest(400, "event id must be a number")
+            payload = await _json_body(request)
+            store = payload.get("store")
+            if not isinstance(store, str) or store not in self._store_digests:
+                raise BadRequest(400, "store must be a configured store id")
+        except BadRequest as exc:
+            return _auth_error(exc)
+        result = await self.storage.assign(int(raw_id), store, self.clock())
+        if result is None:
+            return _error(404, "no such event")
+        self._wake(store)
+        log.info("event_assigned", event_id=result.event_id, store=store, position=result.position)
+        return JSONResponse({"event": result.event_id, "store": store, "cursor": result.position})
+
+    async def admin_stats(self, request: Request) -> Response:
+        """Counts and per-store stream state."""
+        try:
+            self._authorize_admin(request)
+        except BadRequest as exc:
+            return _auth_error(exc)
+        stats = await self.storage.stats()
+        return JSONResponse(
+            {
+                "events": stats.events,
+                "unrouted": stats.unrouted,
+                "quarantined": stats.quarantined,
+                "intake": dict(self.metrics.intake),
+                "stores": [
+                    {
+                        "store": s.store,
+                        "head": s.head,
+                        "acked": s.acked,
+                        "oldest_unacked_at": s.oldest_unacked_at,
+                    }
+                    for s in stats.streams
+                ],
+                "missing_stores": self.missing_stores(),
+            }
+        )
+
+    def missing_stores(self) -> list[str]:
+        """Configured stores that have not polled this replica within canary_window."""
+        now = self.clock()
+        return [
+            store
+            for store in sorted(self._store_digests)
+            if now - self._last_poll.get(store, -math.inf) > self.settings.canary_window
+        ]
+
+    # ---- health -------------------------------------------------------------------------
+
+    async def healthz(self, _request: Request) -> Response:
+        """The process is alive and its loop answers."""
+        return PlainTextResponse("ok\n")
+
+    async def readyz(self, _request: Request) -> Response:
+        """Storage accepts a write transaction."""
+        try:
+            await self.storage.check_writable()
+        except StorageError as exc:
+            return PlainTextResponse(f"storage not writable: {exc}\n", status_code=503)
+        return PlainTextResponse("ready\n")
+
+    async def metrics_page(self, _request: Request) -> Response:
+        """Prometheus text exposition."""
+        stats = await self.storage.stats()
+        return PlainTextResponse(
+            self.metrics.render(stats, self.clock(), self.missing_stores()),
+            media_type="text/plain; version=0.0.4",
+        )
+
+    async def run_cleanup(self) -> int:
+        """Delete what is older than the retention period; return events deleted."""
+        cutoff = self.clock() - self.settings.retention_days * 86400.0
+        deleted = await self.storage.purge(cutoff)
+        log.info("retention_purged", events=deleted, before=cutoff)
+        return deleted
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            try:
+                await self.run_cleanup()
+            except StorageError as exc:
+                log.warning("retention_failed", error=str(exc))
+            await asyncio.sleep(CLEANUP_INTERVAL)
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise BadRequest(401, "bearer token required")
+    return token.strip()
+
+
+def _auth_error(exc: BadRequest) -> JSONResponse:
+    if exc.status == 401:
+        return _error(401, exc.reason, **{"WWW-Authenticate": "Bearer"})
+    return _error(exc.status, exc.reason)
+
+
+def _int_param(request: Request, name: str, default: int | None, *, minimum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
+        raise BadRequest(400, f"{name} must be an integer >= {minimum}")
+    return int(raw)
+
+
+def _float_param(request: Request, name: str, default: float, *, maximum: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(400, f"{name} must be a number of seconds") from None
+    if not 0 <= value <= maximum:
+        raise BadRequest(400, f"{name} must be between 0 and {maximum:g} seconds")
+    return value
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > 4096:
+        raise BadRequest(413, "body too large")
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest(400, "body must be a JSON object") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(400, "body must be a JSON object")
+    return payload

@@ -1,0 +1,157 @@
+"""The storage port every relay backend implements, and the records that cross it.
+
+Theory of operation. A notification is written once into ``events`` (deduplicated on
+Mercado Pago's ``x-request-id`` and on a hash of its id and body). If it can be routed, the
+same transaction appends it to its store's stream in ``deliveries`` at the store's next
+*position*; the position is the store's cursor. Positions are handed out under a per-store
+row lock (``store_heads``), so a reader that has seen position N can never later find a
+committed N-1: a cursor is safe to advance even with several replicas writing. Route keys
+(payment and intent ids) learned from routed notifications live in ``routes``; an unrouted
+event waits in ``events`` until an operator assigns it, which appends it to a stream then.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MAX_READ_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One notification (or canary) on its way into storage."""
+
+    received_at: float
+    request_id: str | None
+    content_key: str
+    kind: str
+    topic: str | None
+    parse: str
+    signed: bool
+    id_source: str | None
+    store: str | None
+    asks: str | None
+    teaches: tuple[str, ...]
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What became of one Incoming: its event id, whether it was a duplicate, its store."""
+
+    event_id: int
+    duplicate: bool
+    store: str | None
+    position: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as read back, with its position in a store's stream when it has one."""
+
+    event_id: int
+    position: int | None
+    store: str | None
+    received_at: float
+    kind: str
+    topic: str | None
+    parse: str
+    signed: bool
+    id_source: str | None
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form used by the store and admin APIs."""
+        return {
+            "id": self.event_id,
+            "cursor": self.position,
+            "store": self.store,
+            "received_at": self.received_at,
+            "kind": self.kind,
+            "topic": self.topic,
+            "parse": self.parse,
+            "signed": self.signed,
+            "id_source": self.id_source,
+            "query": self.query,
+            "headers": self.headers,
+            "body_b64": base64.b64encode(self.body).decode("ascii"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStream:
+    """The state of one store's stream, for lag metrics."""
+
+    store: str
+    head: int
+    acked: int
+    oldest_unacked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for the admin API and /metrics."""
+
+    events: int
+    unrouted: int
+    quarantined: int
+    streams: tuple[StoreStream, ...] = field(default_factory=tuple)
+
+
+class Storage(Protocol):
+    """The operations the relay service needs from a backend."""
+
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def write_batch(self, items: Sequence[Incoming]) -> list[WriteResult]:
+        """Write items in one durable commit; raise NotStored if nothing was committed."""
+
+    async def read(self, store: str, after: int, limit: int) -> list[StoredEvent]:
+        """Events of a store's stream with position > after, oldest first."""
+
+    async def ack(self, store: str, position: int, now: float) -> int:
+        """Record the store's acknowledged position (never moves back); return it."""
+
+    async def acked(self, store: str) -> int:
+        """The store's acknowledged position (0 when none)."""
+
+    async def assign(self, event_id: int, store: str, now: float) -> WriteResult | None:
+        """Append an existing event to a store's stream; None when there is no such event."""
+
+    async def list_events(self, which: str, limit: int) -> list[StoredEvent]:
+        """Newest ``unrouted`` or ``quarantined`` events."""
+
+    async def stats(self) -> Stats:
+        """Counts and per-store stream state."""
+
+    async def purge(self, before: float) -> int:
+        """Delete events, deliveries and routes older than ``before``; return events deleted."""
+
+    async def check_writable(self) -> None:
+        """Raise StorageError unless a write transaction can commit now."""
+
+    def on_remote_write(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(store)`` when another replica appended to a store's stream."""
+
+
+def encode_mapping(mapping: dict[str, str]) -> str:
+    """A query or header mapping as stored text."""
+    return json.dumps(mapping, separators=(",", ":"), sort_keys=True)
+
+
+def decode_mapping(text: str) -> dict[str, str]:
+    """The inverse of encode_mapping."""
+    value = json.loads(text)
+    return {str(k): str(v) for k, v in value.items()}

@@ -1,0 +1,253 @@
+"""Relay processes: SIGKILL under load loses nothing answered 2xx; two replicas share PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pointd.cloud.signature import sign
+from pointd.relay.client import RelayConsumer, RelayEvent
+from tests.relay.harness import ADMIN_TOKEN, IO_TIMEOUT, SECRET, TOKENS, seed, with_reference
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+INTENT = seed("000_intent_finished_mla.json")
+# Long enough for a stream of several hundred notifications on a loaded 2-core machine.
+STREAM_TIMEOUT = 30.0
+
+
+def write_config(tmp_path: Path, backend: str, dsn: str | None) -> Path:
+    """A relay.toml with secrets in their own 0600 files."""
+    for name, value in (("secret", SECRET), ("admin", ADMIN_TOKEN), ("dsn", dsn or "unused")):
+        path = tmp_path / name
+        path.write_text(value)
+        path.chmod(0o600)
+    stores = "".join(
+        f'[[stores]]\nid = "{store}"\ntoken_sha256 = "{hashlib.sha256(t.encode()).hexdigest()}"\n'
+        for store, t in TOKENS.items()
+    )
+    storage = (
+        'backend = "postgres"\npostgres_dsn_file = "./dsn"\n'
+        if backend == "postgres"
+        else 'backend = "sqlite"\nsqlite_path = "relay.sqlite3"\n'
+    )
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[server]\nhost = "127.0.0.1"\nport = 8080\n'
+        '[intake]\nwebhook_secret_file = "./secret"\n'
+        f"[storage]\n{storage}batch_wait = 0.001\n"
+        '[admin]\ntoken_file = "./admin"\n' + stores
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def relay_process(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Run ``python -m pointd.relay``; yield it and its base URL once it listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pointd.relay",
+        "--config",
+        str(config),
+        "--port",
+        "0",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,  # a relay that fails to start says why in the test output
+    )
+    assert process.stdout is not None
+    try:
+        url = None
+        while url is None:
+            line = await asyncio.wait_for(process.stdout.readline(), IO_TIMEOUT)
+            if not line:
+                raise RuntimeError("relay exited before listening")
+            found = re.search(rb"listening on (http://[0-9.:]+)/", line)
+            url = found.group(1).decode() if found else None
+        drain = asyncio.create_task(_drain(process.stdout))
+        yield process, url
+        drain.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+def signed_intent(store: str, n: int) -> tuple[bytes, dict[str, str]]:
+    """A unique intent notification for a store, with its Mercado Pago headers."""
+    lane = 1 if store == "store-a" else 2
+    body = with_reference(INTENT, f"pd1_{store}_{lane}_S{n}_1").replace(
+        b"abcdef123", f"i{n:06d}".encode()
+    )
+    intent_id = f"i{n:06d}-8ab5-4139-9aa3-abcd123"
+    request_id = f"req-{store}-{n}"
+    signature = sign(SECRET, data_id=intent_id, request_id=request_id, ts=str(int(time.time())))
+    return body, {"x-request-id": request_id, "x-signature": signature}
+
+
+async def stream(
+    urls: Sequence[str],
+    stores: Sequence[str],
+    answered: dict[str, str],
+    stop: asyncio.Event,
+    senders: int = 6,
+) -> None:
+    """Send signed notifications until ``stop``; record each answered 2xx by request id."""
+    counter = iter(range(1_000_000))
+
+    async def sender(index: int) -> None:
+        async with httpx.AsyncClient(timeout=IO_TIMEOUT) as client:
+            while not stop.is_set():
+                n = next(counter)
+                store = stores[n % len(stores)]
+                body, headers = signed_intent(store, n)
+                try:
+                    response = await client.post(
+                        f"{urls[(n + index) % len(urls)]}/mp/webhook", content=body, headers=headers
+                    )
+                except httpx.TransportError:
+                    await asyncio.sleep(0.01)  # the relay is being killed; pace the retry
+                    continue
+                if response.status_code == 200:
+                    answered[headers["x-request-id"]] = store
+
+    await asyncio.gather(*(sender(i) for i in range(senders)))
+
+
+async def read_all(url: str, store: str) -> list[dict[str, object]]:
+    """Every event of a store's stream."""
+    events: list[dict[str, object]] = []
+    async with httpx.AsyncClient(timeout=IO_TIMEOUT) as client:
+        after = 0
+        while True:
+            response = await client.get(
+                f"{url}/stores/{store}/events",
+                params={"after": after, "limit": 500},
+                headers={"authorization": f"Bearer {TOKENS[store]}"},
+            )
+            assert response.status_code == 200
+            page = response.json()
+            if not page["events"]:
+                return events
+            events += page["events"]
+            after = page["cursor"]
+
+
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_sigkill_under_load_loses_nothing_answered_2xx(
+    tmp_path: Path, backend_name: str, request: pytest.FixtureRequest
+) -> None:
+    dsn = request.getfixturevalue("postgres_dsn") if backend_name == "postgres" else None
+    config = write_config(tmp_path, backend_name, dsn)
+    answered: dict[str, str] = {}
+    stop = asyncio.Event()
+    async with relay_process(config) as (process, url):
+        sending = asyncio.create_task(stream([url], ["store-a"], answered, stop))
+        deadline = time.monotonic() + STREAM_TIMEOUT
+        while len(answered) < 200 and time.monotonic() < deadline:  # noqa: ASYNC110 - counts filled by sender tasks
+            await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # mid-stream: requests are in flight
+        await process.wait()
+        stop.set()
+        await asyncio.wait_for(sending, IO_TIMEOUT)
+    assert len(answered) >= 200
+    async with relay_process(config) as (_process, url):
+        events = await read_all(url, "store-a")
+    delivered = {e["headers"]["x-request-id"] for e in events}  # type: ignore[index]
+    lost = set(answered) - delivered
+    assert lost == set(), f"{len(lost)} of {len(answered)} answered notifications lost"
+    assert len(delivered) == len(events)  # stored once each
+
+
+class Collect:
+    """A handler that journals into a dict by event id."""
+
+    def __init__(self) -> None:
+        self.events: list[RelayEvent] = []
+
+    async def __call__(self, events: Sequence[RelayEvent]) -> None:
+        self.events.extend(events)
+
+
+class Cursor:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def get(self) -> int:
+        return self.value
+
+    def set(self, cursor: int) -> None:
+        self.value = cursor
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_one_database_deliver_each_store_only_its_own(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    config = write_config(tmp_path, "postgres", postgres_dsn)
+    answered: dict[str, str] = {}
+    stop = asyncio.Event()
+    async with relay_process(config) as (_p1, url1), relay_process(config) as (_p2, url2):
+        handlers = {"store-a": Collect(), "store-b": Collect()}
+        consumers = [
+            RelayConsumer(
+                url,
+                store,
+                TOKENS[store],
+                handlers[store],
+                Cursor(),
+                long_poll_wait=1.0,
+                canary_interval=3600.0,
+            )
+            for url, store in ((url1, "store-a"), (url2, "store-b"))
+        ]
+        running = [asyncio.create_task(c.run()) for c in consumers]
+        sending = asyncio.create_task(stream([url1, url2], ["store-a", "store-b"], answered, stop))
+        deadline = time.monotonic() + STREAM_TIMEOUT
+        while len(answered) < 200 and time.monotonic() < deadline:  # noqa: ASYNC110 - counts filled by sender tasks
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(sending, IO_TIMEOUT)
+        expected = {store: {r for r, s in answered.items() if s == store} for store in handlers}
+        deadline = time.monotonic() + STREAM_TIMEOUT
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110 - filled by consumer tasks
+            len(handlers[s].events) < len(expected[s]) for s in handlers
+        ):
+            await asyncio.sleep(0.05)
+        for consumer in consumers:
+            consumer.stop()
+        await asyncio.wait_for(asyncio.gather(*running), IO_TIMEOUT)
+        for consumer in consumers:
+            await consumer.close()
+        async with httpx.AsyncClient(timeout=IO_TIMEOUT) as client:
+            cross = await client.get(
+                f"{url2}/stores/store-b/events",
+                headers={"authorization": f"Bearer {TOKENS['store-a']}"},
+            )
+            assert cross.status_code == 404
+    assert len(answered) >= 200
+    for store, handler in handlers.items():
+        got = [e.headers["x-request-id"] for e in handler.events]
+        assert len(got) == len(set(got)), f"duplicates handed to {store}"
+        assert set(got) == expected[store], f"{store}: lost or foreign events"
+        assert all(f"pd1_{store}_".encode() in e.body for e in handler.events)
