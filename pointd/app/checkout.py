@@ -1,0 +1,234 @@
+"""The checkout lanes: register requests become core events, core decisions reach the register.
+
+Theory of operation
+-------------------
+Each lane has one register session. What the register asks is answered here from the
+core's state (status, handover checks) or turned into a core event for the engine (sale,
+cancel, handover done). What the core decides for the register arrives as ``TellRegister``
+effects and is shown through the lane's session.
+
+A register that repeats a SALE with a correlation id the lane already knows (after a
+reconnect, or after the daemon restarted) gets that sale's current standing again, never a
+second sale: the same correlation id with another amount is refused as a reused id.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import structlog
+
+from pointd.core.effects import TellRegister
+from pointd.core.events import CancelRequested, HandoverConfirmed, SaleRequested
+from pointd.core.machine import CoreState, Sale
+from pointd.core.states import LaneCondition, Refusal
+from pointd.register import messages as msg
+from pointd.register.session import (
+    CancelRequest,
+    HandoverCheck,
+    HandoverDecision,
+    HandoverDone,
+    RegisterRequest,
+    RegisterSession,
+    Reply,
+    RequestRejected,
+    SaleRequest,
+    SaleStatus,
+    StatusQuery,
+)
+
+log = structlog.get_logger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+SALE_ID_LENGTH = 26
+
+
+def new_sale_id(now: float | None = None, entropy: bytes | None = None) -> str:
+    """A 26-character, time-ordered, unique sale id (ULID layout, Crockford base32)."""
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    random_bits = int.from_bytes(entropy if entropy is not None else os.urandom(10), "big")
+    value = (millis << 80) | (random_bits & ((1 << 80) - 1))
+    chars = []
+    for _ in range(SALE_ID_LENGTH):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+class Submitter(Protocol):
+    """The part of the engine the lanes use."""
+
+    @property
+    def state(self) -> CoreState:
+        """The current core state."""
+        ...
+
+    async def submit(self, event: SaleRequested | CancelRequested | HandoverConfirmed) -> object:
+        """Journal and decide one event."""
+        ...
+
+
+class TerminalCheck(Protocol):
+    """Which terminal serves a lane and whether a sale may start there now."""
+
+    def check(self, lane: int) -> tuple[str | None, Refusal | None]:
+        """The terminal id and the verdict for a sale request right now."""
+        ...
+
+
+class Checkout:
+    """All lanes of this store PC: the bridge between register sessions and the engine."""
+
+    def __init__(self, *, new_id: Callable[[], str] = new_sale_id) -> None:
+        self._sessions: dict[int, RegisterSession] = {}
+        self._terminals: TerminalCheck | None = None
+        self._new_id = new_id
+        self._engine: Submitter | None = None
+
+    def add_session(self, session: RegisterSession) -> None:
+        """Serve one lane's register (built with ``handler_for(lane)``)."""
+        self._sessions[session.lane] = session
+
+    def attach(self, engine: Submitter, terminals: TerminalCheck) -> None:
+        """Connect the engine and the terminal checks once they exist."""
+        self._engine = engine
+        self._terminals = terminals
+
+    @property
+    def sessions(self) -> Mapping[int, RegisterSession]:
+        """The register session of each lane."""
+        return self._sessions
+
+    @property
+    def lanes(self) -> list[int]:
+        """The lane numbers served."""
+        return sorted(self._sessions)
+
+    def handler_for(self, lane: int) -> Callable[[RegisterRequest], object]:
+        """The request handler for one lane's session."""
+
+        async def handle(request: RegisterRequest) -> Reply | None:
+            return await self.on_request(lane, request)
+
+        return handle
+
+    # --- engine → register -----------------------------------------------------------------
+
+    async def tell(self, effect: TellRegister) -> None:
+        """Show one sale's standing on its lane's register."""
+        session = self._sessions.get(effect.lane)
+        if session is None:
+            log.warning("checkout.no_register_for_lane", lane=effect.lane)
+            return
+        if effect.refusal is not None:
+            await session.show_refusal(effect.correlation_id, effect.refusal)
+            return
+        await session.show_state(
+            effect.correlation_id,
+            effect.state,
+            payment_id=effect.payment_id,
+            amount_cents=effect.amount_cents,
+        )
+
+    async def show_condition(self, lane: int, condition: LaneCondition) -> None:
+        """Show a lane's idle condition, unless a sale is in progress there."""
+        session = self._sessions.get(lane)
+        if session is None or self._engine is None:
+            return
+        if self._engine.state.sale_on_lane(lane) is None:
+            await session.show_condition(condition)
+
+    # --- register → engine -----------------------------------------------------------------
+
+    async def on_request(self, lane: int, request: RegisterRequest) -> Reply | None:
+        """Answer or act on one register request."""
+        engine = self._engine
+        if engine is None or self._terminals is None:
+            return RequestRejected(None, msg.ErrorCode.INTERNAL, "daemon is starting")
+        sale = _find(engine.state, lane, request.correlation_id)
+        match request:
+            case SaleRequest():
+                return await self._sale(engine, lane, request, sale)
+            case CancelRequest():
+                if sale is None:
+                    return _unknown(request.correlation_id)
+                await engine.submit(CancelRequested(sale_id=sale.sale_id, lane=lane, by="register"))
+                return None
+            case StatusQuery():
+                if sale is None:
+                    return SaleStatus(request.correlation_id, None)
+                return SaleStatus(
+                    request.correlation_id,
+                    sale.state,
+                    amount_cents=sale.amount_cents,
+                    payment_id=sale.payment_id,
+                )
+            case HandoverCheck():
+                if sale is None:
+                    return _unknown(request.correlation_id)
+                return HandoverDecision(
+                    request.correlation_id, sale.may_hand_over, sale.state.value
+                )
+            case HandoverDone():
+                if sale is None:
+                    return _unknown(request.correlation_id)
+                await engine.submit(HandoverConfirmed(sale_id=sale.sale_id))
+                return None
+        return None
+
+    async def _sale(
+        self, engine: Submitter, lane: int, request: SaleRequest, known: Sale | None
+    ) -> Reply | None:
+        assert self._terminals is not None
+        if known is not None:
+            if known.amount_cents != request.amount_cents:
+                return RequestRejected(
+                    request.correlation_id,
+                    msg.ErrorCode.ID_REUSED,
+                    "this correlation id names a sale of another amount",
+                )
+            await self.tell(_standing(known))
+            return None
+        terminal_id, refusal = self._terminals.check(lane)
+        if request.terminal_id is not None and terminal_id not in {None, request.terminal_id}:
+            refusal = refusal or Refusal.INVALID_REQUEST
+        await engine.submit(
+            SaleRequested(
+                sale_id=self._new_id(),
+                lane=lane,
+                correlation_id=request.correlation_id,
+                amount_cents=request.amount_cents,
+                terminal_id=terminal_id or request.terminal_id or "",
+                terminal_ok=refusal,
+            )
+        )
+        return None
+
+
+def _find(state: CoreState, lane: int, correlation_id: str) -> Sale | None:
+    current = state.sale_on_lane(lane)
+    if current is not None and current.correlation_id == correlation_id:
+        return current
+    matches = [
+        s for s in state.sales.values() if s.lane == lane and s.correlation_id == correlation_id
+    ]
+    return max(matches, key=lambda s: s.requested_at) if matches else None
+
+
+def _standing(sale: Sale) -> TellRegister:
+    return TellRegister(
+        lane=sale.lane,
+        correlation_id=sale.correlation_id,
+        sale_id=sale.sale_id,
+        state=sale.state,
+        refusal=sale.refusal,
+        payment_id=sale.payment_id,
+        amount_cents=sale.amount_cents,
+    )
+
+
+def _unknown(correlation_id: str) -> RequestRejected:
+    return RequestRejected(correlation_id, msg.ErrorCode.UNKNOWN_SALE, "no such sale on this lane")

@@ -1,0 +1,493 @@
+"""The engine: journal each event, step the pure core, then run the effects it decided.
+
+Theory of operation
+-------------------
+Every fact the daemon observes (a register request, a Mercado Pago answer, a relayed
+notification, a timer) becomes a core event and goes through ``submit``, one at a time:
+
+1. the core's ``step`` decides the new state and the effects, with ``now`` passed in;
+2. the journal commits the event and the state after it (one fsynced transaction);
+3. only then are the effects started (write-ahead: no effect without its cause on disk).
+
+Effects that call Mercado Pago run as tasks and report back through ``submit``; their
+errors are translated here into the events the core understands, keeping "not sent"
+apart from "outcome unknown" (a create whose fate is unknown is reconciled, never resent).
+Register messages are queued per lane, so a slow or unplugged register never stalls the
+core and the cashier sees states in the order they were decided. Timers submit
+``TimerExpired`` at their wall-clock due time through a ``TimerService`` (the event loop by
+default; tests pass one driven by their own clock); after a restart the recovery effects
+re-arm them.
+
+If the journal cannot be written the event did not happen: nothing is run, the engine
+marks itself unhealthy (the systemd watchdog then stops being fed) and the error goes up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from pointd.cloud.errors import (
+    CannotCancel,
+    CloudError,
+    DeviceBusy,
+    InvalidRequest,
+    NotFound,
+    NotSent,
+    Rejected,
+)
+from pointd.cloud.port import CloudPort, IntentView
+from pointd.core.effects import (
+    AlertTechnician,
+    CancelIntent,
+    CancelTimer,
+    CreateIntent,
+    Effect,
+    FetchIntent,
+    FetchPayment,
+    ReconcileAttempt,
+    ScheduleTimer,
+    TellRegister,
+)
+from pointd.core.events import (
+    AttemptNotFound,
+    CancelRefused,
+    CreateNotSent,
+    CreateOutcomeUnknown,
+    CreateRejected,
+    Event,
+    FoundPayment,
+    IntentCreated,
+    IntentObserved,
+    ObservationSource,
+    PaymentNotFound,
+    PaymentsFound,
+    PaymentVerified,
+    TerminalBusy,
+    TimerExpired,
+    TimerKind,
+)
+from pointd.core.machine import CoreState, Step, step
+from pointd.core.policy import Policy
+from pointd.journal.store import Journal
+
+log = structlog.get_logger(__name__)
+
+# The events endpoint works in whole days; one day of margin covers time-zone skew between
+# our clock and Mercado Pago's day boundaries.
+RECONCILE_DAY_MARGIN = dt.timedelta(days=1)
+# How long a stopping daemon lets in-flight Mercado Pago calls finish so that their answers
+# are journaled; what is still unanswered after that is reconciled at the next start.
+STOP_GRACE_TIMEOUT = 5.0
+
+
+class RegisterOutput(Protocol):
+    """Where the engine sends what the cashier must see."""
+
+    async def tell(self, effect: TellRegister) -> None:
+        """Show one sale's standing on its lane's register."""
+        ...
+
+
+class TimerHandle(Protocol):
+    """An armed timer that can be disarmed."""
+
+    def cancel(self) -> None:
+        """Disarm the timer; no effect once it fired."""
+        ...
+
+
+class TimerService(Protocol):
+    """Runs a callback at a wall-clock time (the core schedules in wall-clock seconds)."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Call ``callback`` once the wall clock reaches ``when``."""
+        ...
+
+
+class LoopTimers:
+    """Core timers on the event loop, converting wall-clock due times to loop delays."""
+
+    def __init__(self, wall_clock: Callable[[], float]) -> None:
+        self._clock = wall_clock
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Call ``callback`` after ``when - now`` seconds (at once if already due)."""
+        delay = max(0.0, when - self._clock())
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class EngineStopped(RuntimeError):
+    """The engine is stopping and accepts no new events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A technician alert raised by the core."""
+
+    at: float
+    sale_id: str
+    severity: str
+    message: str
+
+
+class Engine:
+    """Runs the core with write-ahead journaling; the only place core effects happen."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        state: CoreState,
+        policy: Policy,
+        cloud: CloudPort,
+        register: RegisterOutput,
+        wall_clock: Callable[[], float],
+        on_alert: Callable[[Alert], None] = lambda alert: None,
+        on_step: Callable[[Event, Step], None] = lambda event, result: None,
+        ticket_numbers: bool = False,
+        timers: TimerService | None = None,
+    ) -> None:
+        self._journal = journal
+        self._state = state
+        self._policy = policy
+        self._cloud = cloud
+        self._register = register
+        self._clock = wall_clock
+        self._on_alert = on_alert
+        self._on_step = on_step
+        self._ticket_numbers = ticket_numbers
+        self._lock = asyncio.Lock()
+        self._timer_service = timers if timers is not None else LoopTimers(wall_clock)
+        self._timers: dict[tuple[str, TimerKind], TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._register_queues: dict[int, asyncio.Queue[TellRegister]] = {}
+        self._register_workers: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+        self.healthy = True
+        self.last_step_at: float | None = None
+
+    @property
+    def state(self) -> CoreState:
+        """The core state after the last journaled event."""
+        return self._state
+
+    @property
+    def policy(self) -> Policy:
+        """The decision parameters in force."""
+        return self._policy
+
+    @property
+    def journal(self) -> Journal:
+        """The journal this engine writes."""
+        return self._journal
+
+    async def submit(self, event: Event, *, notification_key: str | None = None) -> Step:
+        """Decide, journal, then run the effects of one event."""
+        async with self._lock:
+            if self._stopping:
+                raise EngineStopped(f"not accepting {type(event).__name__}: stopping")
+            now = self._clock()
+            result = step(self._state, event, now=now, policy=self._policy)
+            try:
+                self._journal.append(
+                    event,
+                    now,
+                    result.state,
+                    sale_id=result.sale_id,
+                    notification_key=notification_key,
+                )
+            except Exception:
+                self.healthy = False
+                log.critical("engine.journal_failed", event=type(event).__name__)
+                raise
+            self._state = result.state
+            self.last_step_at = now
+        if result.rejection is not None:
+            log.info(
+                "core.rejected",
+                event=type(event).__name__,
+                sale_id=result.sale_id,
+                reason=result.rejection.reason,
+            )
+        self._on_step(event, result)
+        self.run_effects(result.effects)
+        return result
+
+    def run_effects(self, effects: Iterable[Effect]) -> None:
+        """Start effects in order; used by ``submit`` and by start-up recovery."""
+        for effect in effects:
+            self._dispatch(effect)
+
+    async def stop(self) -> None:
+        """Finish the step in progress, let in-flight calls answer briefly, then stop."""
+        async with self._lock:
+            self._stopping = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_TIMEOUT)
+            for task in pending:
+                task.cancel()
+        for queue in self._register_queues.values():
+            await _drain(queue, STOP_GRACE_TIMEOUT)
+        for worker in self._register_workers.values():
+            worker.cancel()
+
+    def hint_intent(self, intent_id: str) -> bool:
+        """A notification named this intent: fetch it now if it is one of our sales'.
+
+        Fetching is read-only and its answer still goes through the core, so a hint can
+        only make the daemon learn the truth sooner. Unknown ids are ignored, so forged
+        notifications cannot make the daemon spend its request budget.
+        """
+        if intent_id not in self._state.intents or self._stopping:
+            return False
+        self._spawn(self._observe(intent_id, ObservationSource.POLL))
+        return True
+
+    def hint_payment(self, payment_id: str) -> bool:
+        """A notification named this payment: verify it now if one of our sales has it."""
+        sale_id = self._state.payments.get(payment_id)
+        if sale_id is None or self._stopping:
+            return False
+        self._spawn(self._fetch_payment(FetchPayment(sale_id=sale_id, payment_id=payment_id)))
+        return True
+
+    def pending_timers(self) -> list[tuple[str, TimerKind]]:
+        """The armed timers, for diagnostics."""
+        return sorted(self._timers)
+
+    # --- effect dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, effect: Effect) -> None:
+        match effect:
+            case ScheduleTimer(sale_id=sale_id, kind=kind, at=at):
+                self._arm(sale_id, kind, at)
+            case CancelTimer(sale_id=sale_id, kind=kind):
+                handle = self._timers.pop((sale_id, kind), None)
+                if handle is not None:
+                    handle.cancel()
+            case TellRegister():
+                self._queue_for(effect.lane).put_nowait(effect)
+            case AlertTechnician(sale_id=sale_id, severity=severity, message=message):
+                log.warning("core.alert", sale_id=sale_id, severity=str(severity), alert=message)
+                self._on_alert(Alert(self._clock(), sale_id, str(severity), message))
+            case CreateIntent():
+                self._spawn(self._create(effect))
+            case CancelIntent():
+                self._spawn(self._cancel(effect))
+            case FetchIntent():
+                self._spawn(self._fetch_intent(effect))
+            case FetchPayment():
+                self._spawn(self._fetch_payment(effect))
+            case ReconcileAttempt():
+                self._spawn(self._reconcile(effect))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(self._guarded(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except EngineStopped:
+            log.info("engine.answer_after_stop")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("engine.effect_failed")
+
+    def _arm(self, sale_id: str, kind: TimerKind, at: float) -> None:
+        old = self._timers.pop((sale_id, kind), None)
+        if old is not None:
+            old.cancel()
+        if self._stopping:
+            return
+        self._timers[(sale_id, kind)] = self._timer_service.call_at(
+            at, lambda: self._fire(sale_id, kind)
+        )
+
+    def _fire(self, sale_id: str, kind: TimerKind) -> None:
+        self._timers.pop((sale_id, kind), None)
+        self._spawn(self.submit(TimerExpired(sale_id=sale_id, timer=kind)))
+
+    def _queue_for(self, lane: int) -> asyncio.Queue[TellRegister]:
+        queue = self._register_queues.get(lane)
+        if queue is None:
+            queue = asyncio.Queue()
+            self._register_queues[lane] = queue
+            self._register_workers[lane] = asyncio.ensure_future(self._tell_worker(queue))
+        return queue
+
+    async def _tell_worker(self, queue: asyncio.Queue[TellRegister]) -> None:
+        while True:
+            effect = await queue.get()
+            try:
+                await self._register.tell(effect)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine.register_tell_failed", lane=effect.lane)
+            finally:
+                queue.task_done()
+
+    # --- Mercado Pago effects --------------------------------------------------------------
+
+    async def _create(self, effect: CreateIntent) -> None:
+        event: Event
+        sale = self._state.sales.get(effect.sale_id)
+        # Sites that print a ticket number (MLA) get the register's id for the sale.
+        ticket = sale.correlation_id if sale is not None and self._ticket_numbers else None
+        try:
+            intent_id = await self._cloud.create_payment(
+                effect.terminal_id,
+                effect.amount_cents,
+                effect.external_reference,
+                # One key per attempt: backends that honour idempotency keys (Orders) make a
+                # resend of the same attempt harmless.
+                effect.external_reference,
+                ticket_number=ticket,
+            )
+        except InvalidRequest as exc:
+            event = CreateRejected(
+                sale_id=effect.sale_id, attempt=effect.attempt, code=f"invalid_request: {exc}"[:120]
+            )
+        except NotSent as exc:
+            event = CreateNotSent(sale_id=effect.sale_id, attempt=effect.attempt, reason=str(exc))
+        except DeviceBusy:
+            event = TerminalBusy(sale_id=effect.sale_id, attempt=effect.attempt)
+        except Rejected as exc:
+            event = CreateRejected(
+                sale_id=effect.sale_id, attempt=effect.attempt, code=_rejection_code(exc)
+            )
+        except Exception as exc:
+            event = CreateOutcomeUnknown(
+                sale_id=effect.sale_id, attempt=effect.attempt, reason=_reason(exc)
+            )
+        else:
+            event = IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt, intent_id=intent_id)
+        await self.submit(event)
+
+    async def _cancel(self, effect: CancelIntent) -> None:
+        try:
+            await self._cloud.cancel_payment(effect.terminal_id, effect.intent_id)
+        except CannotCancel as exc:
+            await self.submit(CancelRefused(sale_id=effect.sale_id, reason=_reason(exc)))
+            return
+        except CloudError as exc:
+            # The poll timer keeps fetching the intent: a cancel that did land shows up there.
+            log.warning("engine.cancel_failed", sale_id=effect.sale_id, error=_reason(exc))
+            return
+        await self._observe(effect.intent_id, ObservationSource.POLL)
+
+    async def _fetch_intent(self, effect: FetchIntent) -> None:
+        await self._observe(effect.intent_id, ObservationSource.POLL)
+
+    async def _observe(self, intent_id: str, source: ObservationSource) -> None:
+        try:
+            view = await self._cloud.get_payment_state(intent_id)
+        except CloudError as exc:
+            log.warning("engine.fetch_intent_failed", intent_id=intent_id, error=_reason(exc))
+            return
+        await self.submit(_observed(view, source))
+
+    async def _fetch_payment(self, effect: FetchPayment) -> None:
+        event: Event
+        try:
+            payment = await self._cloud.get_payment(effect.payment_id)
+        except NotFound:
+            event = PaymentNotFound(payment_id=effect.payment_id)
+        except CloudError as exc:
+            log.warning("engine.fetch_payment_failed", payment_id=effect.payment_id,
+                        error=_reason(exc))
+            return
+        else:
+            event = PaymentVerified(
+                payment_id=payment.id,
+                status=payment.status,
+                status_detail=payment.status_detail,
+                amount_cents=payment.amount_cents,
+                currency=payment.currency_id or "",
+                collector_id=payment.collector_id or "",
+                external_reference=payment.external_reference,
+            )
+        await self.submit(event)
+
+    async def _reconcile(self, effect: ReconcileAttempt) -> None:
+        """Find this attempt at Mercado Pago: an intent, a payment, or proof of neither.
+
+        Any failure to ask leaves the sale reconciling; the core's RECONCILE timer asks
+        again. AttemptNotFound is reported only when every source answered.
+        """
+        try:
+            found = await self._find_intent(effect)
+            if found is not None:
+                await self.submit(
+                    IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt,
+                                  intent_id=found.id)
+                )
+                await self.submit(_observed(found, ObservationSource.RECONCILIATION))
+                return
+            payments = await self._cloud.find_payments(effect.external_reference)
+        except CloudError as exc:
+            log.warning("engine.reconcile_incomplete", sale_id=effect.sale_id, error=_reason(exc))
+            return
+        if payments:
+            await self.submit(
+                PaymentsFound(
+                    sale_id=effect.sale_id,
+                    attempt=effect.attempt,
+                    payments=tuple(
+                        FoundPayment(payment_id=p.id, status=p.status, amount_cents=p.amount_cents)
+                        for p in payments
+                    ),
+                )
+            )
+            return
+        await self.submit(AttemptNotFound(sale_id=effect.sale_id, attempt=effect.attempt))
+
+    async def _find_intent(self, effect: ReconcileAttempt) -> IntentView | None:
+        since = dt.datetime.fromtimestamp(effect.since, tz=dt.UTC).date() - RECONCILE_DAY_MARGIN
+        today = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date() + RECONCILE_DAY_MARGIN
+        known = set(self._state.intents)
+        for status in await self._cloud.intents_since(since, today):
+            if status.intent_id in known:
+                continue
+            view = await self._cloud.get_payment_state(status.intent_id)
+            if view.external_reference == effect.external_reference:
+                return view
+        return None
+
+
+def _observed(view: IntentView, source: ObservationSource) -> IntentObserved:
+    return IntentObserved(
+        intent_id=view.id,
+        state=view.state.upper(),
+        payment_id=view.payment_id,
+        payment_state=view.payment_state,
+        source=source,
+        external_reference=view.external_reference,
+    )
+
+
+def _rejection_code(exc: Rejected) -> str:
+    return getattr(exc, "error", None) or type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+async def _drain(queue: asyncio.Queue[TellRegister], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(queue.join(), timeout)
+    except TimeoutError:
+        log.warning("engine.register_messages_dropped_at_stop", pending=queue.qsize())

@@ -1,0 +1,156 @@
+"""Relayed notifications become core events or fetch hints; nothing in them decides a sale.
+
+Theory of operation
+-------------------
+A notification is a hint (architecture.md §2, rule 6). A bare Point intent body becomes an
+``IntentObserved`` with source *notification*, which the core answers with a fetch of the
+intent; a wrapper or IPN that only names an intent or a payment becomes a fetch hint; a
+fraud alert (``stop_delivery_op_wh``) becomes ``FraudAlerted``, which can only stop goods
+from leaving. Each relayed event is journaled (as the event it became, or as seen) before
+the relay is acknowledged, and an event already seen is skipped, so a redelivery after a
+crash changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from pointd.core.events import Event, FraudAlerted, IntentObserved, ObservationSource
+from pointd.relay.client import RelayEvent
+
+log = structlog.get_logger(__name__)
+
+INTENT_TOPICS = frozenset({"point_integration_wh", "point_integration_ipn"})
+PAYMENT_TOPICS = frozenset({"payment", "topic_chargebacks_wh", "topic_claims_integration_wh"})
+FRAUD_ALERT_TOPIC = "stop_delivery_op_wh"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one relayed notification means to the daemon."""
+
+    events: tuple[Event, ...] = ()
+    intent_hints: tuple[str, ...] = ()
+    payment_hints: tuple[str, ...] = ()
+    note: str = ""
+
+
+class EngineLike(Protocol):
+    """The engine calls the notification handler makes."""
+
+    async def submit(self, event: Event, *, notification_key: str | None = None) -> object:
+        """Journal and decide one event."""
+        ...
+
+    def hint_intent(self, intent_id: str) -> bool:
+        """Fetch an intent of ours now."""
+        ...
+
+    def hint_payment(self, payment_id: str) -> bool:
+        """Verify a payment of ours now."""
+        ...
+
+
+class JournalLike(Protocol):
+    """The journal calls the notification handler makes."""
+
+    def notification_seen(self, key: str) -> bool:
+        """Whether this notification was journaled before."""
+        ...
+
+    def mark_notification_seen(self, key: str, seq: int | None = None) -> bool:
+        """Record a notification that became no core event."""
+        ...
+
+
+def read_notification(event: RelayEvent) -> Reading:
+    """Interpret one relayed notification (pure)."""
+    document = event.document()
+    if event.kind == "intent" and isinstance(document, dict):
+        return _intent_body(document)
+    topic = event.topic or event.query.get("topic") or event.query.get("type")
+    data = document.get("data") if isinstance(document, dict) else None
+    data = data if isinstance(data, dict) else {}
+    if topic == FRAUD_ALERT_TOPIC:
+        payment_id = _text(data.get("payment_id")) or _text(data.get("id"))
+        if payment_id is None:
+            return Reading(note="fraud alert without a payment id")
+        return Reading(events=(FraudAlerted(payment_id=payment_id),))
+    resource = _text(data.get("id")) or event.query.get("data.id") or event.query.get("id")
+    if topic in INTENT_TOPICS and resource:
+        return Reading(intent_hints=(resource,))
+    if topic in PAYMENT_TOPICS:
+        payment_id = _text(data.get("payment_id")) or resource
+        if payment_id:
+            return Reading(payment_hints=(payment_id,))
+    return Reading(note=f"nothing for the checkout in a {event.kind} notification ({topic})")
+
+
+def _intent_body(document: dict[str, Any]) -> Reading:
+    intent_id, state = _text(document.get("id")), _text(document.get("state"))
+    if intent_id is None or state is None:
+        return Reading(note="intent notification without id or state")
+    payment = document.get("payment")
+    payment = payment if isinstance(payment, dict) else {}
+    info = document.get("additional_info")
+    info = info if isinstance(info, dict) else {}
+    return Reading(
+        events=(
+            IntentObserved(
+                intent_id=intent_id,
+                state=state.upper(),
+                payment_id=_text(payment.get("id")),
+                payment_state=_text(payment.get("state")),
+                source=ObservationSource.NOTIFICATION,
+                external_reference=_text(info.get("external_reference")),
+            ),
+        )
+    )
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | str):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+@dataclass
+class NotificationHandler:
+    """The relay consumer's handler: journal every notification before it is acknowledged."""
+
+    engine: EngineLike
+    journal: JournalLike
+    counts: dict[str, int] = field(default_factory=dict)
+
+    async def __call__(self, events: Sequence[RelayEvent]) -> None:
+        """Journal each new event (as core events or as seen), then act on its hints."""
+        for event in events:
+            key = f"relay:{event.id}"
+            if self.journal.notification_seen(key):
+                self._count("duplicate")
+                continue
+            if event.verified is False:
+                log.warning("notification.signature_mismatch", relay_id=event.id, kind=event.kind)
+            reading = read_notification(event)
+            if reading.events:
+                first, *rest = reading.events
+                await self.engine.submit(first, notification_key=key)
+                for core_event in rest:
+                    await self.engine.submit(core_event)
+            else:
+                self.journal.mark_notification_seen(key)
+            for intent_id in reading.intent_hints:
+                self.engine.hint_intent(intent_id)
+            for payment_id in reading.payment_hints:
+                self.engine.hint_payment(payment_id)
+            self._count(event.kind)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1

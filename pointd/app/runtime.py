@@ -1,0 +1,347 @@
+"""``pointd run``: the composition root that builds every part and runs the daemon.
+
+Start-up order (each step needs the one before): configuration → secrets → journal
+replay → recovery effects → register links and terminal watch → relay consumer →
+control socket → READY=1. Stop order is the reverse, and the engine finishes the step it
+is in (its journal write) before anything closes; a sale in progress is resumed by
+recovery at the next start.
+
+This is the only module that imports every layer. Tests and the demo build ``Daemon``
+with their own ports (a fake USB bus, a wall clock and the timers that follow it);
+production passes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pointd import __version__
+from pointd.app.checkout import Checkout
+from pointd.app.engine import Alert, Engine, TimerService
+from pointd.app.lane_terminals import LaneSpec, LaneTerminals
+from pointd.app.notifications import NotificationHandler
+from pointd.app.systemd_notify import Notifier, WatchdogLoop, watchdog_interval
+from pointd.cloud.client import PointApiClient, Timeouts
+from pointd.cloud.port import CloudPort, PaymentIntentBackend
+from pointd.cloud.sites import SITE_RULES, Site
+from pointd.config import (
+    DEFAULT_DAEMON_CONFIG,
+    MP_ACCESS_TOKEN,
+    MP_WEBHOOK_SECRET,
+    RELAY_STORE_TOKEN,
+    ConfigError,
+    DaemonConfig,
+    load_config,
+    read_optional_secret,
+    read_secret,
+)
+from pointd.core.events import Event
+from pointd.core.machine import Step
+from pointd.core.policy import Policy
+from pointd.core.recovery import recover
+from pointd.core.states import SaleState
+from pointd.journal.store import Journal
+from pointd.link.driver import LinkDriver
+from pointd.logging import configure_logging
+from pointd.register.session import RegisterSession
+from pointd.relay.client import RelayConsumer, RelayHealth
+from pointd.terminal import (
+    DEFAULT_VENDORS,
+    DeviceCatalog,
+    HotplugUnavailable,
+    TerminalWatch,
+    UsbUnavailable,
+    default_usb_backend,
+    open_udev_hotplug,
+)
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+# How often the running loop must prove it is alive before systemd's watchdog is fed:
+# the journal must be writable and the engine healthy.
+HEALTH_CHECK_INTERVAL = 5.0
+
+
+def policy_from(config: DaemonConfig) -> Policy:
+    """The core's decision parameters from the configuration."""
+    rules = SITE_RULES[Site(config.store.site)]
+    timers = config.timers
+    return Policy(
+        currency=config.store.currency,
+        collector_id=str(config.store.collector_id),
+        min_amount_cents=rules.min_cents,
+        max_amount_cents=rules.max_cents,
+        poll_fallback_after=timers.poll_fallback_after,
+        verify_initial_backoff=timers.verify_initial_backoff,
+        verify_max_backoff=timers.verify_max_backoff,
+        confirmation_escalate_after=timers.confirmation_escalate_after,
+        abandon_after=timers.abandon_after,
+        create_reconcile_attempts=timers.create_reconcile_attempts,
+    )
+
+
+class JournalCursor:
+    """The relay consumer's cursor, kept in the daemon's journal."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def get(self) -> int:
+        """The last cursor whose events were journaled."""
+        value = self._journal.relay_cursor()
+        return int(value) if value else 0
+
+    def set(self, cursor: int) -> None:
+        """Remember a cursor after its events were journaled."""
+        self._journal.set_relay_cursor(str(cursor))
+
+
+class Daemon:
+    """Every part of one store PC's daemon, built from one configuration."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        usb_backend: Any = None,
+        hotplug: Any = None,
+        wall_clock: Callable[[], float] = time.time,
+        cloud: CloudPort | None = None,
+        timers: TimerService | None = None,
+    ) -> None:
+        self.config = config
+        self._usb_backend = usb_backend
+        self._hotplug = hotplug
+        self._clock = wall_clock
+        self._cloud_override = cloud
+        self._timer_service = timers
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = wall_clock()
+        self.notifier = Notifier.from_environ()
+        self.alerts: list[Alert] = []
+        self.engine: Engine | None = None
+        self.relay: RelayConsumer | None = None
+        self.lanes: LaneTerminals | None = None
+        self.links: dict[int, LinkDriver] = {}
+        self.sessions: dict[int, RegisterSession] = {}
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Ask run() to stop cleanly (SIGTERM, SIGINT)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start every part, serve until asked to stop, then stop in reverse order."""
+        config = self.config
+        token = read_secret(MP_ACCESS_TOKEN, file=config.cloud.access_token_file)
+        webhook_secret = read_optional_secret(
+            MP_WEBHOOK_SECRET, file=config.cloud.webhook_secret_file
+        )
+        journal = Journal.open(config.journal.path)
+        client: PointApiClient | None = None
+        try:
+            policy = policy_from(config)
+            state = journal.rebuild(config.store.id, policy)
+            journal.record_policy(policy)
+            log.info("journal.replayed", sales=len(state.sales), unfinished=len(state.unfinished()))
+            if self._cloud_override is not None:
+                cloud = self._cloud_override
+            else:
+                client = PointApiClient(
+                    config.cloud.base_url,
+                    token.reveal(),
+                    site=Site(config.store.site),
+                    timeouts=Timeouts(
+                        connect=config.cloud.connect_timeout,
+                        read=config.cloud.read_timeout,
+                        write=config.cloud.write_timeout,
+                        pool=config.cloud.pool_timeout,
+                    ),
+                )
+                cloud = PaymentIntentBackend(client)
+
+            checkout = Checkout()
+            for lane in config.lanes:
+                session = RegisterSession(
+                    lane.number, config.store.language, checkout.handler_for(lane.number)
+                )
+                self.sessions[lane.number] = session
+                checkout.add_session(session)
+
+            engine = Engine(
+                journal=journal,
+                state=state,
+                policy=policy,
+                cloud=cloud,
+                register=checkout,
+                wall_clock=self._clock,
+                on_alert=self.alerts.append,
+                on_step=self._on_step,
+                ticket_numbers=SITE_RULES[Site(config.store.site)].requires_ticket_number,
+                timers=self._timer_service,
+            )
+            self.engine = engine
+            self.lanes = self._build_lane_terminals(cloud, engine, checkout)
+            checkout.attach(engine, self.lanes)
+
+            engine.run_effects(recover(engine.state, self._clock(), policy))
+            for lane in config.lanes:
+                link = LinkDriver(lane.register, baudrate=lane.baud)
+                self.links[lane.number] = link
+                self._spawn(self.sessions[lane.number].run(link), f"register-{lane.number}")
+            self._spawn(self.lanes.run(), "lane-terminals")
+            watch = self._watch
+            if watch is not None:
+                self._spawn(watch.run(), "usb-watch")
+
+            if config.relay.url:
+                store_token = read_secret(RELAY_STORE_TOKEN, file=config.relay.store_token_file)
+                self.relay = RelayConsumer(
+                    config.relay.url,
+                    config.store.id,
+                    store_token.reveal(),
+                    NotificationHandler(engine, journal),
+                    JournalCursor(journal),
+                    webhook_secret=webhook_secret.reveal() if webhook_secret else None,
+                    on_health_change=self._on_relay_health,
+                    canary_interval=config.relay.canary_interval,
+                )
+                self._spawn(self.relay.run(), "relay-consumer")
+
+            self.notifier.ready(self._status_line())
+            self.ready.set()
+            interval = watchdog_interval()
+            if interval is not None:
+                loop = WatchdogLoop(self._healthy, self.notifier, interval)
+                self._spawn(loop.run(), "watchdog")
+            log.info("daemon.ready", version=__version__, lanes=[lane.number for lane in config.lanes])
+            await self._stop.wait()
+            self.notifier.stopping()
+            log.info("daemon.stopping")
+            await engine.stop()
+            return EXIT_OK
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            if self.relay is not None:
+                await self.relay.close()
+            for link in self.links.values():
+                link.close()
+            if client is not None:
+                await client.aclose()
+            journal.close()
+
+    # --- parts ------------------------------------------------------------------------------
+
+    def _build_lane_terminals(self, cloud: CloudPort, engine: Engine, checkout: Checkout) -> LaneTerminals:
+        config = self.config
+        backend = self._usb_backend
+        if backend is None:
+            try:
+                backend = default_usb_backend()
+            except UsbUnavailable as exc:
+                log.warning("usb.unavailable", detail=str(exc))
+        self._watch: TerminalWatch | None = None
+        lanes: LaneTerminals
+        if backend is not None:
+            hotplug = self._hotplug
+            if hotplug is None:
+                try:
+                    hotplug = open_udev_hotplug()
+                except HotplugUnavailable as exc:
+                    log.info("usb.hotplug_unavailable", detail=str(exc))
+            self._watch = TerminalWatch(
+                backend,
+                DEFAULT_VENDORS,
+                on_change=lambda change: lanes.usb_changed(change),
+                hotplug=hotplug,
+                rescan_interval=config.terminals.usb_rescan_interval,
+            )
+
+        def on_condition(lane: int, condition: Any) -> None:
+            self._spawn(checkout.show_condition(lane, condition), f"condition-{lane}")
+
+        lanes = LaneTerminals(
+            [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
+            catalog=DeviceCatalog(time.monotonic),
+            fetch_devices=cloud.list_terminals,
+            live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
+            on_condition=on_condition,
+            watch=self._watch,
+            refresh_interval=config.terminals.refresh_interval,
+        )
+        return lanes
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("daemon.task_failed", task=task.get_name(), error=repr(error))
+
+    def _on_step(self, event: Event, result: Step) -> None:
+        if result.sale_id is None:
+            return
+        sale = result.state.sales.get(result.sale_id)
+        if sale is not None and sale.state in {SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED}:
+            self.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
+
+    def _on_relay_health(self, health: RelayHealth) -> None:
+        self.notifier.status(f"relay {health.state.value}")
+
+    async def _healthy(self) -> bool:
+        engine = self.engine
+        return engine is not None and engine.healthy and not self._stop.is_set()
+
+    def _status_line(self) -> str:
+        return f"{len(self.config.lanes)} lane(s) ready"
+
+
+def main(argv: list[str]) -> int:
+    """``pointd run --config FILE``."""
+    parser = argparse.ArgumentParser(prog="pointd run", description="Run the checkout daemon.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_DAEMON_CONFIG,
+                        help=f"configuration file (default {DEFAULT_DAEMON_CONFIG})")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, DaemonConfig)
+    except ConfigError as exc:
+        print(f"pointd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.logging.level, config.logging.format)
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: DaemonConfig) -> int:
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+    try:
+        return await daemon.run()
+    except ConfigError as exc:
+        log.error("daemon.config_error", error=str(exc))
+        return EXIT_CONFIG
