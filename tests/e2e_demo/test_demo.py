@@ -1,0 +1,46 @@
+"""The README's first command: `pointd demo` plays every scripted outcome and exits 0."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pointd.app.demo import SCRIPT
+
+ROOT = Path(__file__).resolve().parents[2]
+# The scripted sales take about 25 s of simulated terminal time on this machine.
+DEMO_TIMEOUT = 180
+
+
+@pytest.mark.slow
+def test_demo_plays_every_outcome_and_exits_zero(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pointd.cli", "demo", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{len(SCRIPT)} of {len(SCRIPT)} sales ended as expected" in result.stdout
+    for sale in SCRIPT:
+        assert sale.name in result.stdout
+    # The cashier saw the hold before the release of a CONFIRMATION_REQUIRED sale.
+    assert "DO NOT HAND OVER" in result.stdout
+    # The demo left its journal behind in the state directory it was given.
+    assert (tmp_path / "journal.sqlite3").exists()
+
+
+def test_demo_help_names_its_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pointd.cli", "demo", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--interactive" in result.stdout
