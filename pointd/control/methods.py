@@ -53,7 +53,9 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
                 str, "only sales in this state", required=False, choices=tuple(SaleState)
             ),
             "since": Param(
-                str, "only sales started at or after this ISO-8601 time", required=False
+                str,
+                "only sales changed at or after this ISO-8601 time (UTC without an offset)",
+                required=False,
             ),
             "limit": Param(
                 int,
@@ -65,7 +67,9 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
         },
     ),
     "sale": MethodSpec(False, "One sale with its full journaled timeline.", {"sale_id": _SALE_ID}),
-    "holds": MethodSpec(False, "Sales held or escalated: goods must not leave until verified.", {}),
+    "holds": MethodSpec(
+        False, "Sales held, escalated or blocked: goods must not leave until settled.", {}
+    ),
     "terminals": MethodSpec(
         False, "Configured terminals: lane, USB presence, cloud mode, live intent.", {}
     ),
@@ -96,13 +100,13 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
     ),
     "reconcile": MethodSpec(
         True,
-        "Reconcile every unfinished sale and terminal queue against the API now.",
+        "Ask Mercado Pago now about every unfinished sale; results follow as sale events.",
         {},
         min_interval=RECONCILE_MIN_INTERVAL,
     ),
     "refund": MethodSpec(
         True,
-        "Refund an approved sale in full, or partly with amount_cents.",
+        "Refund an approved sale (not built yet: answers not_supported).",
         {
             "sale_id": _SALE_ID,
             "amount_cents": Param(

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"  # the sale, payment or lane named does not exist
     CONFLICT = "conflict"  # the request is not allowed in the current state
     UNAVAILABLE = "unavailable"  # a dependency (e.g. Mercado Pago) could not be reached
+    NOT_SUPPORTED = "not_supported"  # this daemon does not implement the method yet
     INTERNAL = "internal"  # the handler failed unexpectedly; outcome of a mutating call unknown
 
 
@@ -55,6 +56,7 @@ NOT_PERFORMED_CODES = frozenset(
         ErrorCode.FORBIDDEN,
         ErrorCode.RATE_LIMITED,
         ErrorCode.AUDIT_FAILED,
+        ErrorCode.NOT_SUPPORTED,
     }
 )
 

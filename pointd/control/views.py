@@ -76,6 +76,8 @@ def render_status(status: Mapping[str, Any]) -> str:
     relay_text = "-"
     if isinstance(relay, Mapping):
         relay_text = "connected" if relay.get("connected") else "NOT connected"
+        if relay.get("connected") is None and relay.get("state"):
+            relay_text = str(relay["state"])
     header = key_values(
         {
             "pointd": status.get("version"),
