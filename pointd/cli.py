@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from pointd import __version__
+
 # subcommand words -> (module, function, one-line help). The function takes the remaining
 # arguments and returns the process exit code.
 SUBCOMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
@@ -52,8 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else USAGE_EXIT
     if args[0] == "--version":
-        from pointd import __version__
-
         print(f"pointd {__version__}")
         return 0
     resolved = _resolve(args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import secrets
 import shutil
@@ -147,7 +148,7 @@ class DemoWorld:
         )
         for lane in LANE_TERMINALS:
             emulator = await RegisterEmulator.open_pty()
-            emulator.on_display(lambda display, lane=lane: self.printer.display(lane, display))
+            emulator.on_display(functools.partial(self.printer.display, lane))
             self.registers[lane] = emulator
         bus = FakeUsbBus.from_directory(default_dump_directory())
         for model, serial, _device in LANE_TERMINALS.values():
@@ -263,12 +264,12 @@ async def _run_sale(world: DemoWorld, sale: ScriptedSale) -> str:
 async def _queue_foreign_intent(world: DemoWorld, lane: int) -> Callable[[], Awaitable[None]]:
     """Another system queues an intent on the lane's terminal; returns how to clear it."""
     assert world.sim is not None
-    device = LANE_TERMINALS[lane][2]
-    async with PointApiClient(world.sim.base_url, world.access_token, site=SITE) as client:
+    base_url, device = world.sim.base_url, LANE_TERMINALS[lane][2]
+    async with PointApiClient(base_url, world.access_token, site=SITE) as client:
         intent = await client.create_payment_intent(device, 999, "other-pos-1")
 
     async def clear() -> None:
-        async with PointApiClient(world.sim.base_url, world.access_token, site=SITE) as client:
+        async with PointApiClient(base_url, world.access_token, site=SITE) as client:
             with contextlib.suppress(Exception):
                 await client.cancel_payment_intent(device, intent.id)
 
@@ -290,7 +291,7 @@ async def play_script(world: DemoWorld, printer: Printer) -> list[tuple[Scripted
         started = time.monotonic()
         try:
             got = await _run_sale(world, sale)
-        except Exception as exc:  # noqa: BLE001 - the table reports it; the demo goes on
+        except Exception as exc:  # the table reports it; the demo goes on
             got = f"failed: {type(exc).__name__}: {exc}"
         finally:
             if cleanup is not None:
@@ -329,7 +330,7 @@ async def _interactive(world: DemoWorld, printer: Printer) -> int:
         sale = ScriptedSale("interactive", 1, int(line), "", "")
         try:
             got = await _run_sale(world, sale)
-        except Exception as exc:  # noqa: BLE001 - keep the session going
+        except Exception as exc:  # keep the session going
             got = f"failed: {exc}"
         printer.say(f"    -> {got}")
 
