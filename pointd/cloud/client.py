@@ -1,5 +1,8 @@
 """The async HTTP client for Mercado Pago's Point Integration API and ``/v1/payments``.
 
+It is also the transport of the Orders API client (``pointd.cloud.orders``), through
+``get_json``, ``send_json`` and ``parse``, so both APIs share one error mapping.
+
 Theory of operation. Every call goes through one ``httpx.AsyncClient`` with a timeout per
 phase, and every failure is translated at this boundary into the tree of
 ``pointd.cloud.errors``, keeping apart what provably did not reach Mercado Pago
@@ -29,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from enum import Enum
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -42,6 +46,8 @@ from pointd.cloud.errors import (
     CannotCancel,
     DeviceBusy,
     Forbidden,
+    IdempotencyConflict,
+    IdempotencyInProgress,
     InvalidRequest,
     MalformedResponse,
     NotFound,
@@ -62,6 +68,7 @@ from pointd.cloud.models import (
     Payment,
     PaymentIntent,
     PaymentSearchPage,
+    Refund,
     RefundIntent,
 )
 from pointd.cloud.pacing import IntentGetPacer, backoff_delay, retry_after_seconds
@@ -98,6 +105,9 @@ DEVICE_EVENT_CHANNELS = frozenset({"email"})
 REFUND_TICKETS = frozenset({"SELLER_TICKET", "BUYER_TICKET"})
 # Orders-API rule, adopted for intents too: at most 64 of letters, digits, '-' and '_'.
 EXTERNAL_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Mercado Pago's SDKs accept 1-64 characters; the safe subset keeps keys loggable.
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IDEMPOTENCY_CONFLICT = "idempotency_key_already_used"
 # Path parameters are opaque, but never empty, never with '/', and of sane length.
 PATH_ID = re.compile(r"[^/\s]{1,128}")
 
@@ -123,6 +133,7 @@ class CallKind(Enum):
     CREATE = "create"  # creates an intent or refund intent: never repeated here
     CANCEL = "cancel"  # DELETE of an intent or refund intent
     UPDATE = "update"  # PATCH of a device or the integrator
+    REFUND = "refund"  # a refund through the API, no terminal involved: never repeated here
 
 
 Clock = Callable[[], float]
@@ -133,6 +144,18 @@ def _path_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not PATH_ID.fullmatch(value):
         raise InvalidRequest(f"{what} must be a non-empty id without '/' or spaces")
     return quote(value, safe="")
+
+
+def idempotency_header(key: object) -> dict[str, str]:
+    """The ``X-Idempotency-Key`` header for ``key``; InvalidRequest if it is unusable."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest("idempotency_key must be 1-64 of [A-Za-z0-9_-]")
+    return {"X-Idempotency-Key": key}
+
+
+def cents_to_units(cents: int) -> Decimal:
+    """Integer cents as major units with two decimals (1500 → Decimal("15.00"))."""
+    return (Decimal(cents) / 100).quantize(Decimal("0.01"))
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str]:
@@ -218,8 +241,8 @@ class PointApiClient:
                 params["store_id"] = store_id
             if pos_id is not None:
                 params["pos_id"] = pos_id
-            body = await self._read(f"{API}/devices", params=params)
-            page = self._parse(DevicePage.from_json, body, CallKind.READ)
+            body = await self.get_json(f"{API}/devices", params=params)
+            page = self.parse(DevicePage.from_json, body, CallKind.READ)
             yield page
             offset += len(page.devices)
             if not page.devices or offset >= page.total:
@@ -238,7 +261,7 @@ class PointApiClient:
         if mode not in OPERATING_MODES:
             raise InvalidRequest(f"operating_mode must be one of {sorted(OPERATING_MODES)}")
         path = f"{API}/devices/{_path_id(device_id, 'device_id')}"
-        body = await self._write(
+        body = await self.send_json(
             "PATCH", path, f"{API}/devices/{{device_id}}", {"operating_mode": mode}, CallKind.UPDATE
         )
         answered = body.get("operating_mode") if body else None
@@ -284,26 +307,28 @@ class PointApiClient:
             request["description"] = description
         if payment is not None:
             request["payment"] = dict(payment)
-        body = await self._write(
+        body = await self.send_json(
             "POST",
             f"{API}/devices/{device}/payment-intents",
             f"{API}/devices/{{device_id}}/payment-intents",
             request,
             CallKind.CREATE,
         )
-        return self._parse(PaymentIntent.from_json, body, CallKind.CREATE)
+        return self.parse(PaymentIntent.from_json, body, CallKind.CREATE)
 
     async def get_payment_intent(self, intent_id: str) -> PaymentIntent:
         """The intent's current state (paced to 1 request/second per intent)."""
         path = f"{API}/payment-intents/{_path_id(intent_id, 'intent_id')}"
-        body = await self._read(path, template=f"{API}/payment-intents/{{id}}", pace_key=intent_id)
-        return self._parse(PaymentIntent.from_json, body, CallKind.READ)
+        body = await self.get_json(
+            path, template=f"{API}/payment-intents/{{id}}", pace_key=intent_id
+        )
+        return self.parse(PaymentIntent.from_json, body, CallKind.READ)
 
     async def cancel_payment_intent(self, device_id: str, intent_id: str) -> str:
         """Cancel an intent that is still OPEN; CannotCancel once the terminal took it."""
         device = _path_id(device_id, "device_id")
         intent = _path_id(intent_id, "intent_id")
-        body = await self._write(
+        body = await self.send_json(
             "DELETE",
             f"{API}/devices/{device}/payment-intents/{intent}",
             f"{API}/devices/{{device_id}}/payment-intents/{{id}}",
@@ -324,16 +349,16 @@ class PointApiClient:
         if (end_date - start_date).days > MAX_EVENTS_RANGE_DAYS:
             raise InvalidRequest(f"the events range must not exceed {MAX_EVENTS_RANGE_DAYS} days")
         params = {"startDate": start_date.isoformat(), "endDate": end_date.isoformat()}
-        body = await self._read(f"{API}/payment-intents/events", params=params)
+        body = await self.get_json(f"{API}/payment-intents/events", params=params)
         raw = body.get("events")
         if not isinstance(raw, list):
             raise MalformedResponse("GET payment-intents/events: no 'events' array")
-        return [self._parse(IntentEvent.from_json, item, CallKind.READ) for item in raw]
+        return [self.parse(IntentEvent.from_json, item, CallKind.READ) for item in raw]
 
     async def last_intent_event(self, intent_id: str) -> IntentEvent:
         """The latest state of one intent, from its events endpoint."""
         path = f"{API}/payment-intents/{_path_id(intent_id, 'intent_id')}/events"
-        body = await self._read(
+        body = await self.get_json(
             path, template=f"{API}/payment-intents/{{id}}/events", pace_key=intent_id
         )
         try:
@@ -345,8 +370,8 @@ class PointApiClient:
 
     async def get_integrator(self) -> Integrator:
         """The integrator record, including device-event channels."""
-        body = await self._read(f"{API}/integrator")
-        return self._parse(Integrator.from_json, body, CallKind.READ)
+        body = await self.get_json(f"{API}/integrator")
+        return self.parse(Integrator.from_json, body, CallKind.READ)
 
     async def patch_integrator(self, channels: Sequence[str]) -> None:
         """Set the device-event channels (only "email" exists; active after ~30 min)."""
@@ -354,7 +379,7 @@ class PointApiClient:
             raise InvalidRequest(
                 f"channels must be a list drawn from {sorted(DEVICE_EVENT_CHANNELS)}"
             )
-        await self._write(
+        await self.send_json(
             "PATCH",
             f"{API}/integrator",
             f"{API}/integrator",
@@ -377,7 +402,7 @@ class PointApiClient:
             raise InvalidRequest("payment_id must be a numeric string")
         if isinstance(print_on_terminal, str) or not set(print_on_terminal) <= REFUND_TICKETS:
             raise InvalidRequest(f"print_on_terminal must be drawn from {sorted(REFUND_TICKETS)}")
-        body = await self._write(
+        body = await self.send_json(
             "POST",
             f"{API}/devices/{device}/refund",
             f"{API}/devices/{{device_id}}/refund",
@@ -387,19 +412,19 @@ class PointApiClient:
             },
             CallKind.CREATE,
         )
-        return self._parse(RefundIntent.from_json, body, CallKind.CREATE)
+        return self.parse(RefundIntent.from_json, body, CallKind.CREATE)
 
     async def get_refund_intent(self, refund_intent_id: str) -> RefundIntent:
         """A refund intent's current state."""
         path = f"{API}/refund/{_path_id(refund_intent_id, 'refund_intent_id')}"
-        body = await self._read(path, template=f"{API}/refund/{{id}}", pace_key=refund_intent_id)
-        return self._parse(RefundIntent.from_json, body, CallKind.READ)
+        body = await self.get_json(path, template=f"{API}/refund/{{id}}", pace_key=refund_intent_id)
+        return self.parse(RefundIntent.from_json, body, CallKind.READ)
 
     async def cancel_refund_intent(self, device_id: str, refund_intent_id: str) -> str:
         """Cancel a refund intent still OPEN; CannotCancel once the terminal took it."""
         device = _path_id(device_id, "device_id")
         refund = _path_id(refund_intent_id, "refund_intent_id")
-        body = await self._write(
+        body = await self.send_json(
             "DELETE",
             f"{API}/devices/{device}/refund/{refund}",
             f"{API}/devices/{{device_id}}/refund/{{id}}",
@@ -415,8 +440,44 @@ class PointApiClient:
         """``GET /v1/payments/{id}``: the authority on status, amount and collector."""
         if not isinstance(payment_id, str) or not payment_id.isdigit():
             raise InvalidRequest("payment_id must be a numeric string")
-        body = await self._read(f"/v1/payments/{payment_id}", template="/v1/payments/{id}")
-        return self._parse(Payment.from_json, body, CallKind.READ)
+        body = await self.get_json(f"/v1/payments/{payment_id}", template="/v1/payments/{id}")
+        return self.parse(Payment.from_json, body, CallKind.READ)
+
+    async def create_payment_refund(
+        self, payment_id: str, amount_cents: int | None, idempotency_key: str
+    ) -> Refund:
+        """``POST /v1/payments/{id}/refunds``: the amount given, or all that is left (None)."""
+        if not isinstance(payment_id, str) or not payment_id.isdigit():
+            raise InvalidRequest("payment_id must be a numeric string")
+        headers = idempotency_header(idempotency_key)
+        payload: dict[str, Any] = {}
+        if amount_cents is not None:
+            if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
+                raise InvalidRequest("amount_cents must be an integer")
+            if amount_cents <= 0:
+                raise InvalidRequest("a refund amount must be a positive number of cents")
+            # /v1/payments speaks float major units; two decimals are exact in JSON text.
+            payload["amount"] = float(cents_to_units(amount_cents))
+        body = await self.send_json(
+            "POST",
+            f"/v1/payments/{payment_id}/refunds",
+            "/v1/payments/{id}/refunds",
+            payload,
+            CallKind.REFUND,
+            headers=headers,
+        )
+        refund = self.parse(Refund.from_json, body, CallKind.REFUND)
+        if refund.id is None:
+            raise MalformedResponse("/v1/payments/{id}/refunds: the answer has no refund id")
+        return refund
+
+    async def get_payment_refund(self, payment_id: str, refund_id: str) -> Refund:
+        """``GET /v1/payments/{id}/refunds/{refund_id}``."""
+        if not isinstance(payment_id, str) or not payment_id.isdigit():
+            raise InvalidRequest("payment_id must be a numeric string")
+        path = f"/v1/payments/{payment_id}/refunds/{_path_id(refund_id, 'refund_id')}"
+        body = await self.get_json(path, template="/v1/payments/{id}/refunds/{refund_id}")
+        return self.parse(Refund.from_json, body, CallKind.READ)
 
     async def search_payments(
         self,
@@ -447,8 +508,8 @@ class PointApiClient:
         found: list[Payment] = []
         for _ in range(MAX_PAGES):
             params["offset"] = len(found)
-            body = await self._read("/v1/payments/search", params=params)
-            page = self._parse(PaymentSearchPage.from_json, body, CallKind.READ)
+            body = await self.get_json("/v1/payments/search", params=params)
+            page = self.parse(PaymentSearchPage.from_json, body, CallKind.READ)
             found.extend(page.results)
             if not page.results or len(found) >= page.total:
                 break
@@ -456,7 +517,7 @@ class PointApiClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    async def _read(
+    async def get_json(
         self,
         path: str,
         *,
@@ -464,6 +525,7 @@ class PointApiClient:
         params: Mapping[str, str | int] | None = None,
         pace_key: str | None = None,
     ) -> JSON:
+        """GET ``path`` with the read retries and pacing; the answer's JSON object."""
         template = template or path
         last_error: Exception | None = None
         for attempt in range(self._max_get_attempts):
@@ -495,11 +557,37 @@ class PointApiClient:
             return self._body(response, CallKind.READ, template)
         raise AssertionError("unreachable: the last attempt raises or returns") from last_error
 
-    async def _write(
-        self, method: str, path: str, template: str, payload: JSON | None, kind: CallKind
+    async def send_json(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        payload: JSON | None,
+        kind: CallKind,
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> JSON:
-        response = await self._send(method, path, template, json=payload, attempt=0)
+        """Send one write exactly once; the answer's JSON object (``{}`` when empty)."""
+        response = await self._send(
+            method, path, template, json=payload, attempt=0, headers=headers
+        )
         return self._body(response, kind, template)
+
+    async def send_for_status(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        payload: JSON | None,
+        kind: CallKind,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, JSON]:
+        """Like ``send_json``, also returning the 2xx status (e.g. 202 means "accepted")."""
+        response = await self._send(
+            method, path, template, json=payload, attempt=0, headers=headers
+        )
+        return response.status_code, self._body(response, kind, template)
 
     async def _send(
         self,
@@ -510,10 +598,13 @@ class PointApiClient:
         params: Mapping[str, str | int] | None = None,
         json: JSON | None = None,
         attempt: int,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         started = self._clock()
         try:
-            response = await self._http.request(method, path, params=params, json=json)
+            response = await self._http.request(
+                method, path, params=params, json=json, headers=headers
+            )
         except (
             httpx.ConnectError,
             httpx.ConnectTimeout,
@@ -576,6 +667,10 @@ class PointApiClient:
         error, message = _error_fields(response)
         message = message.replace(self._token, "***") if message else f"{template} refused"
         error = error.replace(self._token, "***")
+        if status == 409 and error == IDEMPOTENCY_CONFLICT:
+            return IdempotencyConflict(status, error, message)
+        if status == 423:
+            return IdempotencyInProgress(status, error or "locked", message)
         if status == 429:
             wait = retry_after_seconds(response.headers.get("retry-after"))
             return RateLimited(status, error or "too_many_requests", message, retry_after=wait)
@@ -593,7 +688,8 @@ class PointApiClient:
             return CannotCancel(status, error or "conflict_error", message)
         return by_status.get(status, Rejected)(status, error, message)
 
-    def _parse(self, parse: Callable[[JSON], Parsed], body: object, kind: CallKind) -> Parsed:
+    def parse(self, parse: Callable[[JSON], Parsed], body: object, kind: CallKind) -> Parsed:
+        """Apply a model's ``from_json``; a body it cannot read is MalformedResponse."""
         if not isinstance(body, Mapping):
             raise MalformedResponse(f"{kind.value}: an element is not a JSON object")
         try:

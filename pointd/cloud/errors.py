@@ -17,11 +17,17 @@ something at Mercado Pago. The tree answers that first::
         ├── NotFound          404
         ├── DeviceBusy        409 on a create: the device already has a queued intent
         ├── CannotCancel      409 on a cancel: the intent left OPEN (cancel on the device)
+        ├── IdempotencyConflict   409 idempotency_key_already_used: the key was used with
+        │                         another body; nothing was done for this request
+        ├── IdempotencyInProgress 423: the first request with this key is still being
+        │                         processed; resend the same request with the same key later
         ├── RateLimited       429, with the server's Retry-After in seconds
         └── ServerError       5xx on a GET, after the retries were used up
 
 For a GET, OutcomeUnknown only means "no answer": reads change nothing. A 409 or 424 on
-other calls is a plain ``Rejected``. No message in this tree ever contains the access
+other calls is a plain ``Rejected``. ``InvalidRequest`` also covers a refund larger than
+what is left of the payment (``RefundExceedsBalance``), checked before anything is sent.
+No message in this tree ever contains the access
 token: the client builds messages from the method, the path template and Mercado Pago's
 own ``message`` field, and scrubs the token from the latter in case it was echoed.
 """
@@ -85,6 +91,27 @@ class DeviceBusy(Rejected):
 
 class CannotCancel(Rejected):
     """409 on cancel: the terminal already took the intent; cancel it on the device."""
+
+
+class RefundExceedsBalance(InvalidRequest):
+    """A refund would return more than the payment has left; nothing was sent.
+
+    ``refunded_cents`` lets a caller that resent a refund after an unknown outcome see
+    that an earlier attempt most likely landed (verify with the payment's refunds).
+    """
+
+    def __init__(self, message: str, *, paid_cents: int, refunded_cents: int) -> None:
+        super().__init__(message)
+        self.paid_cents = paid_cents
+        self.refunded_cents = refunded_cents
+
+
+class IdempotencyConflict(Rejected):
+    """409 idempotency_key_already_used: this key was sent before with a different body."""
+
+
+class IdempotencyInProgress(Rejected):
+    """423: a request with this key is still being processed; resend it unchanged later."""
 
 
 class RateLimited(Rejected):

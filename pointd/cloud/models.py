@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Self
 
@@ -222,19 +222,40 @@ class IntentEvent:
 
 @dataclass(frozen=True, slots=True)
 class Refund:
-    """One entry of a payment's ``refunds``."""
+    """A refund of a payment: an entry of ``refunds`` or a ``/v1/payments/{id}/refunds`` answer."""
 
     id: str | None
     amount_cents: int | None
+    status: str | None = None
+    payment_id: str | None = None
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
-        """Parse a refund entry; an unreadable amount becomes None."""
+        """Parse a refund; an unreadable amount becomes None."""
         try:
             cents: int | None = decimal_to_cents(data.get("amount"))
         except ModelError:
             cents = None
-        return cls(id=_optional_str(data, "id"), amount_cents=cents)
+        status = _optional_str(data, "status")
+        return cls(
+            id=_optional_str(data, "id"),
+            amount_cents=cents,
+            status=status.lower() if status else None,
+            payment_id=_optional_str(data, "payment_id"),
+        )
+
+
+def _refunded_cents(raw: object, entries: tuple[Refund, ...]) -> int:
+    # A payment read must never fail over this secondary field: it is also what a
+    # handover is verified with. Unreadable → the refunds' sum; sub-cent noise → rounded.
+    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        try:
+            value = Decimal(str(raw)) * 100
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if value.is_finite():
+            return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return sum(r.amount_cents or 0 for r in entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +273,13 @@ class Payment:
     live_mode: bool | None
     last_four_digits: str | None
     refunds: tuple[Refund, ...]
+    # transaction_amount_refunded, or the sum of ``refunds`` when that field is absent.
+    refunded_cents: int = 0
+
+    @property
+    def refundable_cents(self) -> int:
+        """What may still be refunded: paid minus already refunded, never negative."""
+        return max(0, self.amount_cents - self.refunded_cents)
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
@@ -264,6 +292,11 @@ class Payment:
         collector = _optional_str(data, "collector_id") or _optional_str(
             _mapping(data.get("collector")), "id"
         )
+        entries = tuple(
+            Refund.from_json(_mapping(item))
+            for item in (refunds if isinstance(refunds, list) else [])
+        )
+        refunded = _refunded_cents(data.get("transaction_amount_refunded"), entries)
         return cls(
             id=_required_str(data, "id", "payment"),
             status=status.lower(),
@@ -275,10 +308,8 @@ class Payment:
             external_reference=_optional_str(data, "external_reference"),
             live_mode=_optional_bool(data, "live_mode"),
             last_four_digits=_optional_str(card, "last_four_digits"),
-            refunds=tuple(
-                Refund.from_json(_mapping(item))
-                for item in (refunds if isinstance(refunds, list) else [])
-            ),
+            refunds=entries,
+            refunded_cents=refunded,
         )
 
 

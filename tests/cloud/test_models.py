@@ -224,3 +224,29 @@ def test_search_page_and_events_and_refund_intent() -> None:
 )
 def test_final_states_compare_case_insensitively(state: str, final: bool) -> None:
     assert is_final_state(state) is final
+
+
+@pytest.mark.parametrize(
+    ("refunded", "refunds", "cents"),
+    [
+        (5.5, [], 550),
+        (30.000000000000004, [], 3000),
+        (None, [{"id": 1, "amount": 2.5}, {"id": 2, "amount": 1.25}], 375),
+        ("junk", [{"id": 1, "amount": 2.5}], 250),
+        (None, [], 0),
+    ],
+)
+def test_refunded_amount_is_read_tolerantly(
+    refunded: object, refunds: list[dict[str, object]], cents: int
+) -> None:
+    payment = Payment.from_json(
+        {
+            "id": 1,
+            "status": "approved",
+            "transaction_amount": 40.0,
+            "transaction_amount_refunded": refunded,
+            "refunds": refunds,
+        }
+    )
+    assert payment.refunded_cents == cents
+    assert payment.refundable_cents == 4000 - cents

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 API = "/point/integration-api"
 Handler = Callable[[Request], Awaitable[Response]]
+ALLOW_CANCEL_HEADER = "x-allow-cancelable-status"
 # The body length a dropped create claims; the connection closes before any of it.
 DROPPED_BODY_LENGTH = 512
 
@@ -58,6 +59,10 @@ def _error(exc: SimApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
+def _key(request: Request) -> str | None:
+    return request.headers.get("x-idempotency-key") or None
+
+
 def _sim_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"sim_error": message}, status_code=status)
 
@@ -75,6 +80,7 @@ async def _json_body(request: Request) -> Any:
 def build_app(sim: CloudSimulator) -> Starlette:
     """The ASGI app serving ``sim``."""
     world = sim.world
+    orders = sim.orders
     token = sim.config.access_token.encode()
 
     def api(handler: Handler, *, read: bool = False) -> Handler:
@@ -146,6 +152,53 @@ def build_app(sim: CloudSimulator) -> Starlette:
     async def cancel_refund(request: Request) -> Response:
         params = request.path_params
         return JSONResponse(world.cancel_refund(params["device_id"], params["refund_id"], now()))
+
+    async def list_terminals(request: Request) -> Response:
+        return JSONResponse(orders.list_terminals(dict(request.query_params)))
+
+    async def setup_terminals(request: Request) -> Response:
+        return JSONResponse(orders.setup_terminals(await _json_body(request)))
+
+    async def create_order(request: Request) -> Response:
+        body = await _json_body(request)
+        status, order, failure = orders.create(body, _key(request), now())
+        sim.sync()
+        if failure is CreateFailure.SERVER_ERROR:
+            return _error(SimApiError(500, "internal_error", "Internal server error"))
+        if failure is CreateFailure.DROP:
+            return DroppedResponse()
+        return JSONResponse(order, status_code=status)
+
+    async def get_order(request: Request) -> Response:
+        return JSONResponse(orders.read(request.path_params["order_id"], now()))
+
+    async def cancel_order(request: Request) -> Response:
+        at_terminal = request.headers.get(ALLOW_CANCEL_HEADER, "").lower() == "at_terminal"
+        status, order = orders.cancel(
+            request.path_params["order_id"], _key(request), at_terminal, now()
+        )
+        sim.sync()
+        return JSONResponse(order, status_code=status)
+
+    async def refund_order(request: Request) -> Response:
+        body = await _json_body(request)
+        status, order = orders.refund(request.path_params["order_id"], body, _key(request), now())
+        sim.sync()
+        return JSONResponse(order, status_code=status)
+
+    async def create_payment_refund(request: Request) -> Response:
+        body = await _json_body(request)
+        status, refund = world.create_payment_refund(
+            request.path_params["payment_id"], body, _key(request), now()
+        )
+        return JSONResponse(refund, status_code=status)
+
+    async def payment_refunds(request: Request) -> Response:
+        return JSONResponse(world.payment_refunds(request.path_params["payment_id"]))
+
+    async def payment_refund(request: Request) -> Response:
+        params = request.path_params
+        return JSONResponse(world.payment_refund(params["payment_id"], params["refund_id"]))
 
     async def search_payments(request: Request) -> Response:
         return JSONResponse(world.search_payments(dict(request.query_params)))
@@ -263,6 +316,27 @@ def build_app(sim: CloudSimulator) -> Starlette:
             f"{API}/devices/{{device_id}}/refund/{{refund_id}}",
             api(cancel_refund),
             methods=["DELETE"],
+        ),
+        Route("/terminals/v1/list", api(list_terminals, read=True), methods=["GET"]),
+        Route("/terminals/v1/setup", api(setup_terminals), methods=["PATCH"]),
+        Route("/v1/orders", api(create_order), methods=["POST"]),
+        Route("/v1/orders/{order_id}", api(get_order, read=True), methods=["GET"]),
+        Route("/v1/orders/{order_id}/cancel", api(cancel_order), methods=["POST"]),
+        Route("/v1/orders/{order_id}/refund", api(refund_order), methods=["POST"]),
+        Route(
+            "/v1/payments/{payment_id}/refunds",
+            api(create_payment_refund),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/payments/{payment_id}/refunds",
+            api(payment_refunds, read=True),
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/payments/{payment_id}/refunds/{refund_id}",
+            api(payment_refund, read=True),
+            methods=["GET"],
         ),
         Route("/v1/payments/search", api(search_payments, read=True), methods=["GET"]),
         Route("/v1/payments/{payment_id}", api(get_payment, read=True), methods=["GET"]),

@@ -94,6 +94,9 @@ class SimConfig:
     webhook_retry_interval: float = WEBHOOK_RETRY_INTERVAL
     # Mercado Pago's references disagree: 200 (S7) or 201 (S9) on create.
     create_status: int = 201
+    # The id in an order notification's x-signature: "lower" (the ORD id lower-cased, as
+    # some SDK tests sign) or "as_sent" (exactly the query's data.id).
+    order_signature_id: str = "lower"
 
     def __post_init__(self) -> None:
         if not self.access_token:
@@ -104,6 +107,8 @@ class SimConfig:
             raise SimConfigError("webhook_max_attempts must be >= 1")
         if self.create_status not in (200, 201):
             raise SimConfigError("create_status must be 200 or 201")
+        if self.order_signature_id not in ("lower", "as_sent"):
+            raise SimConfigError("order_signature_id must be 'lower' or 'as_sent'")
         if self.signature_ts_unit not in ("s", "ms"):
             raise SimConfigError("signature_ts_unit must be 's' or 'ms'")
         ids = [d.id for d in self.devices]

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from pointd.cloud.signature import sign
 from pointd.sim.cloud.app import build_app
 from pointd.sim.cloud.config import SimConfig
+from pointd.sim.cloud.orders import OrderDesk
 from pointd.sim.cloud.world import Delivery, SimWorld
 
 log = structlog.get_logger(__name__)
@@ -165,6 +166,7 @@ class CloudSimulator:
         self.config = config
         start_wall = config.start_time if config.start_time is not None else time.time()
         self.world = SimWorld(config, start_wall=start_wall)
+        self.orders = OrderDesk(self.world)
         self.clock = SimClock(config.time_scale)
         self._host = host
         self._port = port
@@ -270,7 +272,10 @@ class CloudSimulator:
             "content-type": "application/json",
             "x-request-id": request_id,
             "x-signature": sign(
-                self.config.webhook_secret, data_id=delivery.data_id, request_id=request_id, ts=ts
+                self.config.webhook_secret,
+                data_id=delivery.signed_id or delivery.data_id,
+                request_id=request_id,
+                ts=ts,
             ),
         }
         status: int | None = None

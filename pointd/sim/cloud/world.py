@@ -20,8 +20,11 @@ Intent timeline (delays from ``Delays``)::
       └─ abandon_after without being taken → ABANDONED
 
 A payment resource appears at PROCESSED (or CONFIRMATION_REQUIRED). Refund intents
-follow OPEN → ON_TERMINAL → PROCESSING → FINISHED and then mark the payment refunded.
-Errors are ``SimApiError`` carrying Mercado Pago's error shape.
+follow OPEN → ON_TERMINAL → PROCESSING → FINISHED and then mark the payment refunded;
+``/v1/payments/{id}/refunds`` refunds at once. Orders-API orders (``pointd.sim.cloud.orders``)
+are intents with ``api == "orders"``: the same timeline, rendered as orders, with their
+notifications sent through ``order_notifier``. Errors are ``SimApiError`` carrying
+Mercado Pago's error shape.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -56,6 +59,9 @@ ABANDONED = "ABANDONED"
 FINAL = frozenset({FINISHED, CONFIRMATION_REQUIRED, CANCELED, ERROR, ABANDONED})
 
 POINT_TOPIC = "point_integration_wh"
+INTENT_API = "intent"
+ORDERS_API = "orders"
+IDEMPOTENCY_CONFLICT = "idempotency_key_already_used"
 FRAUD_TOPIC = "stop_delivery_op_wh"
 FIRST_PAYMENT_ID = 50_000_000_001
 MAX_EVENTS_RANGE_DAYS = 30
@@ -110,6 +116,10 @@ class SimIntent:
     get_429_left: int = 0
     get_5xx_left: int = 0
     last_get_at: float | None = None
+    api: str = INTENT_API
+    # Orders only: the payment transaction's id and the refund transactions.
+    transaction_id: str | None = None
+    order_refunds: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +162,8 @@ class Delivery:
     body: Mapping[str, Any]
     attempt: int = 1
     retried: bool = True
+    # The id the x-signature manifest uses when it differs from data_id (lower-cased ORD ids).
+    signed_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,9 @@ class SimWorld:
         self._seq = itertools.count()
         self._payment_ids = itertools.count(FIRST_PAYMENT_ID)
         self._refund_entry_ids = itertools.count(1_000_000_001)
+        # Idempotency key → ((payment id, body), answer status, refund id) for /v1/payments refunds.
+        self.refund_keys: dict[str, tuple[Any, int, int]] = {}
+        self.order_notifier: Callable[[SimIntent, str, float], None] | None = None
 
     # -- time ------------------------------------------------------------------------
 
@@ -352,15 +367,57 @@ class SimWorld:
         self.payments[payment.id] = payment
         intent.payment_id = payment.id
 
-    def _refund_entry(self, payment: SimPayment, at: float, source: str) -> dict[str, Any]:
+    def _refund_entry(
+        self, payment: SimPayment, at: float, source: str, cents: int | None = None
+    ) -> dict[str, Any]:
         return {
             "id": next(self._refund_entry_ids),
             "payment_id": payment.id,
-            "amount": payment.amount / 100,
+            "amount": (payment.amount if cents is None else cents) / 100,
+            "status": "approved",
             "source": {"id": str(self.config.collector_id), "name": source, "type": "collector"},
             "date_created": self.iso(at),
             "unique_sequence_number": None,
         }
+
+    def refunded_cents(self, payment: SimPayment) -> int:
+        """Cents already refunded from ``payment``."""
+        return sum(round(r["amount"] * 100) for r in payment.refunds)
+
+    def refund_now(self, payment: SimPayment, cents: int, at: float, source: str) -> dict[str, Any]:
+        """Refund ``cents`` of an approved payment at once; refunded when nothing is left."""
+        entry = self._refund_entry(payment, at, source, cents)
+        payment.refunds.append(entry)
+        payment.updated_at = at
+        if self.refunded_cents(payment) >= payment.amount:
+            payment.status, payment.status_detail = "refunded", "refunded"
+        else:
+            payment.status_detail = "partially_refunded"
+        return entry
+
+    def schedule_delivery(self, due: float, delivery: Delivery) -> None:
+        """Put a webhook delivery on the timeline."""
+        self._at(due, _Deliver(delivery))
+
+    def schedule_step(self, intent_id: str, expect: str, to: str, due: float) -> None:
+        """Move an intent from ``expect`` to ``to`` at ``due`` if it is still in ``expect``."""
+        self._at(due, _Step(intent_id, expect, to))
+
+    def move(self, intent: SimIntent, state: str, at: float) -> None:
+        """Move an intent now, with its payments, notifications and next steps."""
+        self._move(intent, state, at)
+
+    def check_get(self, intent: SimIntent, now: float) -> None:
+        """Apply the intent's scripted GET faults and the optional rate limit."""
+        self._check_get(intent, now)
+
+    def device(self, device_id: str) -> DeviceState:
+        """The device, or 404 in Mercado Pago's shape."""
+        return self._device(device_id)
+
+    def busy(self, device_id: str) -> bool:
+        """Whether the device has a queued (non-final) intent, order or refund intent."""
+        return self._busy(device_id)
 
     def _device(self, device_id: str) -> DeviceState:
         device = self.devices.get(device_id)
@@ -377,7 +434,7 @@ class SimWorld:
         self, device_id: str, body: object, now: float
     ) -> tuple[SimIntent, CreateFailure | None]:
         """Create an intent as ``POST .../payment-intents`` does; say how to lose the answer."""
-        device = self._device(device_id)
+        self._device(device_id)
         if not isinstance(body, Mapping):
             raise SimApiError(400, "bad_request", "the body must be a JSON object")
         amount = body.get("amount")
@@ -411,33 +468,44 @@ class SimWorld:
             )
         except SiteRuleViolation as exc:
             raise SimApiError(400, "bad_request", str(exc)) from None
+        return self.open_intent(
+            SimIntent(
+                id=str(uuid.uuid4()),
+                device_id=device_id,
+                amount=amount,
+                external_reference=reference,
+                ticket_number=ticket,
+                print_on_terminal=printing,
+                description=description,
+                payment_options=options,
+                scenario=Scenario(),
+                created_at=now,
+                state_changed_at=now,
+            ),
+            now,
+            abandon_after=self.config.abandon_after,
+        )
+
+    def open_intent(
+        self, intent: SimIntent, now: float, *, abandon_after: float
+    ) -> tuple[SimIntent, CreateFailure | None]:
+        """Queue a validated intent or order on its device, pick its scenario, start it."""
+        device = self._device(intent.device_id)
         if device.operating_mode != "PDV":
             raise SimApiError(400, "bad_request", "the device is not in PDV operating mode")
-        if self._busy(device_id):
+        if self._busy(intent.device_id):
             raise SimApiError(
                 409, "conflict_error", "There is already a queued payment intent for the device"
             )
-        scenario = self.scenarios.pick(amount, reference)
-        intent = SimIntent(
-            id=str(uuid.uuid4()),
-            device_id=device_id,
-            amount=amount,
-            external_reference=reference,
-            ticket_number=ticket,
-            print_on_terminal=printing,
-            description=description,
-            payment_options=options,
-            scenario=scenario,
-            created_at=now,
-            state_changed_at=now,
-            get_429_left=scenario.get_429,
-            get_5xx_left=scenario.get_5xx,
-        )
+        # Picked only now, so that a refused create does not use up a "next" scenario.
+        intent.scenario = self.scenarios.pick(intent.amount, intent.external_reference)
+        intent.get_429_left = intent.scenario.get_429
+        intent.get_5xx_left = intent.scenario.get_5xx
         self.intents[intent.id] = intent
-        self._at(now + self.config.abandon_after, _Abandon(intent.id))
+        self._at(now + abandon_after, _Abandon(intent.id))
         self._notify(intent, now)
         self._schedule_next(intent, now)
-        return intent, scenario.create_failure
+        return intent, intent.scenario.create_failure
 
     def created_json(self, intent: SimIntent) -> dict[str, Any]:
         """The create answer's body."""
@@ -564,6 +632,10 @@ class SimWorld:
     def _notify(self, intent: SimIntent, at: float) -> None:
         if self.config.webhook_url is None:
             return
+        if intent.api == ORDERS_API:
+            if self.order_notifier is not None:
+                self.order_notifier(intent, intent.state, at)
+            return
         state = intent.state
         quirk = intent.scenario.webhook
         if quirk is WebhookQuirk.NEVER:
@@ -625,7 +697,12 @@ class SimWorld:
         if delivery.attempt >= self.config.webhook_max_attempts:
             return
         retry = Delivery(
-            delivery.topic, delivery.data_id, delivery.state, delivery.body, delivery.attempt + 1
+            delivery.topic,
+            delivery.data_id,
+            delivery.state,
+            delivery.body,
+            delivery.attempt + 1,
+            signed_id=delivery.signed_id,
         )
         self._at(now + self.config.webhook_retry_interval, _Deliver(retry))
 
@@ -658,7 +735,7 @@ class SimWorld:
 
     def payment_json(self, payment: SimPayment) -> dict[str, Any]:
         """A ``/v1/payments`` resource body (float major units, as Mercado Pago sends)."""
-        refunded = sum(r["amount"] for r in payment.refunds)
+        refunded = self.refunded_cents(payment) / 100
         return {
             "id": payment.id,
             "status": payment.status,
@@ -707,6 +784,58 @@ class SimWorld:
             "paging": {"total": len(found), "limit": limit, "offset": offset},
             "results": [self.payment_json(p) for p in page],
         }
+
+    def _payment(self, payment_id: str) -> SimPayment:
+        payment = self.payments.get(int(payment_id)) if payment_id.isdigit() else None
+        if payment is None:
+            raise SimApiError(404, "not_found", "Payment not found")
+        return payment
+
+    def create_payment_refund(
+        self, payment_id: str, body: object, key: str | None, now: float
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/payments/{id}/refunds``: all that is left, or ``amount``; honours keys."""
+        payment = self._payment(payment_id)
+        if key is not None and key in self.refund_keys:
+            stored_body, status, refund_id = self.refund_keys[key]
+            if stored_body != (payment.id, body):
+                raise SimApiError(409, IDEMPOTENCY_CONFLICT, "the key was used with another body")
+            return status, self._refund_of(payment, refund_id)
+        if body is not None and not isinstance(body, Mapping):
+            raise SimApiError(400, "bad_request", "the body must be a JSON object")
+        left = payment.amount - self.refunded_cents(payment)
+        raw = body.get("amount") if isinstance(body, Mapping) else None
+        if raw is None:
+            cents = left
+        elif isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise SimApiError(400, "bad_request", "amount must be a number")
+        else:
+            cents = round(raw * 100)
+        if payment.status != "approved":
+            raise SimApiError(400, "bad_request", f"payment is {payment.status}, not refundable")
+        if cents <= 0 or cents > left:
+            raise SimApiError(400, "bad_request", "the amount exceeds what can be refunded")
+        entry = self.refund_now(payment, cents, now, "api")
+        if key is not None:
+            self.refund_keys[key] = ((payment.id, body), 201, entry["id"])
+        return 201, entry
+
+    def _refund_of(self, payment: SimPayment, refund_id: int) -> dict[str, Any]:
+        for entry in payment.refunds:
+            if entry["id"] == refund_id:
+                return entry
+        raise SimApiError(404, "not_found", "Refund not found")
+
+    def payment_refunds(self, payment_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/payments/{id}/refunds``."""
+        return list(self._payment(payment_id).refunds)
+
+    def payment_refund(self, payment_id: str, refund_id: str) -> dict[str, Any]:
+        """``GET /v1/payments/{id}/refunds/{refund_id}``."""
+        payment = self._payment(payment_id)
+        if not refund_id.isdigit():
+            raise SimApiError(404, "not_found", "Refund not found")
+        return self._refund_of(payment, int(refund_id))
 
     # -- devices and integrator ------------------------------------------------------
 
@@ -894,6 +1023,7 @@ class SimWorld:
                     "final": i.state in FINAL,
                     "payment_id": i.payment_id,
                     "payment_status": self.payments[i.payment_id].status if i.payment_id else None,
+                    "api": i.api,
                     "created_at": self.iso(i.created_at),
                 }
                 for i in self.intents.values()
@@ -905,6 +1035,8 @@ class SimWorld:
                     "device_id": p.device_id,
                     "amount": p.amount,
                     "status": p.status,
+                    "refunded_cents": self.refunded_cents(p),
+                    "refunds": [dict(r) for r in p.refunds],
                     "external_reference": p.external_reference,
                     "created_at": self.iso(p.created_at),
                 }
