@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import structlog
@@ -107,7 +107,7 @@ class Checkout:
         """The lane numbers served."""
         return sorted(self._sessions)
 
-    def handler_for(self, lane: int) -> Callable[[RegisterRequest], object]:
+    def handler_for(self, lane: int) -> Callable[[RegisterRequest], Awaitable[Reply | None]]:
         """The request handler for one lane's session."""
 
         async def handle(request: RegisterRequest) -> Reply | None:
@@ -131,6 +131,7 @@ class Checkout:
             effect.state,
             payment_id=effect.payment_id,
             amount_cents=effect.amount_cents,
+            notice=effect.notice,
         )
 
     async def show_condition(self, lane: int, condition: LaneCondition) -> None:
@@ -177,7 +178,6 @@ class Checkout:
                     return _unknown(request.correlation_id)
                 await engine.submit(HandoverConfirmed(sale_id=sale.sale_id))
                 return None
-        return None
 
     async def _sale(
         self, engine: Submitter, lane: int, request: SaleRequest, known: Sale | None

@@ -204,14 +204,14 @@ class Engine:
                 )
             except Exception:
                 self.healthy = False
-                log.critical("engine.journal_failed", event=type(event).__name__)
+                log.critical("engine.journal_failed", event_type=type(event).__name__)
                 raise
             self._state = result.state
             self.last_step_at = now
         if result.rejection is not None:
             log.info(
                 "core.rejected",
-                event=type(event).__name__,
+                event_type=type(event).__name__,
                 sale_id=result.sale_id,
                 reason=result.rejection.reason,
             )
@@ -290,12 +290,12 @@ class Engine:
             case ReconcileAttempt():
                 self._spawn(self._reconcile(effect))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(self._guarded(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
+    async def _guarded(self, work: Awaitable[object]) -> None:
         try:
             await work
         except EngineStopped:
@@ -373,7 +373,9 @@ class Engine:
                 sale_id=effect.sale_id, attempt=effect.attempt, reason=_reason(exc)
             )
         else:
-            event = IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt, intent_id=intent_id)
+            event = IntentCreated(
+                sale_id=effect.sale_id, attempt=effect.attempt, intent_id=intent_id
+            )
         await self.submit(event)
 
     async def _cancel(self, effect: CancelIntent) -> None:
@@ -486,8 +488,8 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-async def _drain(queue: asyncio.Queue[TellRegister], timeout: float) -> None:
+async def _drain(queue: asyncio.Queue[TellRegister], within: float) -> None:
     try:
-        await asyncio.wait_for(queue.join(), timeout)
+        await asyncio.wait_for(queue.join(), within)
     except TimeoutError:
         log.warning("engine.register_messages_dropped_at_stop", pending=queue.qsize())

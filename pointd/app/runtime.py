@@ -73,6 +73,8 @@ EXIT_FAILED = 1
 # How often the running loop must prove it is alive before systemd's watchdog is fed:
 # the journal must be writable and the engine healthy.
 HEALTH_CHECK_INTERVAL = 5.0
+# Sale states announced in systemd's STATUS= line: the goods must stay at the checkout.
+_DO_NOT_HAND_OVER = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
 
 
 def policy_from(config: DaemonConfig) -> Policy:
@@ -228,7 +230,9 @@ class Daemon:
             if interval is not None:
                 loop = WatchdogLoop(self._healthy, self.notifier, interval)
                 self._spawn(loop.run(), "watchdog")
-            log.info("daemon.ready", version=__version__, lanes=[lane.number for lane in config.lanes])
+            log.info(
+                "daemon.ready", version=__version__, lanes=[lane.number for lane in config.lanes]
+            )
             await self._stop.wait()
             self.notifier.stopping()
             log.info("daemon.stopping")
@@ -250,7 +254,9 @@ class Daemon:
 
     # --- parts ------------------------------------------------------------------------------
 
-    def _build_lane_terminals(self, cloud: CloudPort, engine: Engine, checkout: Checkout) -> LaneTerminals:
+    def _build_lane_terminals(
+        self, cloud: CloudPort, engine: Engine, checkout: Checkout
+    ) -> LaneTerminals:
         config = self.config
         backend = self._usb_backend
         if backend is None:
@@ -270,7 +276,8 @@ class Daemon:
             self._watch = TerminalWatch(
                 backend,
                 DEFAULT_VENDORS,
-                on_change=lambda change: lanes.usb_changed(change),
+                # ``lanes`` is built below with this watch: bind it late.
+                on_change=lambda change: lanes.usb_changed(change),  # noqa: PLW0108
                 hotplug=hotplug,
                 rescan_interval=config.terminals.usb_rescan_interval,
             )
@@ -306,7 +313,7 @@ class Daemon:
         if result.sale_id is None:
             return
         sale = result.state.sales.get(result.sale_id)
-        if sale is not None and sale.state in {SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED}:
+        if sale is not None and sale.state in _DO_NOT_HAND_OVER:
             self.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
 
     def _on_relay_health(self, health: RelayHealth) -> None:

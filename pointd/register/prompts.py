@@ -1,4 +1,4 @@
-"""The cashier prompts catalogue: every sale state, refusal and lane condition in es, pt and en.
+"""The cashier prompts catalogue: every sale state, refusal, notice and lane condition in es/pt/en.
 
 Each prompt is up to four lines of at most ``DISPLAY_WIDTH`` characters. Lines 1 and 2 carry
 the whole message, so a 2x20 display loses nothing essential; lines 3 and 4 add detail for
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pointd.core.effects import Notice
 from pointd.core.states import LaneCondition, Refusal, SaleState
 from pointd.register.messages import Severity
 
@@ -17,7 +18,7 @@ DISPLAY_WIDTH = 20
 LANGUAGES = ("es", "pt", "en")
 DEFAULT_LANGUAGE = "es"
 
-Subject = SaleState | Refusal | LaneCondition
+Subject = SaleState | Refusal | Notice | LaneCondition
 
 INFO, WARN, ERROR = Severity.INFO, Severity.WARN, Severity.ERROR
 
@@ -197,6 +198,22 @@ _REFUSALS: dict[Refusal, _Entry] = {
     ),
 }
 
+# Advice in answer to a CANCEL the daemon cannot carry out itself; the sale goes on.
+_NOTICES: dict[Notice, _Entry] = {
+    Notice.CANCEL_ON_TERMINAL: (
+        WARN,
+        ("CANCELE EN LA", "TERMINAL", "EL CLIENTE YA ESTA", "PAGANDO"),
+        ("CANCELE NO", "TERMINAL", "O CLIENTE JA ESTA", "PAGANDO"),
+        ("CANCEL ON THE", "TERMINAL", "THE CUSTOMER IS", "ALREADY PAYING"),
+    ),
+    Notice.CANCEL_TOO_LATE: (
+        WARN,
+        ("NO SE PUEDE CANCELAR", "HAGA UNA DEVOLUCION"),
+        ("NAO PODE CANCELAR", "FACA UM ESTORNO"),
+        ("TOO LATE TO CANCEL", "REFUND INSTEAD"),
+    ),
+}
+
 _CONDITIONS: dict[LaneCondition, _Entry] = {
     LaneCondition.READY: (
         INFO,
@@ -232,13 +249,15 @@ _CONDITIONS: dict[LaneCondition, _Entry] = {
 
 
 def prompt_for(subject: Subject, language: str) -> Prompt:
-    """The prompt for a state, refusal or lane condition; KeyError for an unknown language."""
+    """The prompt for a state, refusal, notice or lane condition; KeyError for a bad language."""
     if language not in LANGUAGES:
         raise KeyError(f"no prompts in language {language!r}; have {', '.join(LANGUAGES)}")
     if isinstance(subject, SaleState):
         entry = _STATES[subject]
     elif isinstance(subject, Refusal):
         entry = _REFUSALS[subject]
+    elif isinstance(subject, Notice):
+        entry = _NOTICES[subject]
     else:
         entry = _CONDITIONS[subject]
     severity, *texts = entry
@@ -247,4 +266,4 @@ def prompt_for(subject: Subject, language: str) -> Prompt:
 
 def catalogue_subjects() -> list[Subject]:
     """Every subject the catalogue has prompts for."""
-    return [*_STATES, *_REFUSALS, *_CONDITIONS]
+    return [*_STATES, *_REFUSALS, *_NOTICES, *_CONDITIONS]

@@ -16,8 +16,8 @@ The session keeps the protocol's promises that do not need the journal:
   again; the same id with another amount is ERROR ``id_reused``. The memory is bounded
   and lives only as long as the process, so the engine must also refuse a correlation id
   its journal already holds;
-* after a HELLO the current screen is sent again, because a register that reconnected has
-  lost it.
+* after a HELLO the current screen and a HOLD for every held sale are sent again, because
+  a register that reconnected has lost them.
 
 The handler (the daemon's engine) is called once per accepted request, each call in its
 own task so that a slow SALE does not hold up a CANCEL. It answers StatusQuery with a
@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from pointd.core.effects import Notice
 from pointd.core.states import (
     FINAL_STATES,
     HANDOVER_ALLOWED_STATES,
@@ -193,7 +194,8 @@ class RegisterSession:
         self._sales: OrderedDict[str, int] = OrderedDict()
         self._latest: OrderedDict[str, tuple[msg.DaemonMessage, ...]] = OrderedDict()
         self._open_sale: str | None = None
-        self._held: set[str] = set()
+        # Sales under a HOLD and its reason, told again after every HELLO.
+        self._held: dict[str, str] = {}
         self._screen: msg.Display | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -238,14 +240,21 @@ class RegisterSession:
         self,
         correlation_id: str,
         state: SaleState,
+        *,
         payment_id: str | None = None,
         amount_cents: int | None = None,
         card_last4: str | None = None,
+        notice: Notice | None = None,
     ) -> None:
-        """Show the sale's state and send the RESULT, HOLD or RELEASE it implies."""
-        messages: list[msg.DaemonMessage] = [self._display(state, correlation_id)]
+        """Show the sale's state and send the RESULT, HOLD or RELEASE it implies.
+
+        A ``notice`` (advice after a CANCEL the daemon could not carry out) replaces the
+        state's screen; the messages the state implies are sent all the same.
+        """
+        screen: Subject = notice if notice is not None else state
+        messages: list[msg.DaemonMessage] = [self._display(screen, correlation_id)]
         if state in _HOLD_STATES:
-            self._held.add(correlation_id)
+            self._held[correlation_id] = state.value
             messages.append(msg.Hold(correlation_id, state.value))
         elif state is SaleState.APPROVED:
             if correlation_id in self._held:
@@ -279,7 +288,7 @@ class RegisterSession:
                 )
             )
         if state in FINAL_STATES or state is SaleState.APPROVED:
-            self._held.discard(correlation_id)
+            self._held.pop(correlation_id, None)
             if self._open_sale == correlation_id:
                 self._open_sale = None
         await self._push(correlation_id, messages)
@@ -400,6 +409,10 @@ class RegisterSession:
             await self._send(reply)
             if self._screen is not None:
                 await self._send(self._screen)
+            # A HOLD is a standing order: a register that reconnected (or a daemon that
+            # restarted and recovered the sale) must hear it again, not only the screen.
+            for correlation_id, reason in list(self._held.items()):
+                await self._send(msg.Hold(correlation_id, reason))
 
         self._spawn(answer())
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pointd.core.effects import Notice
 from pointd.core.states import LaneCondition, Refusal, SaleState
 from pointd.register.messages import MAX_DISPLAY_LINES, Severity
 from pointd.register.prompts import DISPLAY_WIDTH, LANGUAGES, catalogue_subjects, prompt_for
 
-EVERY_SUBJECT = [*SaleState, *Refusal, *LaneCondition]
+EVERY_SUBJECT = [*SaleState, *Refusal, *Notice, *LaneCondition]
 
 
 def test_languages_are_es_pt_en() -> None:

@@ -292,6 +292,30 @@ async def test_condition_is_shown_and_sent_again_after_a_new_hello(lane: Lane) -
     assert len(displays) == 2
 
 
+async def test_a_hold_told_while_the_link_was_down_is_sent_after_the_next_hello(
+    lane: Lane,
+) -> None:
+    await asyncio.wait_for(lane.emulator.hello(), WAIT)
+    await lane.emulator.unplug()
+    for _ in range(200):
+        if not lane.link.is_up:
+            break
+        await asyncio.sleep(0.01)
+    # The daemon restarted and recovered a held sale before the register came back.
+    await lane.session.show_state("S-20", SaleState.HELD)
+    await lane.session.show_state("S-21", SaleState.ESCALATED)
+    await lane.session.show_state("S-21", SaleState.DECLINED)
+    assert of_type(lane, m.Hold) == []
+    await lane.emulator.replug()
+    await asyncio.wait_for(lane.emulator.hello(), WAIT)
+    for _ in range(100):
+        if of_type(lane, m.Hold):
+            break
+        await asyncio.sleep(0.01)
+    assert of_type(lane, m.Hold) == [m.Hold("S-20", "held")]
+    assert lane.emulator.held == {"S-20"}
+
+
 async def test_show_state_with_the_link_down_does_not_raise(tmp_path: Path) -> None:
     async def handler(request: RegisterRequest) -> Reply | None:
         return None

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pointd.core.effects import Notice
 from pointd.core.states import FINAL_STATES, LaneCondition, Refusal, SaleState
 from pointd.link.driver import LinkEvent, LinkUp, PayloadReceived
 from pointd.register import messages as m
@@ -168,3 +169,25 @@ async def test_final_states_free_the_lane(
     assert session.open_sale == "X-7"
     await session.show_state("X-7", state)
     assert session.open_sale is None
+
+
+@pytest.mark.parametrize(
+    ("state", "notice", "extra"),
+    [
+        (SaleState.ON_TERMINAL, Notice.CANCEL_ON_TERMINAL, []),
+        (SaleState.HELD, Notice.CANCEL_TOO_LATE, [m.Hold]),
+    ],
+)
+async def test_a_notice_replaces_the_screen_but_not_what_the_state_implies(
+    running: tuple[RegisterSession, RecordingLink],
+    state: SaleState,
+    notice: Notice,
+    extra: list[type],
+) -> None:
+    session, link = running
+    await session.show_state("X-9", state, notice=notice)
+    display, *rest = link.take()
+    assert isinstance(display, m.Display)
+    assert display.lines == prompt_for(notice, "en").lines
+    assert display.lines != prompt_for(state, "en").lines
+    assert [type(x) for x in rest] == extra
