@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,15 @@ import structlog
 
 from pointd import __version__
 from pointd.app.checkout import Checkout
+from pointd.app.control_handlers import DaemonHandlers
 from pointd.app.engine import Alert, Engine, TimerService
+from pointd.app.jobs import DaemonJobs
 from pointd.app.lane_terminals import LaneSpec, LaneTerminals
 from pointd.app.notifications import NotificationHandler
 from pointd.app.systemd_notify import Notifier, WatchdogLoop, watchdog_interval
-from pointd.cloud.client import PointApiClient, Timeouts
-from pointd.cloud.port import CloudPort, PaymentIntentBackend
+from pointd.cloud.backends import build_cloud_port
+from pointd.cloud.client import Timeouts
+from pointd.cloud.port import CloudPort
 from pointd.cloud.sites import SITE_RULES, Site
 from pointd.config import (
     DEFAULT_DAEMON_CONFIG,
@@ -41,10 +45,13 @@ from pointd.config import (
     RELAY_STORE_TOKEN,
     ConfigError,
     DaemonConfig,
+    Secret,
     load_config,
     read_optional_secret,
     read_secret,
 )
+from pointd.control.methods import register_daemon_methods
+from pointd.control.server import ControlServer
 from pointd.core.events import Event
 from pointd.core.machine import Step
 from pointd.core.policy import Policy
@@ -95,6 +102,21 @@ def policy_from(config: DaemonConfig) -> Policy:
     )
 
 
+def config_snapshot(config: DaemonConfig) -> dict[str, Any]:
+    """The configuration as plain data for support bundles (secrets live in files, not here)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+
+
 class JournalCursor:
     """The relay consumer's cursor, kept in the daemon's journal."""
 
@@ -141,6 +163,8 @@ class Daemon:
         self.links: dict[int, LinkDriver] = {}
         self.sessions: dict[int, RegisterSession] = {}
         self.ready = asyncio.Event()
+        self.handlers: DaemonHandlers | None = None
+        self._cursor: JournalCursor | None = None
 
     def request_stop(self) -> None:
         """Ask run() to stop cleanly (SIGTERM, SIGINT)."""
@@ -154,7 +178,9 @@ class Daemon:
             MP_WEBHOOK_SECRET, file=config.cloud.webhook_secret_file
         )
         journal = Journal.open(config.journal.path)
-        client: PointApiClient | None = None
+        close_cloud: Callable[[], Awaitable[None]] | None = None
+        server: ControlServer | None = None
+        jobs: DaemonJobs | None = None
         try:
             policy = policy_from(config)
             state = journal.rebuild(config.store.id, policy)
@@ -163,18 +189,18 @@ class Daemon:
             if self._cloud_override is not None:
                 cloud = self._cloud_override
             else:
-                client = PointApiClient(
+                cloud, close_cloud = build_cloud_port(
+                    config.cloud.backend,
                     config.cloud.base_url,
                     token.reveal(),
-                    site=Site(config.store.site),
-                    timeouts=Timeouts(
+                    Site(config.store.site),
+                    Timeouts(
                         connect=config.cloud.connect_timeout,
                         read=config.cloud.read_timeout,
                         write=config.cloud.write_timeout,
                         pool=config.cloud.pool_timeout,
                     ),
                 )
-                cloud = PaymentIntentBackend(client)
 
             checkout = Checkout()
             for lane in config.lanes:
@@ -191,7 +217,7 @@ class Daemon:
                 cloud=cloud,
                 register=checkout,
                 wall_clock=self._clock,
-                on_alert=self.alerts.append,
+                on_alert=self._on_alert,
                 on_step=self._on_step,
                 ticket_numbers=SITE_RULES[Site(config.store.site)].requires_ticket_number,
                 timers=self._timer_service,
@@ -210,6 +236,8 @@ class Daemon:
             if watch is not None:
                 self._spawn(watch.run(), "usb-watch")
 
+            store_token: Secret | None = None
+            self._cursor = JournalCursor(journal)
             if config.relay.url:
                 store_token = read_secret(RELAY_STORE_TOKEN, file=config.relay.store_token_file)
                 self.relay = RelayConsumer(
@@ -217,14 +245,48 @@ class Daemon:
                     config.store.id,
                     store_token.reveal(),
                     NotificationHandler(engine, journal),
-                    JournalCursor(journal),
+                    self._cursor,
                     webhook_secret=webhook_secret.reveal() if webhook_secret else None,
                     on_health_change=self._on_relay_health,
                     canary_interval=config.relay.canary_interval,
                 )
                 self._spawn(self.relay.run(), "relay-consumer")
 
+            handlers = DaemonHandlers(
+                engine=engine,
+                journal=journal,
+                cloud=cloud,
+                terminals=self.lanes,
+                relay=self,
+                links=self,
+                config=config_snapshot(config),
+                secrets=[secret.reveal() for secret in (token, store_token, webhook_secret)
+                         if secret is not None],
+                clock=self._clock,
+                started_at=self.started_at,
+            )
+            self.handlers = handlers
+            server = ControlServer(
+                config.control.socket,
+                record_audit=handlers.record_audit,
+                read_group=config.control.read_group,
+                admin_group=config.control.admin_group,
+            )
+            register_daemon_methods(server, handlers)
+            handlers.attach(server)
+            await server.start()
+
+            jobs = DaemonJobs(
+                engine=engine,
+                cloud=cloud,
+                wall_clock=self._clock,
+                evaluate_relay=self.relay.evaluate_health if self.relay is not None else None,
+                export_dir=Path(config.journal.path).parent / "exports",
+            )
+            jobs.start()
+
             self.notifier.ready(self._status_line())
+            handlers.ready = True
             self.ready.set()
             interval = watchdog_interval()
             if interval is not None:
@@ -236,9 +298,12 @@ class Daemon:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("daemon.stopping")
+            await jobs.shutdown()
             await engine.stop()
             return EXIT_OK
         finally:
+            if server is not None:
+                await server.close()
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
@@ -248,8 +313,8 @@ class Daemon:
                 await self.relay.close()
             for link in self.links.values():
                 link.close()
-            if client is not None:
-                await client.aclose()
+            if close_cloud is not None:
+                await close_cloud()
             journal.close()
 
     # --- parts ------------------------------------------------------------------------------
@@ -318,6 +383,40 @@ class Daemon:
 
     def _on_relay_health(self, health: RelayHealth) -> None:
         self.notifier.status(f"relay {health.state.value}")
+        if self.handlers is not None:
+            self.handlers.publish_relay()
+
+    def _on_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+        if self.handlers is not None:
+            self.handlers.add_alert(alert)
+
+    def relay_status(self) -> dict[str, Any]:
+        """The relay link's health for the control socket."""
+        relay = self.relay
+        if relay is None:
+            return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None}
+        health = relay.health
+        last = health.last_event_at
+        return {
+            "state": health.state.value,
+            "since": health.since,
+            "detail": health.detail,
+            "last_event_age": None if last is None else max(0.0, self._clock() - last),
+            "cursor": self._cursor.get() if self._cursor is not None else None,
+        }
+
+    def link_status(self) -> list[dict[str, Any]]:
+        """Each lane's register link for the control socket."""
+        return [
+            {
+                "lane": lane,
+                "port": link.url,
+                "connected": link.is_up,
+                "since": None,
+            }
+            for lane, link in sorted(self.links.items())
+        ]
 
     async def _healthy(self) -> bool:
         engine = self.engine

@@ -283,6 +283,7 @@ def daemon_config(tmp: Path, sim_url: str, registers: dict[int, str]) -> DaemonC
         },
         "cloud": {"base_url": sim_url, "access_token_file": str(token_file), "read_timeout": 5.0},
         "journal": {"path": str(tmp / "journal.sqlite3")},
+        "control": {"socket": str(tmp / "control.sock")},
         "timers": {
             "poll_fallback_after": POLL,
             "verify_initial_backoff": VERIFY,
