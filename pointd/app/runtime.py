@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import os
 import signal
 import sys
 import time
@@ -50,6 +52,7 @@ from pointd.config import (
     read_optional_secret,
     read_secret,
 )
+from pointd.control.errors import ControlError
 from pointd.control.methods import register_daemon_methods
 from pointd.control.server import ControlServer
 from pointd.core.events import Event
@@ -57,6 +60,7 @@ from pointd.core.machine import Step
 from pointd.core.policy import Policy
 from pointd.core.recovery import recover
 from pointd.core.states import SaleState
+from pointd.journal.errors import JournalError
 from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
 from pointd.logging import configure_logging
@@ -115,6 +119,29 @@ def config_snapshot(config: DaemonConfig) -> dict[str, Any]:
         return value
 
     return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+
+
+def lock_journal(path: Path) -> int:
+    """Hold ``<journal>.lock`` for this process's life; raise JournalError if another holds it.
+
+    A second daemon on the same journal would replay it, run recovery effects against the
+    cloud, journal them and read the same register port before failing on the control
+    socket; the lock stops it before any of that. The kernel drops it when the process dies,
+    so a SIGKILLed daemon never blocks its successor.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise JournalError(f"cannot open journal lock {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise JournalError(
+            f"another pointd is running on the journal {path} (it holds {lock_path})"
+        ) from None
+    return descriptor
 
 
 class JournalCursor:
@@ -177,7 +204,12 @@ class Daemon:
         webhook_secret = read_optional_secret(
             MP_WEBHOOK_SECRET, file=config.cloud.webhook_secret_file
         )
-        journal = Journal.open(config.journal.path)
+        journal_lock = lock_journal(Path(config.journal.path))
+        try:
+            journal = Journal.open(config.journal.path)
+        except BaseException:
+            os.close(journal_lock)
+            raise
         close_cloud: Callable[[], Awaitable[None]] | None = None
         server: ControlServer | None = None
         jobs: DaemonJobs | None = None
@@ -316,6 +348,7 @@ class Daemon:
             if close_cloud is not None:
                 await close_cloud()
             journal.close()
+            os.close(journal_lock)
 
     # --- parts ------------------------------------------------------------------------------
 
@@ -449,5 +482,9 @@ async def _serve(config: DaemonConfig) -> int:
     try:
         return await daemon.run()
     except ConfigError as exc:
-        log.error("daemon.config_error", error=str(exc))
+        # stderr, not the log: the log's redaction blanks the word after "<credential>:".
+        print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (JournalError, ControlError) as exc:
+        print(f"pointd: {exc}", file=sys.stderr)
+        return EXIT_FAILED

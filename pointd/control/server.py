@@ -417,10 +417,15 @@ class ControlServer:
             os.rename(staging, self.path)
             self._socket_inode = self.path.lstat().st_ino
             sock.listen(16)
-        except BaseException:
+        except BaseException as exc:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
+            if isinstance(exc, OSError):
+                # bind() errors do not name the path; the operator needs it to fix it.
+                raise ControlError(
+                    f"cannot create control socket {self.path}: {exc.strerror or exc}"
+                ) from None
             raise
         return sock
 
