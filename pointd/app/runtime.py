@@ -263,10 +263,14 @@ class Daemon:
                 link = LinkDriver(lane.register, baudrate=lane.baud)
                 self.links[lane.number] = link
                 self._spawn(self.sessions[lane.number].run(link), f"register-{lane.number}")
-            self._spawn(self.lanes.run(), "lane-terminals")
             watch = self._watch
             if watch is not None:
                 self._spawn(watch.run(), "usb-watch")
+            # Know each lane's terminal before READY, so the first sale after a start is
+            # judged on the device list rather than refused as "terminal unknown". An
+            # unreachable cloud only delays READY by the client's own timeouts.
+            await self.lanes.refresh()
+            self._spawn(self._refresh_lanes_later(), "lane-terminals")
 
             store_token: Secret | None = None
             self._cursor = JournalCursor(journal)
@@ -393,6 +397,11 @@ class Daemon:
             refresh_interval=config.terminals.refresh_interval,
         )
         return lanes
+
+    async def _refresh_lanes_later(self) -> None:
+        assert self.lanes is not None
+        await asyncio.sleep(self.config.terminals.refresh_interval)
+        await self.lanes.run()
 
     def _spawn(self, work: Any, name: str) -> None:
         task = asyncio.ensure_future(work)
