@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 MAIN = Path(__file__).resolve().parents[2]
-# A quick run takes well under a second; the bound only stops a hung pty exchange.
+# Quick runs take 1-15 s (the end-to-end ones start the whole product); the bound only
+# stops a hang.
 RUN_TIMEOUT = 60.0
 MACHINE_KEYS = {"date", "nproc", "cpu_model", "python", "command"}
 
@@ -81,3 +82,44 @@ def test_journal_refuses_bad_counts(bad: list[str]) -> None:
     done = run_bench("journal", *bad)
     assert done.returncode == 2
     assert "--sales" in done.stderr or "--core-sales" in done.stderr
+
+
+def test_notification_to_display_times_relay_and_polling(tmp_path: Path) -> None:
+    stdout, record = run_quick("notification_to_display", tmp_path)
+    results = record["results"]
+    for mode in ("relay", "polling"):
+        figures = results[mode]
+        assert figures["sales"] == 6
+        assert figures["timed"] == 6, figures
+        assert figures["outcomes"] == {"approved": 6}
+        assert figures["final_to_display"]["n"] == 6
+        assert figures["display_texts"] == ["VERIFICANDO PAGO | NO ENTREGUE AUN"]
+    assert results["relay"]["webhook_to_display"]["n"] == 6
+    assert "webhook_to_display" not in results["polling"]
+    assert set(results["ratio_polling_over_relay"]) == {"p50", "p99", "max"}
+    assert set(results["display_wire_ms"]) == {"9600", "115200"}
+    assert "polling / relay" in stdout
+
+
+def test_daemon_footprint_reads_a_real_daemon(tmp_path: Path) -> None:
+    stdout, record = run_quick("daemon_footprint", tmp_path)
+    results = record["results"]
+    idle, selling = results["idle"], results["selling"]
+    assert idle["seconds"] >= 5.0
+    assert idle["rss_mb_max"] > 0
+    assert selling["rss_mb_max"] > 0
+    assert selling["sales"] > 0
+    assert selling["outcomes"].keys() == {"approved"}
+    assert selling["cpu_percent"] > idle["cpu_percent"]
+    assert "% of a core" in stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("notification_to_display", ["--sales", "0"]), ("notification_to_display", ["--lanes", "0"]),
+     ("daemon_footprint", ["--seconds", "-1"]), ("daemon_footprint", ["--lanes", "100"])],
+)
+def test_end_to_end_benchmarks_refuse_bad_arguments(name: str, bad: list[str]) -> None:
+    done = run_bench(name, *bad)
+    assert done.returncode == 2
+    assert bad[0] in done.stderr
