@@ -1156,9 +1156,10 @@ class StorageConfig:
         256, "Most notifications written in one durable commit.", min=1, max=10000
     )
     batch_wait: float = option(
-        0.002,
-        "Seconds a commit waits to gather more notifications; trades a little latency for "
-        "fewer fsyncs under load.",
+        0.0,
+        "Seconds a commit waits to gather more notifications. 0 (the default) still batches: "
+        "requests that arrive while a commit is running share the next one; a wait only "
+        "adds latency at low rates (docs/benchmarks.md, relay).",
         min=0,
         max=1,
     )

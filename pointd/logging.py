@@ -201,6 +201,10 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+# Libraries whose loggers pointd's pipeline must own, whatever they configured themselves.
+THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "asyncio")
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging to ``stream`` (default stdout) with redaction."""
     if level not in LEVELS:
@@ -258,4 +262,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # A library that configured its own logging earlier in the process (uvicorn does when
+    # started with its default log_config) would otherwise keep printing around the
+    # redaction: send its records through the root handler again.
+    for name in THIRD_PARTY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+        library.disabled = False
+        library.setLevel(logging.NOTSET)
     logging.captureWarnings(True)

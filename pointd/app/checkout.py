@@ -10,6 +10,10 @@ effects and is shown through the lane's session.
 A register that repeats a SALE with a correlation id the lane already knows (after a
 reconnect, or after the daemon restarted) gets that sale's current standing again, never a
 second sale: the same correlation id with another amount is refused as a reused id.
+
+A REFUND names its sale by the sale's correlation id on the same lane; the engine decides
+it (``pointd.core.refunds``) under the key ``lane<N>:<refund correlation id>``, so a repeated
+REFUND is the same refund. Its standing comes back as ``TellRefund`` effects.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import structlog
 from pointd.core.effects import TellRegister
 from pointd.core.events import CancelRequested, HandoverConfirmed, SaleRequested
 from pointd.core.machine import CoreState, Sale
+from pointd.core.refunds import TellRefund
 from pointd.core.states import LaneCondition, Refusal
 from pointd.register import messages as msg
 from pointd.register.session import (
@@ -31,6 +36,7 @@ from pointd.register.session import (
     HandoverCheck,
     HandoverDecision,
     HandoverDone,
+    RefundRequest,
     RegisterRequest,
     RegisterSession,
     Reply,
@@ -68,6 +74,19 @@ class Submitter(Protocol):
 
     async def submit(self, event: SaleRequested | CancelRequested | HandoverConfirmed) -> object:
         """Journal and decide one event."""
+        ...
+
+    async def request_refund(
+        self,
+        *,
+        sale_id: str,
+        amount_cents: int | None,
+        by: str,
+        uid: int | None = None,
+        request_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> object:
+        """Journal and decide a refund request for a sale."""
         ...
 
 
@@ -134,6 +153,21 @@ class Checkout:
             notice=effect.notice,
         )
 
+    async def tell_refund(self, effect: TellRefund) -> None:
+        """Show one refund's standing on its lane's register."""
+        session = self._sessions.get(effect.lane) if effect.lane is not None else None
+        if session is None:
+            log.warning("checkout.no_register_for_lane", lane=effect.lane)
+            return
+        await session.show_refund(
+            effect.correlation_id,
+            effect.sale_correlation_id,
+            effect.status,
+            amount_cents=effect.amount_cents,
+            refusal=effect.refusal,
+            via=effect.via,
+        )
+
     async def show_condition(self, lane: int, condition: LaneCondition) -> None:
         """Show a lane's idle condition, unless a sale is in progress there."""
         session = self._sessions.get(lane)
@@ -149,6 +183,8 @@ class Checkout:
         engine = self._engine
         if engine is None or self._terminals is None:
             return RequestRejected(None, msg.ErrorCode.INTERNAL, "daemon is starting")
+        if isinstance(request, RefundRequest):
+            return await self._refund(engine, lane, request)
         sale = _find(engine.state, lane, request.correlation_id)
         match request:
             case SaleRequest():
@@ -178,6 +214,21 @@ class Checkout:
                     return _unknown(request.correlation_id)
                 await engine.submit(HandoverConfirmed(sale_id=sale.sale_id))
                 return None
+
+    async def _refund(
+        self, engine: Submitter, lane: int, request: RefundRequest
+    ) -> Reply | None:
+        sale = _find(engine.state, lane, request.sale_correlation_id)
+        if sale is None:
+            return _unknown(request.correlation_id)
+        await engine.request_refund(
+            sale_id=sale.sale_id,
+            amount_cents=request.amount_cents,
+            by="register",
+            request_key=f"lane{lane}:{request.correlation_id}",
+            correlation_id=request.correlation_id,
+        )
+        return None
 
     async def _sale(
         self, engine: Submitter, lane: int, request: SaleRequest, known: Sale | None

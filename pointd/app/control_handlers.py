@@ -49,11 +49,13 @@ from pointd.core.events import (
     OverrideGiven,
     PaymentNotFound,
     PaymentVerified,
+    RefundRefusal,
 )
 from pointd.core.gate import judge_payment
 from pointd.core.machine import OVERRIDABLE_STATES, CoreState, Sale, Step
 from pointd.core.recovery import recover
 from pointd.core.reference import MAX_LANE, ExternalReference, ExternalReferenceError
+from pointd.core.refunds import Refund, RefundStatus
 from pointd.core.states import LaneCondition, SaleState
 from pointd.journal.store import Journal, SaleRow
 
@@ -125,6 +127,23 @@ def iso_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refund_row(refund: Refund) -> dict[str, Any]:
+    """One refund as the control socket shows it."""
+    return {
+        "refund_id": refund.refund_id,
+        "sale_id": refund.sale_id,
+        "status": refund.status.value,
+        "amount_cents": refund.amount_cents,
+        "via": refund.via,
+        "refusal": refund.refusal.value if refund.refusal is not None else None,
+        "idempotency_key": refund.idempotency_key,
+        "by": refund.by,
+        "detail": refund.detail,
+        "requested_at": iso_time(refund.requested_at),
+        "updated_at": iso_time(refund.updated_at),
+    }
 
 
 def sale_event(sale: Sale) -> dict[str, Any]:
@@ -434,6 +453,7 @@ class DaemonHandlers(Mapping[str, Handler]):
                 "at": iso_time(sale.override.at),
             },
             timers={kind.value: iso_time(at) for kind, at in sale.timers},
+            refunds=[refund_row(r) for r in self._engine.refund_book.of_sale(sale_id)],
         )
         timeline = [
             {
@@ -652,12 +672,32 @@ class DaemonHandlers(Mapping[str, Handler]):
     async def refund(
         self, caller: Caller, sale_id: str, amount_cents: int | None = None
     ) -> dict[str, Any]:
-        """Refunds are not built yet: refuse clearly, having done nothing."""
-        raise MethodError(
-            ErrorCode.NOT_SUPPORTED,
-            "refund is not supported by this pointd yet; refund the payment in the Mercado "
-            "Pago app or dashboard",
-        )
+        """Refund (part of) a paid sale; answers once the refund is journaled and sent off.
+
+        The outcome follows on the sale's register and in ``sale``'s refunds; a refusal
+        (unknown sale, no verified payment, more than was paid) is journaled too and
+        answered as an error, having sent nothing.
+        """
+        try:
+            result = await self._engine.request_refund(
+                sale_id=sale_id, amount_cents=amount_cents, by=f"control uid {caller.uid}",
+                uid=caller.uid,
+            )
+        except EngineStopped:
+            raise MethodError(
+                ErrorCode.UNAVAILABLE, "the daemon is stopping; nothing was done"
+            ) from None
+        refund = result.book.refunds.get(result.refund_id or "")
+        if refund is None:
+            raise MethodError(ErrorCode.CONFLICT, f"refund refused: {result.rejection}")
+        if refund.status is RefundStatus.REFUSED:
+            assert refund.refusal is not None
+            code = (ErrorCode.NOT_FOUND if refund.refusal is RefundRefusal.UNKNOWN_SALE
+                    else ErrorCode.CONFLICT)
+            raise MethodError(
+                code, f"refund of sale {sale_id} refused ({refund.refusal.value}): "
+                      f"{refund.detail} (nothing was sent)")
+        return refund_row(refund)
 
     # --- building blocks --------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ class DemoWorld:
         )
         service = RelayService(settings, SqliteStorage(settings.sqlite_path))
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(service.app.router.lifespan_context(service.app))
+        await stack.enter_async_context(service.running())
         server = await stack.enter_async_context(
             LoopbackServer(service.app, port=self.relay_port)
         )

@@ -11,12 +11,20 @@ notification, a timer) becomes a core event and goes through ``submit``, one at 
 
 Effects that call Mercado Pago run as tasks and report back through ``submit``; their
 errors are translated here into the events the core understands, keeping "not sent"
-apart from "outcome unknown" (a create whose fate is unknown is reconciled, never resent).
+apart from "outcome unknown" (a create whose fate is unknown is reconciled, never blindly
+resent). With a backend whose creates are idempotent (the Orders API), reconciling *is* the
+resend: the same call with the same idempotency key answers with the order the first send
+made, or makes it now if the first never arrived, so one attempt is still one order.
 Register messages are queued per lane, so a slow or unplugged register never stalls the
 core and the cashier sees states in the order they were decided. Timers submit
 ``TimerExpired`` at their wall-clock due time through a ``TimerService`` (the event loop by
 default; tests pass one driven by their own clock); after a restart the recovery effects
 re-arm them.
+
+Refunds run the same way through ``submit_refund``: ``pointd.core.refunds`` decides, the
+journal commits the event (the core state after it is unchanged), then the refund effects
+run. The refund book is rebuilt at start from the journaled refund events alone, and
+``resume_refunds`` re-arms the timers of refunds a restart interrupted.
 
 If the journal cannot be written the event did not happen: nothing is run, the engine
 marks itself unhealthy (the systemd watchdog then stops being fed) and the error goes up.
@@ -28,20 +36,28 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
+from pointd.app.checkout import new_sale_id
 from pointd.cloud.errors import (
     CannotCancel,
     CloudError,
     DeviceBusy,
+    IdempotencyConflict,
+    IdempotencyInProgress,
     InvalidRequest,
     NotFound,
     NotSent,
+    OutcomeUnknown,
+    RateLimited,
+    RefundExceedsBalance,
     Rejected,
+    ServerError,
 )
 from pointd.cloud.port import CloudPort, IntentView
+from pointd.core import refunds
 from pointd.core.effects import (
     AlertTechnician,
     CancelIntent,
@@ -68,6 +84,14 @@ from pointd.core.events import (
     PaymentNotFound,
     PaymentsFound,
     PaymentVerified,
+    RefundableSale,
+    RefundNotSent,
+    RefundObserved,
+    RefundOutcomeUnknown,
+    RefundRejected,
+    RefundRequested,
+    RefundSent,
+    RefundTimerExpired,
     TerminalBusy,
     TimerExpired,
     TimerKind,
@@ -91,6 +115,15 @@ class RegisterOutput(Protocol):
 
     async def tell(self, effect: TellRegister) -> None:
         """Show one sale's standing on its lane's register."""
+        ...
+
+
+@runtime_checkable
+class RefundScreens(Protocol):
+    """Where the engine sends a refund's standing (the checkout lanes are one)."""
+
+    async def tell_refund(self, effect: refunds.TellRefund) -> None:
+        """Show one refund's standing on its lane's register."""
         ...
 
 
@@ -152,6 +185,8 @@ class Engine:
         on_step: Callable[[Event, Step], None] = lambda event, result: None,
         ticket_numbers: bool = False,
         timers: TimerService | None = None,
+        refund_book: refunds.RefundBook | None = None,
+        new_refund_id: Callable[[], str] | None = None,
     ) -> None:
         self._journal = journal
         self._state = state
@@ -166,7 +201,11 @@ class Engine:
         self._timer_service = timers if timers is not None else LoopTimers(wall_clock)
         self._timers: dict[tuple[str, TimerKind], TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._register_queues: dict[int, asyncio.Queue[TellRegister]] = {}
+        self._register_queues: dict[int, asyncio.Queue[TellRegister | refunds.TellRefund]] = {}
+        # Refunds are decided apart from sales; their book is rebuilt from their own events.
+        self._refunds = refund_book if refund_book is not None else _replayed_refunds(journal)
+        self._refund_timers: dict[str, TimerHandle] = {}
+        self._new_refund_id = new_refund_id or (lambda: new_sale_id(wall_clock()))
         self._register_workers: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
         self.healthy = True
@@ -219,6 +258,74 @@ class Engine:
         self.run_effects(result.effects)
         return result
 
+    @property
+    def refund_book(self) -> refunds.RefundBook:
+        """The refund book after the last journaled refund event."""
+        return self._refunds
+
+    async def submit_refund(self, event: refunds.RefundEvent) -> refunds.RefundStep:
+        """Decide, journal, then run the effects of one refund event."""
+        async with self._lock:
+            if self._stopping:
+                raise EngineStopped(f"not accepting {type(event).__name__}: stopping")
+            now = self._clock()
+            result = refunds.step(self._refunds, event, now=now)
+            sale_id = result.sale_id if result.sale_id in self._state.sales else None
+            try:
+                self._journal.append(event, now, self._state, sale_id=sale_id)
+            except Exception:
+                self.healthy = False
+                log.critical("engine.journal_failed", event_type=type(event).__name__)
+                raise
+            self._refunds = result.book
+            self.last_step_at = now
+        if result.rejection is not None:
+            log.info("refund.rejected", event_type=type(event).__name__,
+                     refund_id=result.refund_id, reason=result.rejection)
+        for effect in result.effects:
+            self._dispatch_refund(effect)
+        return result
+
+    async def request_refund(
+        self,
+        *,
+        sale_id: str,
+        amount_cents: int | None,
+        by: str,
+        uid: int | None = None,
+        request_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> refunds.RefundStep:
+        """Ask for a refund of a sale, reading the sale's facts from the core state now.
+
+        ``request_key`` makes a repeated request the same refund (None: a new request);
+        ``correlation_id`` is what the register calls the refund (None: its refund id).
+        """
+        refund_id = self._new_refund_id()
+        sale = self._state.sales.get(sale_id)
+        facts = None
+        if sale is not None:
+            facts = RefundableSale(
+                state=sale.state, lane=sale.lane, correlation_id=sale.correlation_id,
+                terminal_id=sale.terminal_id, intent_id=sale.intent_id,
+                payment_id=sale.approved_payment_id, paid_cents=sale.amount_cents,
+            )
+        return await self.submit_refund(RefundRequested(
+            refund_id=refund_id,
+            request_key=request_key or f"refund:{refund_id}",
+            correlation_id=correlation_id or refund_id,
+            sale_id=sale_id,
+            amount_cents=amount_cents,
+            by=by,
+            uid=uid,
+            sale=facts,
+        ))
+
+    def resume_refunds(self) -> None:
+        """After a restart: poll or resend every unfinished refund (call once at start)."""
+        for effect in refunds.recover(self._refunds, self._clock()):
+            self._dispatch_refund(effect)
+
     def run_effects(self, effects: Iterable[Effect]) -> None:
         """Start effects in order; used by ``submit`` and by start-up recovery."""
         for effect in effects:
@@ -228,9 +335,10 @@ class Engine:
         """Finish the step in progress, let in-flight calls answer briefly, then stop."""
         async with self._lock:
             self._stopping = True
-        for handle in self._timers.values():
+        for handle in (*self._timers.values(), *self._refund_timers.values()):
             handle.cancel()
         self._timers.clear()
+        self._refund_timers.clear()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_TIMEOUT)
             for task in pending:
@@ -319,7 +427,7 @@ class Engine:
         self._timers.pop((sale_id, kind), None)
         self._spawn(self.submit(TimerExpired(sale_id=sale_id, timer=kind)))
 
-    def _queue_for(self, lane: int) -> asyncio.Queue[TellRegister]:
+    def _queue_for(self, lane: int) -> asyncio.Queue[TellRegister | refunds.TellRefund]:
         queue = self._register_queues.get(lane)
         if queue is None:
             queue = asyncio.Queue()
@@ -327,11 +435,16 @@ class Engine:
             self._register_workers[lane] = asyncio.ensure_future(self._tell_worker(queue))
         return queue
 
-    async def _tell_worker(self, queue: asyncio.Queue[TellRegister]) -> None:
+    async def _tell_worker(
+        self, queue: asyncio.Queue[TellRegister | refunds.TellRefund]
+    ) -> None:
         while True:
             effect = await queue.get()
             try:
-                await self._register.tell(effect)
+                if isinstance(effect, refunds.TellRefund):
+                    await self._tell_refund(effect)
+                else:
+                    await self._register.tell(effect)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -343,18 +456,17 @@ class Engine:
 
     async def _create(self, effect: CreateIntent) -> None:
         event: Event
-        sale = self._state.sales.get(effect.sale_id)
-        # Sites that print a ticket number (MLA) get the register's id for the sale.
-        ticket = sale.correlation_id if sale is not None and self._ticket_numbers else None
         try:
-            intent_id = await self._cloud.create_payment(
-                effect.terminal_id,
-                effect.amount_cents,
-                effect.external_reference,
-                # One key per attempt: backends that honour idempotency keys (Orders) make a
-                # resend of the same attempt harmless.
-                effect.external_reference,
-                ticket_number=ticket,
+            intent_id = await self._send_create(
+                effect.sale_id, effect.terminal_id, effect.amount_cents, effect.external_reference
+            )
+        except IdempotencyConflict as exc:
+            event = self._idempotency_conflict(effect.sale_id, effect.attempt,
+                                               effect.external_reference, exc)
+        except IdempotencyInProgress as exc:
+            # The same key's first send is still being processed: its fate is unknown.
+            event = CreateOutcomeUnknown(
+                sale_id=effect.sale_id, attempt=effect.attempt, reason=_reason(exc)
             )
         except InvalidRequest as exc:
             event = CreateRejected(
@@ -377,6 +489,35 @@ class Engine:
                 sale_id=effect.sale_id, attempt=effect.attempt, intent_id=intent_id
             )
         await self.submit(event)
+
+    async def _send_create(
+        self, sale_id: str, terminal_id: str, amount_cents: int, external_reference: str
+    ) -> str:
+        sale = self._state.sales.get(sale_id)
+        # Sites that print a ticket number (MLA) get the register's id for the sale.
+        ticket = sale.correlation_id if sale is not None and self._ticket_numbers else None
+        return await self._cloud.create_payment(
+            terminal_id,
+            amount_cents,
+            external_reference,
+            # One key per attempt, and every send of an attempt has the same arguments:
+            # backends that honour idempotency keys (Orders) make a resend harmless.
+            external_reference,
+            ticket_number=ticket,
+        )
+
+    def _idempotency_conflict(
+        self, sale_id: str, attempt: int, external_reference: str, exc: IdempotencyConflict
+    ) -> CreateRejected:
+        # The key was used with another body: an order from an earlier send may exist and
+        # could still be paid, and nothing the daemon can send settles it. A person must.
+        message = (f"Mercado Pago refused attempt {attempt}'s idempotency key as used with "
+                   f"another request; an order with external_reference {external_reference} "
+                   "may exist: check the terminal and cancel or refund it")
+        log.critical("engine.idempotency_conflict", sale_id=sale_id, attempt=attempt,
+                     external_reference=external_reference)
+        self._on_alert(Alert(self._clock(), sale_id, "critical", message))
+        return CreateRejected(sale_id=sale_id, attempt=attempt, code=_rejection_code(exc))
 
     async def _cancel(self, effect: CancelIntent) -> None:
         try:
@@ -427,8 +568,12 @@ class Engine:
         """Find this attempt at Mercado Pago: an intent, a payment, or proof of neither.
 
         Any failure to ask leaves the sale reconciling; the core's RECONCILE timer asks
-        again. AttemptNotFound is reported only when every source answered.
+        again. AttemptNotFound is reported only when every source answered. A backend
+        with idempotent creates (Orders) has no listing to search: the create is resent.
         """
+        if self._cloud.creates_are_idempotent:
+            await self._resend_create(effect)
+            return
         try:
             found = await self._find_intent(effect)
             if found is not None:
@@ -456,6 +601,34 @@ class Engine:
             return
         await self.submit(AttemptNotFound(sale_id=effect.sale_id, attempt=effect.attempt))
 
+    async def _resend_create(self, effect: ReconcileAttempt) -> None:
+        """Send the attempt's create again, same arguments and key; a 2xx names its order.
+
+        Nothing but a 2xx or a key conflict tells what the first send did (a 423 means it
+        is still being processed; a refusal or no answer proves nothing), so every other
+        error leaves the sale reconciling and the RECONCILE timer resends.
+        """
+        sale = self._state.sales.get(effect.sale_id)
+        if sale is None:
+            log.warning("engine.reconcile_unknown_sale", sale_id=effect.sale_id)
+            return
+        try:
+            intent_id = await self._send_create(
+                effect.sale_id, effect.terminal_id, sale.amount_cents, effect.external_reference
+            )
+        except IdempotencyConflict as exc:
+            await self.submit(self._idempotency_conflict(effect.sale_id, effect.attempt,
+                                                         effect.external_reference, exc))
+            return
+        except CloudError as exc:
+            log.warning("engine.reconcile_incomplete", sale_id=effect.sale_id, error=_reason(exc))
+            return
+        await self.submit(
+            IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt, intent_id=intent_id)
+        )
+        # The order's state, so that an order already paid moves on without a poll.
+        await self._observe(intent_id, ObservationSource.RECONCILIATION)
+
     async def _find_intent(self, effect: ReconcileAttempt) -> IntentView | None:
         since = dt.datetime.fromtimestamp(effect.since, tz=dt.UTC).date() - RECONCILE_DAY_MARGIN
         today = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date() + RECONCILE_DAY_MARGIN
@@ -467,6 +640,103 @@ class Engine:
             if view.external_reference == effect.external_reference:
                 return view
         return None
+
+    # --- refunds ---------------------------------------------------------------------------
+
+    def _dispatch_refund(self, effect: refunds.RefundEffect) -> None:
+        match effect:
+            case refunds.SendRefund():
+                self._spawn(self._send_refund(effect))
+            case refunds.FetchRefund():
+                self._spawn(self._fetch_refund(effect))
+            case refunds.ArmRefundTimer(refund_id=refund_id, at=at):
+                self._arm_refund(refund_id, at)
+            case refunds.DisarmRefundTimer(refund_id=refund_id):
+                handle = self._refund_timers.pop(refund_id, None)
+                if handle is not None:
+                    handle.cancel()
+            case refunds.TellRefund(lane=lane):
+                if lane is None:
+                    log.info("refund.no_lane_to_tell", refund_id=effect.refund_id,
+                             status=str(effect.status))
+                else:
+                    self._queue_for(lane).put_nowait(effect)
+
+    def _arm_refund(self, refund_id: str, at: float) -> None:
+        old = self._refund_timers.pop(refund_id, None)
+        if old is not None:
+            old.cancel()
+        if self._stopping:
+            return
+
+        def fire() -> None:
+            self._refund_timers.pop(refund_id, None)
+            self._spawn(self.submit_refund(RefundTimerExpired(refund_id=refund_id)))
+
+        self._refund_timers[refund_id] = self._timer_service.call_at(at, fire)
+
+    async def _tell_refund(self, effect: refunds.TellRefund) -> None:
+        if isinstance(self._register, RefundScreens):
+            await self._register.tell_refund(effect)
+        else:
+            log.info("refund.register_cannot_show", refund_id=effect.refund_id)
+
+    async def _send_refund(self, effect: refunds.SendRefund) -> None:
+        event: refunds.RefundEvent
+        try:
+            view = await self._cloud.refund_payment(
+                effect.terminal_id,
+                effect.intent_id,
+                effect.payment_id,
+                effect.amount_cents,
+                effect.idempotency_key,
+            )
+        except RefundExceedsBalance as exc:
+            event = RefundRejected(refund_id=effect.refund_id, code="exceeds_balance",
+                                   refunded_cents=exc.refunded_cents)
+        except DeviceBusy as exc:
+            event = RefundNotSent(refund_id=effect.refund_id, reason=_reason(exc),
+                                  terminal_busy=True)
+        except NotSent as exc:
+            event = RefundNotSent(refund_id=effect.refund_id, reason=_reason(exc),
+                                  terminal_busy=False)
+        except (OutcomeUnknown, IdempotencyInProgress, RateLimited, ServerError) as exc:
+            # Resending with the same key is safe, so anything short of a clear refusal
+            # is treated as "may have landed".
+            event = RefundOutcomeUnknown(refund_id=effect.refund_id, reason=_reason(exc))
+        except (InvalidRequest, Rejected) as exc:
+            code = _rejection_code(exc) if isinstance(exc, Rejected) else f"invalid: {exc}"
+            event = RefundRejected(refund_id=effect.refund_id, code=code[:120],
+                                   refunded_cents=None)
+        except Exception as exc:
+            event = RefundOutcomeUnknown(refund_id=effect.refund_id, reason=_reason(exc))
+        else:
+            event = RefundSent(refund_id=effect.refund_id, cloud_refund_id=view.id,
+                               state=str(view.state), amount_cents=view.amount_cents,
+                               via=view.via)
+        await self.submit_refund(event)
+
+    async def _fetch_refund(self, effect: refunds.FetchRefund) -> None:
+        try:
+            view = await self._cloud.get_refund(
+                effect.intent_id, effect.payment_id, effect.cloud_refund_id
+            )
+        except CloudError as exc:
+            # The poll timer is re-armed with every fetch: the next one asks again.
+            log.warning("engine.fetch_refund_failed", refund_id=effect.refund_id,
+                        error=_reason(exc))
+            return
+        await self.submit_refund(RefundObserved(refund_id=effect.refund_id,
+                                                state=str(view.state),
+                                                amount_cents=view.amount_cents))
+
+
+def _replayed_refunds(journal: Journal) -> refunds.RefundBook:
+    replayed = (
+        (at, event) for _seq, at, event in journal.replay_kinds(refunds.REFUND_EVENT_KINDS)
+        if isinstance(event, refunds.REFUND_EVENT_TYPES)
+    )
+    return refunds.replay(replayed)
 
 
 def _observed(view: IntentView, source: ObservationSource) -> IntentObserved:
@@ -488,7 +758,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-async def _drain(queue: asyncio.Queue[TellRegister], within: float) -> None:
+async def _drain(
+    queue: asyncio.Queue[TellRegister | refunds.TellRefund], within: float
+) -> None:
     try:
         await asyncio.wait_for(queue.join(), within)
     except TimeoutError:

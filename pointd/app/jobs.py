@@ -17,8 +17,16 @@ tasks) and the journal's connection belong to the loop's thread.
   Sales waiting for a person (APPROVED, BLOCKED) own no timers and are left alone; a
   CREATING sale waits longer (``CREATING_STALE_AFTER``), since its create may be in flight.
 - **Device-list refresh** and **relay health** (intervals) call what the runtime injects.
-- **Journal retention** (interval) calls ``prune(before)`` on a ``RetentionTarget``; the
-  journal's events are append-only, so only auxiliary tables may be pruned there.
+- **Journal retention** (interval) calls ``prune(before)`` on a ``RetentionTarget`` (the
+  runtime passes the ``Journal``); events are append-only, so only the notification dedupe
+  keys are pruned there.
+- **Core compaction** (interval, and once at start when the newest snapshot is older than
+  the interval or missing, because a store PC switched off every night never reaches a
+  day of uptime). It submits ``SettledSalesForgotten`` through the engine, so final sales
+  older than ``forget_after_days`` leave the live state exactly as a replay will drop them,
+  then snapshots the state with its seq. Memory then holds the unfinished sales and a few
+  days of settled ones, and a start replays only the events after the snapshot. Forgotten
+  sales stay in the journal's ``sales`` projection and events (pointctl, exports).
 - **Reconciliation export** (cron, local time). At ``export_at`` the day so far and the
   previous day are written (yesterday again, complete and with its late outcomes settled);
   see ``ReconciliationExport`` and docs/reconciliation-export.md.
@@ -54,13 +62,15 @@ from pointd.cloud.errors import CloudError, NotFound
 from pointd.cloud.models import Payment
 from pointd.core.effects import Effect
 from pointd.core.events import (
+    Event,
     IntentObserved,
     OverrideDecision,
     OverrideGiven,
     PaymentsFound,
     PaymentVerified,
+    SettledSalesForgotten,
 )
-from pointd.core.machine import OWNED_TIMERS, CoreState, Sale, step
+from pointd.core.machine import OWNED_TIMERS, CoreState, Sale, Step, forgettable, step
 from pointd.core.policy import Policy
 from pointd.core.recovery import recover
 from pointd.core.reference import ExternalReference, ExternalReferenceError
@@ -92,6 +102,16 @@ RELAY_HEALTH_INTERVAL = 10.0
 RETENTION_INTERVAL = 24 * 3600.0
 # As the default [journal] retention_days: a dispute up to a year old can still be answered.
 RETENTION_DAYS = 400
+# Settled sales stay in memory this long after their last change; then only the journal
+# has them (sales projection, events). Two days: registers and cashiers ask about today's
+# sales, the reconciliation export reads the journal, and the engine's reconciliation
+# looks back about 48 hours at most (whole days plus a day's margin), so the intents it
+# meets there still belong to known sales.
+FORGET_AFTER_DAYS = 2.0
+# Never less: a sale must stay known at least for the rest of its store day.
+MIN_FORGET_AFTER_DAYS = 1.0
+# A day of sales is what the state grows by between runs, and what a start replays at most.
+COMPACTION_INTERVAL = 24 * 3600.0
 # Five minutes before midnight, so the file is on disk when the store's day is closed; the
 # next night's run rewrites it complete (see ReconciliationExport).
 EXPORT_AT = dt.time(23, 55)
@@ -114,6 +134,8 @@ DEVICE_REFRESH_JOB = "device-refresh"
 RELAY_HEALTH_JOB = "relay-health"
 RETENTION_JOB = "journal-retention"
 EXPORT_JOB = "reconciliation-export"
+COMPACTION_JOB = "core-compaction"
+COMPACTION_CATCH_UP_JOB = "core-compaction-catch-up"
 EXPORT_CATCH_UP_JOB = "reconciliation-export-catch-up"
 
 # Sales whose goods may have left: Mercado Pago must show exactly one approved payment.
@@ -146,6 +168,10 @@ class JobsEngine(Protocol):
 
     def run_effects(self, effects: Iterable[Effect]) -> None:
         """Start effects in order."""
+        ...
+
+    async def submit(self, event: Event) -> Step:
+        """Decide, journal, then run the effects of one event."""
         ...
 
 
@@ -718,12 +744,21 @@ class DaemonJobs:
         relay_health_interval: float = RELAY_HEALTH_INTERVAL,
         retention_interval: float = RETENTION_INTERVAL,
         retention_days: int = RETENTION_DAYS,
+        compaction_interval: float = COMPACTION_INTERVAL,
+        forget_after_days: float = FORGET_AFTER_DAYS,
     ) -> None:
         for name, value in (("sweep_interval", sweep_interval), ("stale_after", stale_after),
                             ("device_refresh_interval", device_refresh_interval),
                             ("relay_health_interval", relay_health_interval),
-                            ("retention_interval", retention_interval)):
+                            ("retention_interval", retention_interval),
+                            ("compaction_interval", compaction_interval)):
             _check_seconds(name, value)
+        if isinstance(forget_after_days, bool) \
+                or not isinstance(forget_after_days, int | float) \
+                or not math.isfinite(forget_after_days) \
+                or forget_after_days < MIN_FORGET_AFTER_DAYS:
+            raise ValueError(f"forget_after_days must be a number of days of at least "
+                             f"{MIN_FORGET_AFTER_DAYS:g}")
         if isinstance(retention_days, bool) or not isinstance(retention_days, int) \
                 or retention_days < 1:
             raise ValueError("retention_days must be a positive whole number of days")
@@ -741,6 +776,8 @@ class DaemonJobs:
         self._retention = retention
         self._stale_after = float(stale_after)
         self._retention_days = retention_days
+        self._compaction_interval = float(compaction_interval)
+        self._forget_after_days = float(forget_after_days)
         self._swept: dict[str, float] = {}
         self.timezone: dt.tzinfo = timezone if timezone is not None else tzlocal.get_localzone()
         if export_dir is None:
@@ -767,6 +804,8 @@ class DaemonJobs:
         if retention is not None:
             self._add(RETENTION_JOB, self.prune_journal,
                       IntervalTrigger(seconds=retention_interval))
+        self._add(COMPACTION_JOB, self.compact_core,
+                  IntervalTrigger(seconds=compaction_interval))
         self._add(EXPORT_JOB, self.export_closing_days,
                   CronTrigger(hour=export_at.hour, minute=export_at.minute,
                               second=export_at.second, timezone=self.timezone),
@@ -781,6 +820,9 @@ class DaemonJobs:
             # The daemon was down at export time: write the missing day once, now.
             self.scheduler.add_job(self._recorded(EXPORT_CATCH_UP_JOB, self._catch_up),
                                    id=EXPORT_CATCH_UP_JOB, replace_existing=True)
+        if self._snapshot_is_due():
+            self.scheduler.add_job(self._recorded(COMPACTION_CATCH_UP_JOB, self.compact_core),
+                                   id=COMPACTION_CATCH_UP_JOB, replace_existing=True)
         self.scheduler.start()
 
     async def shutdown(self) -> None:
@@ -853,6 +895,24 @@ class DaemonJobs:
         log.info("jobs.journal_pruned", before=before, pruned=pruned)
         return {"pruned": pruned}
 
+    async def compact_core(self) -> dict[str, Any]:
+        """Forget settled sales older than ``forget_after_days``, then snapshot the state."""
+        before = self._clock() - self._forget_after_days * 86400.0
+        # Final sales never change, so the ones counted here are the ones the step drops.
+        forgotten = len(forgettable(self._engine.state, before))
+        result = await self._engine.submit(SettledSalesForgotten(before=before))
+        if result.rejection is not None:
+            log.warning("jobs.forget_refused", reason=result.rejection.reason)
+            forgotten = 0
+        # The state and its seq are read together with no await between: no event slips in.
+        state = self._engine.state
+        journal = self._engine.journal
+        seq = journal.last_seq()
+        journal.write_snapshot(state, seq)
+        log.info("jobs.core_compacted", forgotten=forgotten, kept=len(state.sales),
+                 unfinished=len(state.unfinished()), snapshot_seq=seq)
+        return {"forgotten": forgotten, "kept": len(state.sales), "snapshot_seq": seq}
+
     async def export_closing_days(self) -> dict[str, Any]:
         """Write yesterday's export again (complete now) and today's so far."""
         today = self.exporter.today()
@@ -872,6 +932,11 @@ class DaemonJobs:
         return {"written": [csv_path.name]}
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _snapshot_is_due(self) -> bool:
+        snapshots = self._engine.journal.snapshots()
+        newest = snapshots[0].at if snapshots else None
+        return newest is None or self._clock() - newest >= self._compaction_interval
 
     def _add(self, job_id: str, work: Callable[[], Awaitable[dict[str, Any]]], trigger: Any,
              *, misfire_grace_time: int | None = None) -> None:

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 A notification is a hint (architecture.md §2, rule 6). A bare Point intent body becomes an
 ``IntentObserved`` with source *notification*, which the core answers with a fetch of the
-intent; a wrapper or IPN that only names an intent or a payment becomes a fetch hint; a
+intent; a wrapper or IPN that only names an intent or a payment becomes a fetch hint; an
+Orders-API ``order`` notification (any ``action``: its status is not trusted either) becomes
+a fetch hint for the order id, which is the intent id the core knows with that backend; a
 fraud alert (``stop_delivery_op_wh``) becomes ``FraudAlerted``, which can only stop goods
 from leaving. Each relayed event is journaled (as the event it became, or as seen) before
 the relay is acknowledged, and an event already seen is skipped, so a redelivery after a
@@ -27,6 +29,7 @@ log = structlog.get_logger(__name__)
 INTENT_TOPICS = frozenset({"point_integration_wh", "point_integration_ipn"})
 PAYMENT_TOPICS = frozenset({"payment", "topic_chargebacks_wh", "topic_claims_integration_wh"})
 FRAUD_ALERT_TOPIC = "stop_delivery_op_wh"
+ORDER_TOPIC = "order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ def read_notification(event: RelayEvent) -> Reading:
             return Reading(note="fraud alert without a payment id")
         return Reading(events=(FraudAlerted(payment_id=payment_id),))
     resource = _text(data.get("id")) or event.query.get("data.id") or event.query.get("id")
-    if topic in INTENT_TOPICS and resource:
+    if (topic in INTENT_TOPICS or topic == ORDER_TOPIC) and resource:
         return Reading(intent_hints=(resource,))
     if topic in PAYMENT_TOPICS:
         payment_id = _text(data.get("payment_id")) or resource

@@ -259,6 +259,7 @@ class Daemon:
             checkout.attach(engine, self.lanes)
 
             engine.run_effects(recover(engine.state, self._clock(), policy))
+            engine.resume_refunds()
             for lane in config.lanes:
                 link = LinkDriver(lane.register, baudrate=lane.baud)
                 self.links[lane.number] = link
@@ -317,6 +318,7 @@ class Daemon:
                 cloud=cloud,
                 wall_clock=self._clock,
                 evaluate_relay=self.relay.evaluate_health if self.relay is not None else None,
+                retention=journal,
                 export_dir=Path(config.journal.path).parent / "exports",
             )
             jobs.start()

@@ -106,7 +106,8 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
     ),
     "refund": MethodSpec(
         True,
-        "Refund an approved sale (not built yet: answers not_supported).",
+        "Refund (part of) a paid sale; journaled, sent with an idempotency key, never more "
+        "than was paid. The outcome shows on the sale's register and in `sale`.",
         {
             "sale_id": _SALE_ID,
             "amount_cents": Param(

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, Union
 
 from pointd.core.errors import EventDecodeError
-from pointd.core.states import Refusal
+from pointd.core.states import Refusal, SaleState
 
 
 class IntentState(StrEnum):
@@ -246,6 +246,111 @@ class OverrideGiven(CoreEvent):
     uid: int
 
 
+@dataclass(frozen=True, slots=True)
+class SettledSalesForgotten(CoreEvent):
+    """The daemon let go of final sales last changed before ``before`` (wall-clock seconds).
+
+    Journaled like any other event, so a replay forgets exactly where the live daemon did.
+    """
+
+    before: float
+
+
+class RefundRefusal(StrEnum):
+    """Why the daemon refused a refund before sending anything to Mercado Pago."""
+
+    UNKNOWN_SALE = "unknown_sale"  # no such sale (or one the daemon already forgot)
+    NOT_REFUNDABLE = "not_refundable"  # the sale has no verified, approved payment
+    OVER_AMOUNT = "over_amount"  # more than was paid minus what is already refunded
+    NOTHING_LEFT = "nothing_left"  # the whole payment is already refunded (or being)
+    ID_REUSED = "id_reused"  # the refund id names a refund of another sale or amount
+    INVALID_AMOUNT = "invalid_amount"  # an amount below one cent
+
+
+@dataclass(frozen=True, slots=True)
+class RefundableSale:
+    """What the engine read of a sale when a refund of it was asked (journaled with it)."""
+
+    state: SaleState
+    lane: int
+    correlation_id: str
+    terminal_id: str
+    intent_id: str | None  # the intent or order id the payment came through
+    payment_id: str | None  # the verified approved payment, None when there is none
+    paid_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequested(CoreEvent):
+    """The register or a technician asked to refund (part of) a sale; decided by refunds.py.
+
+    ``request_key`` names the request for idempotency (the register's lane and refund
+    correlation id, or the control caller's id); ``sale`` is None when no sale matched.
+    """
+
+    refund_id: str
+    request_key: str
+    correlation_id: str
+    sale_id: str
+    amount_cents: int | None  # None: all that is left
+    by: str
+    uid: int | None
+    sale: RefundableSale | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundSent(CoreEvent):
+    """Mercado Pago accepted the refund; ``state`` is PENDING, REFUNDED or FAILED."""
+
+    refund_id: str
+    cloud_refund_id: str
+    state: str
+    amount_cents: int
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundNotSent(CoreEvent):
+    """The refund call provably made nothing now (connection refused, terminal busy)."""
+
+    refund_id: str
+    reason: str
+    terminal_busy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefundOutcomeUnknown(CoreEvent):
+    """The refund call may have reached Mercado Pago (timeout after send, 5xx, reset)."""
+
+    refund_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRejected(CoreEvent):
+    """The refund was refused; ``refunded_cents`` is what the payment shows refunded, if known."""
+
+    refund_id: str
+    code: str
+    refunded_cents: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundObserved(CoreEvent):
+    """A refund's state as ``get_refund`` answered it."""
+
+    refund_id: str
+    state: str
+    amount_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundTimerExpired(CoreEvent):
+    """The refund's timer is due: poll it, or resend it with the same idempotency key."""
+
+    refund_id: str
+
+
 Event = Union[  # noqa: UP007 - a runtime value, also used for isinstance checks
     SaleRequested,
     IntentCreated,
@@ -264,6 +369,14 @@ Event = Union[  # noqa: UP007 - a runtime value, also used for isinstance checks
     TimerExpired,
     HandoverConfirmed,
     OverrideGiven,
+    SettledSalesForgotten,
+    RefundRequested,
+    RefundSent,
+    RefundNotSent,
+    RefundOutcomeUnknown,
+    RefundRejected,
+    RefundObserved,
+    RefundTimerExpired,
 ]
 
 EVENT_TYPES: tuple[type[CoreEvent], ...] = typing.get_args(Event)
@@ -301,8 +414,20 @@ def _encode(value: Any) -> Any:
     return value
 
 
+# Resolving the string annotations costs more than the rest of a decode; a replay decodes
+# every journaled event, so each class's hints are resolved once.
+_TYPE_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    hints = _TYPE_HINTS.get(cls)
+    if hints is None:
+        hints = _TYPE_HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _decode_dataclass(cls: type[Any], body: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(body) - set(names))
     if unknown:

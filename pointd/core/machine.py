@@ -29,15 +29,34 @@ The money-safety rules (architecture.md §2) are kept here as follows:
    nothing; final sale states have no outgoing transitions.
 6. A notification that would end a sale without a payment (CANCELED, ERROR, ABANDONED)
    only triggers a ``FetchIntent``: the API's answer decides.
+
+Forgetting settled sales
+------------------------
+A daemon that runs for years cannot keep every sale in memory. ``SettledSalesForgotten``
+(journaled like any event, so replay forgets where the live daemon did) runs
+``forget_settled``: final sales last changed before a time leave ``sales`` and the
+``intents``/``payments``/``overrides`` entries that name them. Final sales never change
+again, so no decision about a kept sale depended on them except through those indexes;
+what changes is only that a late event naming a forgotten intent, payment or sale finds no
+sale and is rejected (harmless: it cannot be adopted elsewhere, because its
+external_reference names the forgotten sale, and rule 1's gate still checks any payment a
+kept sale is shown). Fraud alerts are all kept: they are few and the gate reads them. One
+more guard keeps a forgotten sale id from being reused: ``forgotten_through`` is the
+greatest id forgotten, and admission refuses any id at or below it. The daemon mints
+time-ordered ids (``pointd.app.checkout.new_sale_id``), so a fresh id always sorts above
+ids forgotten days ago; only a clock that went back by days is refused (and alerted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from pointd.core.effects import (
     AlertTechnician,
@@ -53,6 +72,7 @@ from pointd.core.effects import (
     Severity,
     TellRegister,
 )
+from pointd.core.errors import StateDecodeError
 from pointd.core.events import (
     AttemptNotFound,
     CancelRefused,
@@ -73,6 +93,7 @@ from pointd.core.events import (
     PaymentsFound,
     PaymentVerified,
     SaleRequested,
+    SettledSalesForgotten,
     TerminalBusy,
     TimerExpired,
     TimerKind,
@@ -90,6 +111,7 @@ from pointd.core.reference import (
 from pointd.core.states import FINAL_STATES, HANDOVER_ALLOWED_STATES, Refusal, SaleState
 
 __all__ = [
+    "STATE_FORMAT",
     "TRANSITIONS",
     "CoreState",
     "Override",
@@ -98,10 +120,15 @@ __all__ = [
     "Sale",
     "Step",
     "Transition",
+    "forget_settled",
+    "forgettable",
     "step",
 ]
 
 S = SaleState
+
+# The JSON layout of ``CoreState.to_json``; a reader refuses any other.
+STATE_FORMAT = "pointd-core-state/1"
 
 # Intent states by progress; equal or lower rank than what a sale has seen is stale.
 INTENT_RANK: Mapping[IntentState, int] = {
@@ -154,6 +181,18 @@ class Override:
     uid: int
     at: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The override as plain JSON-able values."""
+        return {"decision": self.decision.value, "reason": self.reason, "uid": self.uid,
+                "at": self.at}
+
+    @classmethod
+    def from_dict(cls, body: object, where: str = "override") -> Override:
+        """Rebuild an override from ``to_dict``; raise StateDecodeError when malformed."""
+        fields = _Fields(body, where, ("decision", "reason", "uid", "at"))
+        return cls(fields.enum("decision", OverrideDecision), fields.text("reason"),
+                   fields.integer("uid"), fields.number("at"))
+
 
 @dataclass(frozen=True, slots=True)
 class Sale:
@@ -203,6 +242,57 @@ class Sale:
         """When this sale's timer of this kind is due, or None if not pending."""
         return dict(self.timers).get(kind)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-able values (enums by value, tuples as lists)."""
+        body: dict[str, Any] = {}
+        for name in _SALE_FIELDS:
+            value = getattr(self, name)
+            if name == "override":
+                value = None if value is None else value.to_dict()
+            elif name == "timers":
+                value = [[kind.value, at] for kind, at in value]
+            elif name == "not_found_attempts":
+                value = list(value)
+            elif isinstance(value, SaleState | Refusal | IntentState):
+                value = value.value
+            body[name] = value
+        return body
+
+    @classmethod
+    def from_dict(cls, body: object, where: str = "sale") -> Sale:
+        """Rebuild a sale from ``to_dict``; raise StateDecodeError when malformed."""
+        f = _Fields(body, where, _SALE_FIELDS)
+        timers = []
+        for index, item in enumerate(f.items("timers")):
+            if not isinstance(item, list) or len(item) != 2:
+                raise StateDecodeError(f"{where}.timers[{index}]: expected [kind, due]")
+            timer = _Fields({"kind": item[0], "at": item[1]}, f"{where}.timers[{index}]",
+                            ("kind", "at"))
+            timers.append((timer.enum("kind", TimerKind), timer.number("at")))
+        attempts = _Fields({"n": f.items("not_found_attempts")}, where, ("n",))
+        override = f.raw("override")
+        return cls(
+            sale_id=f.text("sale_id"), lane=f.integer("lane"),
+            correlation_id=f.text("correlation_id"), amount_cents=f.integer("amount_cents"),
+            terminal_id=f.text("terminal_id"), state=f.enum("state", SaleState),
+            requested_at=f.number("requested_at"), updated_at=f.number("updated_at"),
+            refusal=f.optional_enum("refusal", Refusal), attempt=f.integer("attempt"),
+            reference=f.optional_text("reference"),
+            attempt_started_at=f.number("attempt_started_at"), sends=f.integer("sends"),
+            not_found_attempts=attempts.integers("n"),
+            intent_id=f.optional_text("intent_id"),
+            intent_state=f.optional_enum("intent_state", IntentState),
+            payment_id=f.optional_text("payment_id"),
+            approved_payment_id=f.optional_text("approved_payment_id"),
+            verify_round=f.integer("verify_round"),
+            verify_started_at=f.optional_number("verify_started_at"),
+            reconcile_round=f.integer("reconcile_round"),
+            cancel_requested=f.boolean("cancel_requested"),
+            override=None if override is None else Override.from_dict(override,
+                                                                       f"{where}.override"),
+            detail=f.text("detail"), timers=tuple(timers),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CoreState:
@@ -216,6 +306,8 @@ class CoreState:
     payments: PersistentMap[str, str] = field(default_factory=PersistentMap)  # → sale
     fraud_alerts: frozenset[str] = frozenset()  # payment ids named by fraud alerts
     overrides: PersistentMap[str, Override] = field(default_factory=PersistentMap)
+    # The greatest sale id ever forgotten: ids at or below it are never admitted again.
+    forgotten_through: str = ""
 
     @classmethod
     def empty(cls, store_id: str) -> CoreState:
@@ -233,6 +325,177 @@ class CoreState:
         """Every sale not yet in a final state, in sale-id order."""
         return tuple(sorted((s for s in self.sales.values() if not s.is_final),
                             key=lambda s: s.sale_id))
+
+    def to_json(self) -> str:
+        """The whole state as one JSON document (format ``STATE_FORMAT``), stable order."""
+        body = {
+            "format": STATE_FORMAT,
+            "store_id": self.store_id,
+            "forgotten_through": self.forgotten_through,
+            "sales": [self.sales[sale_id].to_dict() for sale_id in sorted(self.sales)],
+            "lanes": sorted([lane, sale_id] for lane, sale_id in self.lanes.items()),
+            "terminals": dict(sorted(self.terminals.items())),
+            "intents": dict(sorted(self.intents.items())),
+            "payments": dict(sorted(self.payments.items())),
+            "fraud_alerts": sorted(self.fraud_alerts),
+            "overrides": {sale_id: self.overrides[sale_id].to_dict()
+                          for sale_id in sorted(self.overrides)},
+        }
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CoreState:
+        """Rebuild a state from ``to_json``; raise StateDecodeError when malformed.
+
+        Besides types, the indexes must name sales the document holds, so a damaged
+        snapshot is refused rather than routing events to sales that do not exist.
+        """
+        try:
+            body = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateDecodeError(f"state is not JSON: {exc}") from None
+        f = _Fields(body, "state", ("format", "store_id", "forgotten_through", "sales",
+                                    "lanes", "terminals", "intents", "payments",
+                                    "fraud_alerts", "overrides"))
+        if f.raw("format") != STATE_FORMAT:
+            raise StateDecodeError(f"state format {str(f.raw('format'))[:40]!r} is not "
+                                   f"{STATE_FORMAT}")
+        store_id = f.text("store_id")
+        if not STORE_ID_PATTERN.fullmatch(store_id):
+            raise StateDecodeError(f"state.store_id {store_id[:40]!r} is not a store id")
+        sales: dict[str, Sale] = {}
+        for index, item in enumerate(f.items("sales")):
+            sale = Sale.from_dict(item, f"state.sales[{index}]")
+            if sale.sale_id in sales:
+                raise StateDecodeError(f"state.sales: sale {sale.sale_id} appears twice")
+            sales[sale.sale_id] = sale
+        lanes: dict[int, str] = {}
+        for index, item in enumerate(f.items("lanes")):
+            if not isinstance(item, list) or len(item) != 2:
+                raise StateDecodeError(f"state.lanes[{index}]: expected [lane, sale_id]")
+            pair = _Fields({"lane": item[0], "sale": item[1]}, f"state.lanes[{index}]",
+                           ("lane", "sale"))
+            lanes[pair.integer("lane")] = pair.text("sale")
+        overrides = {sale_id: Override.from_dict(value, f"state.overrides.{sale_id}")
+                     for sale_id, value in f.mapping("overrides").items()}
+        state = cls(
+            store_id=store_id,
+            sales=PersistentMap(sales),
+            lanes=PersistentMap(lanes),
+            terminals=PersistentMap(f.text_mapping("terminals")),
+            intents=PersistentMap(f.text_mapping("intents")),
+            payments=PersistentMap(f.text_mapping("payments")),
+            fraud_alerts=frozenset(f.texts("fraud_alerts")),
+            overrides=PersistentMap(overrides),
+            forgotten_through=f.text("forgotten_through"),
+        )
+        for name, entries in (("lanes", state.lanes), ("terminals", state.terminals),
+                              ("intents", state.intents), ("payments", state.payments)):
+            for key, sale_id in entries.items():
+                if sale_id not in sales:
+                    raise StateDecodeError(f"state.{name}: {key} names unknown sale {sale_id}")
+        for sale_id in overrides:
+            if sale_id not in sales:
+                raise StateDecodeError(f"state.overrides: unknown sale {sale_id}")
+        return state
+
+
+_SALE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Sale))
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class _Fields:
+    """Typed, strict reads of one JSON object of a state document."""
+
+    def __init__(self, body: object, where: str, names: Iterable[str]) -> None:
+        if not isinstance(body, dict):
+            raise StateDecodeError(f"{where}: expected an object")
+        expected = set(names)
+        unknown = sorted(str(key) for key in set(body) - expected)
+        missing = sorted(expected - set(body))
+        if unknown:
+            raise StateDecodeError(f"{where}: unknown fields {unknown[:5]}")
+        if missing:
+            raise StateDecodeError(f"{where}: missing fields {missing}")
+        self._body = body
+        self._where = where
+
+    def _fail(self, name: str, expected: str) -> StateDecodeError:
+        return StateDecodeError(f"{self._where}.{name}: expected {expected}")
+
+    def raw(self, name: str) -> Any:
+        return self._body[name]
+
+    def text(self, name: str) -> str:
+        value = self._body[name]
+        if not isinstance(value, str):
+            raise self._fail(name, "a string")
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        return None if self._body[name] is None else self.text(name)
+
+    def integer(self, name: str) -> int:
+        value = self._body[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(name, "an integer")
+        return value
+
+    def number(self, name: str) -> float:
+        value = self._body[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(name, "a number")
+        return float(value)
+
+    def optional_number(self, name: str) -> float | None:
+        return None if self._body[name] is None else self.number(name)
+
+    def boolean(self, name: str) -> bool:
+        value = self._body[name]
+        if not isinstance(value, bool):
+            raise self._fail(name, "a boolean")
+        return value
+
+    def enum(self, name: str, kind: type[_E]) -> _E:
+        value = self._body[name]
+        try:
+            return kind(value)
+        except ValueError:
+            raise self._fail(name, f"a {kind.__name__}") from None
+
+    def optional_enum(self, name: str, kind: type[_E]) -> _E | None:
+        return None if self._body[name] is None else self.enum(name, kind)
+
+    def items(self, name: str) -> list[Any]:
+        value = self._body[name]
+        if not isinstance(value, list):
+            raise self._fail(name, "a list")
+        return value
+
+    def integers(self, name: str) -> tuple[int, ...]:
+        values = self.items(name)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise self._fail(name, "a list of integers")
+        return tuple(values)
+
+    def texts(self, name: str) -> list[str]:
+        values = self.items(name)
+        if not all(isinstance(v, str) for v in values):
+            raise self._fail(name, "a list of strings")
+        return values
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self._body[name]
+        if not isinstance(value, dict):
+            raise self._fail(name, "an object")
+        return value
+
+    def text_mapping(self, name: str) -> dict[str, str]:
+        value = self.mapping(name)
+        if not all(isinstance(v, str) for v in value.values()):
+            raise self._fail(name, "an object of strings")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +600,15 @@ def _admit(core: CoreState, event: SaleRequested, now: float, policy: Policy) ->
     if not SALE_ID_PATTERN.fullmatch(event.sale_id):
         tell = told(S.FAILED, Refusal.INVALID_REQUEST)
         return Step(core, (tell,), Rejection("sale id is not 1-26 of [A-Z0-9]", event), None)
+    if event.sale_id <= core.forgotten_through:
+        # It may be the id of a forgotten sale: reusing it would let that sale's late
+        # notifications, found by external_reference, reach this one.
+        tell = told(S.FAILED, Refusal.INVALID_REQUEST)
+        alert = AlertTechnician(event.sale_id, Severity.WARNING,
+                                f"sale id {event.sale_id} sorts at or below forgotten sale "
+                                f"{core.forgotten_through}: is the clock days behind?")
+        reason = "sale id sorts at or below the ids of forgotten sales"
+        return Step(core, (tell, alert), Rejection(reason, event), None)
     lane_ok = not isinstance(event.lane, bool) and isinstance(event.lane, int)
     refusal: Refusal | None = None
     if not lane_ok or not 1 <= event.lane <= MAX_LANE:
@@ -1002,10 +1274,52 @@ def _commit(core: CoreState, before: Sale | None, sale: Sale) -> CoreState:
     return dataclasses.replace(core, **changes)
 
 
+def forgettable(state: CoreState, before: float) -> tuple[Sale, ...]:
+    """The final sales last changed before ``before``, in sale-id order."""
+    return tuple(sorted((s for s in state.sales.values()
+                         if s.is_final and s.updated_at < before), key=lambda s: s.sale_id))
+
+
+def forget_settled(state: CoreState, before: float) -> CoreState:
+    """``state`` without its final sales last changed before ``before``.
+
+    Their ``intents``, ``payments`` and ``overrides`` entries go too, and
+    ``forgotten_through`` rises to the greatest forgotten id. Unfinished sales, lanes,
+    terminals and fraud alerts are untouched (final sales hold no lane or terminal).
+    """
+    gone = {sale.sale_id for sale in forgettable(state, before)}
+    if not gone:
+        return state
+
+    def kept(index: Mapping[str, str]) -> PersistentMap[str, str]:
+        return PersistentMap({key: sale_id for key, sale_id in index.items()
+                              if sale_id not in gone})
+
+    return dataclasses.replace(
+        state,
+        sales=PersistentMap({k: v for k, v in state.sales.items() if k not in gone}),
+        intents=kept(state.intents),
+        payments=kept(state.payments),
+        overrides=PersistentMap({k: v for k, v in state.overrides.items() if k not in gone}),
+        forgotten_through=max(state.forgotten_through, *gone),
+    )
+
+
+def _forget(core: CoreState, event: SettledSalesForgotten, now: float) -> Step:
+    before = event.before
+    if isinstance(before, bool) or not isinstance(before, int | float) \
+            or not math.isfinite(before) or before > now:
+        return Step(core, (), Rejection("only sales settled before now can be forgotten",
+                                        event), None)
+    return Step(forget_settled(core, before), (), None, None)
+
+
 def step(state: CoreState, event: Event, *, now: float, policy: Policy) -> Step:
     """Apply one event at wall-clock time ``now``; see the module docstring."""
     if isinstance(event, SaleRequested):
         return _admit(state, event, now, policy)
+    if isinstance(event, SettledSalesForgotten):
+        return _forget(state, event, now)
     core = state
     if isinstance(event, FraudAlerted) and event.payment_id not in state.fraud_alerts:
         # Recorded even before the payment is linked to a sale: the gate reads it later.

@@ -1,7 +1,7 @@
 """The daemon's write-ahead journal on SQLite: append-only events, projections, replay."""
 
 from pointd.journal.errors import JournalCorrupt, JournalError, JournalTooNew, JournalWriteFailed
-from pointd.journal.store import AuditEntry, Journal, SaleRow, TimelineEntry
+from pointd.journal.store import AuditEntry, Journal, SaleRow, SnapshotInfo, TimelineEntry
 
 __all__ = [
     "AuditEntry",
@@ -11,5 +11,6 @@ __all__ = [
     "JournalTooNew",
     "JournalWriteFailed",
     "SaleRow",
+    "SnapshotInfo",
     "TimelineEntry",
 ]

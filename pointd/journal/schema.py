@@ -65,6 +65,21 @@ MIGRATIONS: tuple[str, ...] = (
         json TEXT NOT NULL
     );
     """,
+    # 2 → 3: when each notification dedupe key was recorded, so old keys can be pruned
+    # (existing keys get their event's time, or the migration's when they have none), and
+    # core-state snapshots, so a restart replays only the events after the newest one.
+    """
+    ALTER TABLE seen_notifications ADD COLUMN seen_at REAL NOT NULL DEFAULT 0;
+    UPDATE seen_notifications SET seen_at = COALESCE(
+        (SELECT at FROM events WHERE events.seq = seen_notifications.seq),
+        (julianday('now') - 2440587.5) * 86400.0);
+    CREATE INDEX seen_notifications_by_age ON seen_notifications (seen_at);
+    CREATE TABLE snapshots (
+        seq INTEGER PRIMARY KEY,
+        store_id TEXT NOT NULL,
+        json TEXT NOT NULL
+    );
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -14,6 +14,18 @@ is derived or auxiliary. ``rebuild`` replays the events through ``pointd.core.ma
 with the policy that was in force when each was appended (``record_policy``), so a restart
 reproduces the decisions the live daemon made even after the configuration changed.
 
+Snapshots keep start-up quick on a journal years long: ``write_snapshot`` stores the JSON
+of the core state as it stood after one seq (``CoreState.to_json``), and ``rebuild`` starts
+from the newest snapshot it can read and replays only the later events, with the policies
+recorded for their seqs. A snapshot is derived data: one that is unreadable, names another
+store id or lies past the last event is skipped (logged) and an older one, or the whole
+log, is replayed instead. The state stays small because the core forgets settled sales
+through a journaled event (``SettledSalesForgotten``), which a replay repeats exactly.
+
+``prune`` is the retention hook: it deletes notification dedupe keys older than a time and
+nothing else; events, the ``sales`` projection (every sale ever, for views and exports),
+the audit trail and the policies are kept for good.
+
 Opening checks the file (``PRAGMA quick_check``), refuses a schema newer than this program,
 and applies the ordered migrations of ``pointd.journal.schema``, each in its own
 transaction together with its ``user_version``.
@@ -25,7 +37,9 @@ accepts on its single thread because nothing may proceed before the write anyway
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +47,7 @@ from typing import Any
 
 import structlog
 
-from pointd.core.errors import CoreError
+from pointd.core.errors import CoreError, StateDecodeError
 from pointd.core.events import Event, event_from_json, event_sale_id
 from pointd.core.machine import CoreState, step
 from pointd.core.policy import Policy
@@ -52,6 +66,9 @@ log = structlog.get_logger(__name__)
 # lock before an append gives up; appends are short, so this only bites on a stuck reader.
 LOCK_TIMEOUT = 5.0
 _REPLAY_BATCH = 500
+# Start-up reads the newest snapshot; one older is kept so that a newest one that cannot be
+# read costs a replay from the previous day, not from the first event.
+SNAPSHOTS_KEPT = 2
 _SALE_COLUMNS = (
     "sale_id, lane, correlation_id, state, refusal, amount_cents, terminal_id, attempt, "
     "intent_id, payment_id, requested_at, updated_at, last_seq, detail"
@@ -87,6 +104,15 @@ class TimelineEntry:
     at: float
     kind: str
     event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One stored snapshot: after which event, that event's time, its JSON size."""
+
+    seq: int
+    at: float | None  # None for a snapshot taken before any event
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +209,9 @@ class Journal:
                 )
             if notification_key is not None:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO seen_notifications (key, seq) VALUES (?, ?)",
-                    (notification_key, seq),
+                    "INSERT OR IGNORE INTO seen_notifications (key, seq, seen_at) "
+                    "VALUES (?, ?, ?)",
+                    (notification_key, seq, now),
                 )
         return seq
 
@@ -201,12 +228,28 @@ class Journal:
             for seq, at, text in rows:
                 yield seq, at, _decode(seq, text)
 
-    def rebuild(self, store_id: str, policy: Policy) -> CoreState:
-        """The core state the journaled events lead to (``policy`` where none is recorded)."""
+    def replay_kinds(self, kinds: Iterable[str]) -> Iterator[tuple[int, float, Event]]:
+        """Every event of these kinds, in order, from the first (refunds rebuild from it)."""
+        wanted = json.dumps(sorted(set(kinds)))
+        cursor = self._db.execute(
+            "SELECT seq, at, json FROM events WHERE kind IN (SELECT value FROM json_each(?)) "
+            "ORDER BY seq", (wanted,))
+        while rows := cursor.fetchmany(_REPLAY_BATCH):
+            for seq, at, text in rows:
+                yield seq, at, _decode(seq, text)
+
+    def rebuild(self, store_id: str, policy: Policy, *,
+                from_snapshot: bool = True) -> CoreState:
+        """The core state the journaled events lead to (``policy`` where none is recorded).
+
+        Starts from the newest usable snapshot and replays the events after it;
+        ``from_snapshot=False`` replays every event from the first.
+        """
         policies = self._recorded_policies()
         in_force, next_policy = policy, 0
-        state = CoreState.empty(store_id)
-        for seq, at, event in self.replay():
+        start = self._snapshot_start(store_id) if from_snapshot else None
+        after_seq, state = start if start is not None else (0, CoreState.empty(store_id))
+        for seq, at, event in self.replay(after_seq):
             while next_policy < len(policies) and policies[next_policy][0] <= seq:
                 in_force = policies[next_policy][1]
                 next_policy += 1
@@ -223,6 +266,58 @@ class Journal:
         with self._transaction("record_policy"):
             self._db.execute("INSERT OR REPLACE INTO policies (from_seq, json) VALUES (?, ?)",
                              (self.last_seq() + 1, text))
+
+    def write_snapshot(self, state: CoreState, seq: int) -> None:
+        """Durably store ``state`` as the core state right after event ``seq``.
+
+        The caller reads the engine's state and ``last_seq`` together (no await between),
+        so that the pair is exact. Only the newest SNAPSHOTS_KEPT snapshots are kept.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"snapshot seq must be a whole number >= 0, not {seq!r}")
+        last = self.last_seq()
+        if seq > last:
+            raise ValueError(f"snapshot at seq {seq}, but the journal ends at seq {last}")
+        text = state.to_json()
+        with self._transaction("write_snapshot"):
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots (seq, store_id, json) VALUES (?, ?, ?)",
+                (seq, state.store_id, text))
+            self._db.execute(
+                "DELETE FROM snapshots WHERE seq NOT IN "
+                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)", (SNAPSHOTS_KEPT,))
+        log.info("journal.snapshot_written", seq=seq, sales=len(state.sales), size=len(text))
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """The stored snapshots, newest first."""
+        rows = self._db.execute(
+            "SELECT s.seq, e.at, length(s.json) FROM snapshots AS s "
+            "LEFT JOIN events AS e ON e.seq = s.seq ORDER BY s.seq DESC")
+        return [SnapshotInfo(int(seq), None if at is None else float(at), int(size))
+                for seq, at, size in rows]
+
+    def _snapshot_start(self, store_id: str) -> tuple[int, CoreState] | None:
+        last = self.last_seq()
+        rows = self._db.execute(
+            "SELECT seq, store_id, json FROM snapshots ORDER BY seq DESC").fetchall()
+        for seq, snapshot_store, text in rows:
+            if seq > last:
+                log.error("journal.snapshot_skipped", seq=seq, reason="past the last event")
+                continue
+            if snapshot_store != store_id:
+                log.warning("journal.snapshot_skipped", seq=seq, reason="another store id")
+                continue
+            try:
+                state = CoreState.from_json(text)
+            except StateDecodeError as exc:
+                log.error("journal.snapshot_skipped", seq=seq, reason=str(exc)[:200])
+                continue
+            if state.store_id != store_id:
+                log.error("journal.snapshot_skipped", seq=seq, reason="store id mismatch")
+                continue
+            log.info("journal.snapshot_loaded", seq=seq, sales=len(state.sales))
+            return int(seq), state
+        return None
 
     def _recorded_policies(self) -> list[tuple[int, Policy]]:
         recorded = []
@@ -276,17 +371,43 @@ class Journal:
             self._db.execute("INSERT OR REPLACE INTO relay_cursor (id, cursor) VALUES (1, ?)",
                              (cursor,))
 
-    def mark_notification_seen(self, key: str, seq: int | None = None) -> bool:
-        """Record a notification dedupe key; True when it was not seen before."""
+    def mark_notification_seen(self, key: str, seq: int | None = None, *,
+                               at: float | None = None) -> bool:
+        """Record a notification dedupe key; True when it was not seen before.
+
+        ``at`` (wall-clock seconds) dates the key for ``prune``; by default the time of
+        event ``seq`` when given, else now.
+        """
+        if at is None and seq is not None:
+            row = self._db.execute("SELECT at FROM events WHERE seq = ?", (seq,)).fetchone()
+            at = None if row is None else float(row[0])
+        seen_at = time.time() if at is None else at
         with self._transaction("mark_notification_seen"):
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO seen_notifications (key, seq) VALUES (?, ?)", (key, seq))
+                "INSERT OR IGNORE INTO seen_notifications (key, seq, seen_at) VALUES (?, ?, ?)",
+                (key, seq, seen_at))
         return cursor.rowcount == 1
 
     def notification_seen(self, key: str) -> bool:
         """True when this dedupe key was recorded."""
         row = self._db.execute("SELECT 1 FROM seen_notifications WHERE key = ?", (key,))
         return row.fetchone() is not None
+
+    def prune(self, before: float) -> int:
+        """Delete notification dedupe keys recorded before ``before``; return how many.
+
+        The retention hook (``pointd.app.jobs.RetentionTarget``). Nothing else is ever
+        deleted: events, sales, audit entries and policies stay. A key only has to outlive
+        the relay's redelivery of its notification (days), so pruning after the retention
+        period loses no protection.
+        """
+        if isinstance(before, bool) or not isinstance(before, int | float) \
+                or not math.isfinite(before):
+            raise ValueError(f"prune needs a finite time in seconds, not {before!r}")
+        with self._transaction("prune"):
+            cursor = self._db.execute("DELETE FROM seen_notifications WHERE seen_at < ?",
+                                      (before,))
+        return cursor.rowcount
 
     # --- audit ---------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ class MessageType(enum.IntEnum):
     STATUS = ord("Q")
     HANDOVER_CHECK = ord("K")
     HANDOVER_DONE = ord("D")
-    REFUND = ord("R")  # reserved for a later version; answered with unsupported_message
+    REFUND = ord("R")
     HELLO_REPLY = ord("h")
     DISPLAY = ord("d")
     RESULT = ord("r")
@@ -62,6 +62,7 @@ class MessageType(enum.IntEnum):
     STATUS_REPLY = ord("q")
     HANDOVER_REPLY = ord("k")
     ERROR = ord("e")
+    REFUND_RESULT = ord("f")
 
 
 class ErrorCode(enum.StrEnum):
@@ -69,7 +70,7 @@ class ErrorCode(enum.StrEnum):
 
     MALFORMED = "malformed"  # a field is missing or invalid: fix the register's encoder
     UNKNOWN_TYPE = "unknown_type"  # the type byte is not in this protocol
-    UNSUPPORTED_MESSAGE = "unsupported_message"  # reserved type, not available yet (REFUND)
+    UNSUPPORTED_MESSAGE = "unsupported_message"  # a reserved type this daemon does not serve
     UNSUPPORTED_VERSION = "unsupported_version"  # no offered major version is spoken here
     HELLO_REQUIRED = "hello_required"  # send HELLO on this connection first, then repeat
     ID_REUSED = "id_reused"  # same correlation id, different amount: use a new id
@@ -95,6 +96,14 @@ class Outcome(enum.StrEnum):
     ERROR = "error"  # the payment failed for a technical reason; nothing was charged
     ABANDONED = "abandoned"  # the customer never paid at the terminal
     REFUSED = "refused"  # refused before anything was sent to Mercado Pago: safe to retry
+
+
+class RefundOutcome(enum.StrEnum):
+    """The final answer to one REFUND in a REFUND_RESULT message."""
+
+    REFUNDED = "refunded"  # the money went back to the customer
+    FAILED = "failed"  # Mercado Pago refused or failed it: nothing was refunded
+    REFUSED = "refused"  # refused before anything was sent (e.g. more than was paid)
 
 
 class MessageError(ValueError):
@@ -289,6 +298,30 @@ class HandoverDone:
     def to_payload(self) -> bytes:
         """Encode as a payload."""
         return encode_fields(MessageType.HANDOVER_DONE, {"id": self.correlation_id})
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Register → daemon: refund ``amount_cents`` (None: all that is left) of a paid sale."""
+
+    correlation_id: str
+    sale_id: str
+    amount_cents: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.correlation_id)
+        _check_id(self.sale_id)
+        if self.amount_cents is not None:
+            _check_amount(self.amount_cents)
+
+    def to_payload(self) -> bytes:
+        """Encode as a payload."""
+        fields = {
+            "id": self.correlation_id,
+            "sale": self.sale_id,
+            "amount": None if self.amount_cents is None else str(self.amount_cents),
+        }
+        return encode_fields(MessageType.REFUND, fields)
 
 
 # --- daemon -> register ---------------------------------------------------------------------
@@ -490,8 +523,41 @@ class Error:
         return encode_fields(MessageType.ERROR, fields)
 
 
-RegisterMessage = Hello | Sale | Cancel | Status | HandoverCheck | HandoverDone
-DaemonMessage = HelloReply | Display | Result | Hold | Release | StatusReply | HandoverReply | Error
+@dataclass(frozen=True)
+class RefundResult:
+    """Daemon → register: the one final outcome of a REFUND."""
+
+    correlation_id: str
+    sale_id: str
+    outcome: RefundOutcome
+    amount_cents: int | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.correlation_id)
+        _check_id(self.sale_id)
+        if self.amount_cents is not None:
+            _check_amount(self.amount_cents)
+        if self.reason is not None:
+            _check_text(self.reason, "reason")
+
+    def to_payload(self) -> bytes:
+        """Encode as a payload."""
+        fields = {
+            "id": self.correlation_id,
+            "sale": self.sale_id,
+            "outcome": self.outcome.value,
+            "amount": None if self.amount_cents is None else str(self.amount_cents),
+            "reason": self.reason,
+        }
+        return encode_fields(MessageType.REFUND_RESULT, fields)
+
+
+RegisterMessage = Hello | Sale | Cancel | Status | HandoverCheck | HandoverDone | Refund
+DaemonMessage = (
+    HelloReply | Display | Result | Hold | Release | StatusReply | HandoverReply | Error
+    | RefundResult
+)
 Message = RegisterMessage | DaemonMessage
 
 REGISTER_TYPES = frozenset(
@@ -525,8 +591,14 @@ def _decode_known(message_type: MessageType, f: dict[str, str]) -> Message:
     if message_type is MessageType.HANDOVER_DONE:
         return HandoverDone(_require(f, "id"))
     if message_type is MessageType.REFUND:
-        raise MessageError(
-            ErrorCode.UNSUPPORTED_MESSAGE, "REFUND is reserved and not available yet", f.get("id")
+        return Refund(_require(f, "id"), _require(f, "sale"), _optional_amount(f))
+    if message_type is MessageType.REFUND_RESULT:
+        return RefundResult(
+            _require(f, "id"),
+            _require(f, "sale"),
+            _enum(RefundOutcome, _require(f, "outcome"), "refund outcome"),
+            _optional_amount(f),
+            f.get("reason"),
         )
     if message_type is MessageType.HELLO_REPLY:
         lane = _match(re.compile(r"[0-9]{1,3}"), _require(f, "lane"), "lane")

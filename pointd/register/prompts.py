@@ -1,4 +1,4 @@
-"""The cashier prompts catalogue: every sale state, refusal, notice and lane condition in es/pt/en.
+"""The cashier prompts catalogue: sale states, refusals, notices, lane conditions and refunds.
 
 Each prompt is up to four lines of at most ``DISPLAY_WIDTH`` characters. Lines 1 and 2 carry
 the whole message, so a 2x20 display loses nothing essential; lines 3 and 4 add detail for
@@ -9,6 +9,7 @@ displays have no code page for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pointd.core.effects import Notice
 from pointd.core.states import LaneCondition, Refusal, SaleState
@@ -18,7 +19,23 @@ DISPLAY_WIDTH = 20
 LANGUAGES = ("es", "pt", "en")
 DEFAULT_LANGUAGE = "es"
 
-Subject = SaleState | Refusal | Notice | LaneCondition
+
+
+class RefundScreen(StrEnum):
+    """What the register shows about one refund (chosen by the session from its standing)."""
+
+    PROCESSING = "refund_processing"  # sent, or being sent, to Mercado Pago
+    CHECKING = "refund_checking"  # outcome unknown: resending with the same key
+    ON_TERMINAL = "refund_on_terminal"  # a refund intent waits: complete it on the terminal
+    DONE = "refund_done"
+    FAILED = "refund_failed"  # Mercado Pago refused or failed it: nothing refunded
+    OVER_AMOUNT = "refund_over_amount"  # refused: more than was paid (minus refunds)
+    NOTHING_LEFT = "refund_nothing_left"  # refused: already refunded in full
+    NOT_REFUNDABLE = "refund_not_refundable"  # refused: the sale has no verified payment
+    INVALID_AMOUNT = "refund_invalid_amount"
+
+
+Subject = SaleState | Refusal | Notice | LaneCondition | RefundScreen
 
 INFO, WARN, ERROR = Severity.INFO, Severity.WARN, Severity.ERROR
 
@@ -248,6 +265,64 @@ _CONDITIONS: dict[LaneCondition, _Entry] = {
 }
 
 
+_REFUNDS: dict[RefundScreen, _Entry] = {
+    RefundScreen.PROCESSING: (
+        INFO,
+        ("DEVOLUCION", "PROCESANDO..."),
+        ("ESTORNO", "PROCESSANDO..."),
+        ("REFUND", "PROCESSING..."),
+    ),
+    RefundScreen.CHECKING: (
+        WARN,
+        ("VERIFICANDO", "DEVOLUCION", "NO LA REPITA"),
+        ("VERIFICANDO", "ESTORNO", "NAO REPITA"),
+        ("CHECKING REFUND", "PLEASE WAIT", "DO NOT REPEAT IT"),
+    ),
+    RefundScreen.ON_TERMINAL: (
+        INFO,
+        ("DEVOLUCION EN", "LA TERMINAL", "CONFIRME EN EQUIPO"),
+        ("ESTORNO NO", "TERMINAL", "CONFIRME NO APARELHO"),
+        ("REFUND ON", "THE TERMINAL", "COMPLETE IT THERE"),
+    ),
+    RefundScreen.DONE: (
+        INFO,
+        ("DEVOLUCION", "REALIZADA"),
+        ("ESTORNO", "REALIZADO"),
+        ("REFUND DONE", "MONEY RETURNED"),
+    ),
+    RefundScreen.FAILED: (
+        ERROR,
+        ("DEVOLUCION FALLIDA", "NO SE DEVOLVIO NADA"),
+        ("ESTORNO FALHOU", "NADA FOI ESTORNADO"),
+        ("REFUND FAILED", "NOTHING REFUNDED"),
+    ),
+    RefundScreen.OVER_AMOUNT: (
+        ERROR,
+        ("DEVOLUCION RECHAZ.", "MAYOR QUE LO PAGADO"),
+        ("ESTORNO RECUSADO", "MAIOR QUE O PAGO"),
+        ("REFUND REFUSED", "MORE THAN PAID"),
+    ),
+    RefundScreen.NOTHING_LEFT: (
+        WARN,
+        ("DEVOLUCION RECHAZ.", "YA FUE DEVUELTO"),
+        ("ESTORNO RECUSADO", "JA FOI ESTORNADO"),
+        ("REFUND REFUSED", "ALREADY REFUNDED"),
+    ),
+    RefundScreen.NOT_REFUNDABLE: (
+        ERROR,
+        ("DEVOLUCION RECHAZ.", "VENTA SIN PAGO", "CONFIRMADO"),
+        ("ESTORNO RECUSADO", "VENDA SEM PAGAMENTO", "CONFIRMADO"),
+        ("REFUND REFUSED", "SALE HAS NO", "VERIFIED PAYMENT"),
+    ),
+    RefundScreen.INVALID_AMOUNT: (
+        ERROR,
+        ("DEVOLUCION RECHAZ.", "MONTO INVALIDO"),
+        ("ESTORNO RECUSADO", "VALOR INVALIDO"),
+        ("REFUND REFUSED", "INVALID AMOUNT"),
+    ),
+}
+
+
 def prompt_for(subject: Subject, language: str) -> Prompt:
     """The prompt for a state, refusal, notice or lane condition; KeyError for a bad language."""
     if language not in LANGUAGES:
@@ -258,6 +333,8 @@ def prompt_for(subject: Subject, language: str) -> Prompt:
         entry = _REFUSALS[subject]
     elif isinstance(subject, Notice):
         entry = _NOTICES[subject]
+    elif isinstance(subject, RefundScreen):
+        entry = _REFUNDS[subject]
     else:
         entry = _CONDITIONS[subject]
     severity, *texts = entry
@@ -266,4 +343,4 @@ def prompt_for(subject: Subject, language: str) -> Prompt:
 
 def catalogue_subjects() -> list[Subject]:
     """Every subject the catalogue has prompts for."""
-    return [*_STATES, *_REFUSALS, *_NOTICES, *_CONDITIONS]
+    return [*_STATES, *_REFUSALS, *_NOTICES, *_CONDITIONS, *_REFUNDS]

@@ -19,6 +19,11 @@ The session keeps the protocol's promises that do not need the journal:
 * after a HELLO the current screen and a HOLD for every held sale are sent again, because
   a register that reconnected has lost them.
 
+A REFUND goes to the handler every time it arrives: the engine's refund book, not this
+session, knows whether its correlation id is a repeat, and answers a repeat with the
+refund's standing again. ``show_refund`` shows a refund's standing and, once it is final,
+sends its REFUND_RESULT.
+
 The handler (the daemon's engine) is called once per accepted request, each call in its
 own task so that a slow SALE does not hold up a CANCEL. It answers StatusQuery with a
 ``SaleStatus`` and HandoverCheck with a ``HandoverDecision`` built from the journal; for
@@ -40,6 +45,8 @@ from typing import Any, Protocol
 import structlog
 
 from pointd.core.effects import Notice
+from pointd.core.events import RefundRefusal
+from pointd.core.refunds import RefundStatus
 from pointd.core.states import (
     FINAL_STATES,
     HANDOVER_ALLOWED_STATES,
@@ -50,7 +57,7 @@ from pointd.core.states import (
 from pointd.link.driver import LinkEvent, LinkLost, LinkUp
 from pointd.link.errors import LinkError
 from pointd.register import messages as msg
-from pointd.register.prompts import LANGUAGES, Subject, prompt_for
+from pointd.register.prompts import LANGUAGES, RefundScreen, Subject, prompt_for
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +73,19 @@ _OUTCOMES = {
     SaleState.ABANDONED: msg.Outcome.ABANDONED,
 }
 
+
+_REFUND_REFUSAL_SCREENS = {
+    RefundRefusal.OVER_AMOUNT: RefundScreen.OVER_AMOUNT,
+    RefundRefusal.NOTHING_LEFT: RefundScreen.NOTHING_LEFT,
+    RefundRefusal.NOT_REFUNDABLE: RefundScreen.NOT_REFUNDABLE,
+    RefundRefusal.UNKNOWN_SALE: RefundScreen.NOT_REFUNDABLE,
+    RefundRefusal.INVALID_AMOUNT: RefundScreen.INVALID_AMOUNT,
+}
+_REFUND_OUTCOMES = {
+    RefundStatus.REFUNDED: msg.RefundOutcome.REFUNDED,
+    RefundStatus.FAILED: msg.RefundOutcome.FAILED,
+    RefundStatus.REFUSED: msg.RefundOutcome.REFUSED,
+}
 
 # --- what the engine receives ---------------------------------------------------------------
 
@@ -107,7 +127,18 @@ class HandoverDone:
     correlation_id: str
 
 
-RegisterRequest = SaleRequest | CancelRequest | StatusQuery | HandoverCheck | HandoverDone
+@dataclass(frozen=True)
+class RefundRequest:
+    """The register asks to refund ``amount_cents`` (None: all that is left) of a sale."""
+
+    correlation_id: str
+    sale_correlation_id: str
+    amount_cents: int | None = None
+
+
+RegisterRequest = (
+    SaleRequest | CancelRequest | StatusQuery | HandoverCheck | HandoverDone | RefundRequest
+)
 
 
 # --- what the engine answers ------------------------------------------------------------------
@@ -164,6 +195,21 @@ class RegisterLink(Protocol):
     def close(self) -> None:
         """Stop the link."""
         ...
+
+
+def _refund_screen(
+    status: RefundStatus, refusal: RefundRefusal | None, via: str | None
+) -> RefundScreen:
+    if status is RefundStatus.REFUSED:
+        return _REFUND_REFUSAL_SCREENS.get(refusal or RefundRefusal.NOT_REFUNDABLE,
+                                           RefundScreen.NOT_REFUNDABLE)
+    if status is RefundStatus.PENDING and via == "terminal":
+        return RefundScreen.ON_TERMINAL
+    return {
+        RefundStatus.UNKNOWN: RefundScreen.CHECKING,
+        RefundStatus.REFUNDED: RefundScreen.DONE,
+        RefundStatus.FAILED: RefundScreen.FAILED,
+    }.get(status, RefundScreen.PROCESSING)
 
 
 def status_reply(status: SaleStatus) -> msg.StatusReply:
@@ -303,6 +349,32 @@ class RegisterSession:
         ]
         await self._push(correlation_id, messages)
 
+    async def show_refund(
+        self,
+        correlation_id: str,
+        sale_correlation_id: str | None,
+        status: RefundStatus,
+        *,
+        amount_cents: int | None = None,
+        refusal: RefundRefusal | None = None,
+        via: str | None = None,
+    ) -> None:
+        """Show a refund's standing; a final one also gets its REFUND_RESULT."""
+        if refusal is RefundRefusal.ID_REUSED:
+            text = "this refund id belongs to a refund of another sale or amount"
+            await self._send(msg.Error(msg.ErrorCode.ID_REUSED, text, correlation_id))
+            return
+        messages: list[msg.DaemonMessage] = [
+            self._display(_refund_screen(status, refusal, via), correlation_id)
+        ]
+        outcome = _REFUND_OUTCOMES.get(status)
+        if outcome is not None and sale_correlation_id is not None:
+            reason = refusal.value if refusal is not None else (
+                None if outcome is msg.RefundOutcome.REFUNDED else status.value)
+            messages.append(msg.RefundResult(correlation_id, sale_correlation_id, outcome,
+                                             amount_cents, reason))
+        await self._push(correlation_id, messages)
+
     async def show_condition(self, condition: LaneCondition) -> None:
         """Show the lane's standing while no sale is in progress."""
         display = self._display(condition, None)
@@ -389,6 +461,11 @@ class RegisterSession:
             self._spawn(self._call(StatusQuery(message.correlation_id)))
         elif isinstance(message, msg.HandoverCheck):
             self._spawn(self._call(HandoverCheck(message.correlation_id)))
+        elif isinstance(message, msg.Refund):
+            log.info("register.refund", lane=self.lane, id=message.correlation_id,
+                     sale=message.sale_id, amount=message.amount_cents)
+            request = RefundRequest(message.correlation_id, message.sale_id, message.amount_cents)
+            self._spawn(self._call(request))
         else:
             self._spawn(self._call(HandoverDone(message.correlation_id)))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -18,6 +19,12 @@ from pointd.relay.service import INTAKE_PATH, RelayService
 from pointd.relay.settings import RelaySettings, load_settings
 from pointd.relay.storage import Storage
 
+# The SQLite writer thread needs the GIL back after every statement and after each fsync;
+# under load the event loop holds it, and the default 5 ms switch interval would make every
+# group commit wait several times 5 ms (docs/benchmarks.md, "relay").
+GIL_SWITCH_INTERVAL = 0.0005
+# Long enough for in-flight intake requests to finish their durable write and answer.
+GRACEFUL_SHUTDOWN_TIMEOUT = 3
 CONFIG_ERROR_EXIT = 78  # EX_CONFIG: systemd and operators read it as "fix the configuration"
 STORAGE_ERROR_EXIT = 69  # EX_UNAVAILABLE
 
@@ -35,18 +42,42 @@ def open_storage(settings: RelaySettings) -> Storage:
     return SqliteStorage(settings.sqlite_path)
 
 
-async def serve(settings: RelaySettings, *, port: int | None = None) -> None:
+def http_implementation() -> str:
+    """uvicorn's HTTP parser: httptools (C) when installed, else the pure-Python h11."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when installed, else None for asyncio's own."""
+    if importlib.util.find_spec("uvloop") is None:
+        return None
+    import uvloop  # noqa: PLC0415
+
+    return uvloop.new_event_loop
+
+
+async def serve(
+    settings: RelaySettings, *, port: int | None = None, http: str | None = None
+) -> None:
     """Serve the relay until the process is told to stop."""
     service = RelayService(settings, open_storage(settings))
     config = uvicorn.Config(
         service.app,
         host=settings.host,
         port=settings.port if port is None else port,
+        # httptools parses a request in C, several times faster than h11; the intake's
+        # throughput target is met only with it (docs/benchmarks.md).
+        http=http or http_implementation(),
         lifespan="on",
+        # The relay never reads the client's address, so X-Forwarded-* need no parsing.
+        proxy_headers=False,
         log_config=None,  # records go through pointd.logging's redacting pipeline
         access_log=False,
         # Mercado Pago waits 22 s; a relay that holds a socket longer only wastes it.
         timeout_keep_alive=30,
+        # A store's long-poll may hold a request open for delivery.long_poll_timeout; a stop
+        # must not wait for it (the store simply polls again after the restart).
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
     )
     server = _AnnouncingServer(config)
     await server.serve()
@@ -74,6 +105,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="use h11 and asyncio's own loop even when httptools and uvloop are installed",
+    )
     args = parser.parse_args(list(argv))
     configure_logging(level=args.log_level)
     try:
@@ -87,8 +123,11 @@ def main(argv: Sequence[str]) -> int:
             f"{len(settings.stores)} stores)"
         )
         return 0
+    factory = None if args.portable else loop_factory()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
-        asyncio.run(serve(settings, port=args.port))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(settings, port=args.port, http="h11" if args.portable else None))
     except (StorageError, ConfigurationError) as exc:
         print(f"pointd relay: {exc}", file=sys.stderr)
         return STORAGE_ERROR_EXIT

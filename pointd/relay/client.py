@@ -4,9 +4,10 @@ Theory of operation. The consumer owns no durable state: ``cursor_store`` (the d
 journal) holds the position of the last event the daemon journaled. Each cycle asks the
 relay for events after that cursor, drops canaries and ids already handed up, and awaits
 ``handler(events)``, which must journal them before it returns. Only then is the cursor
-stored and acknowledged to the relay. A crash anywhere in between makes the relay send the
-same events again (at-least-once); the journal's cursor and the id memory keep them from
-being handed up twice.
+stored and acknowledged to the relay (in the background: the next poll sends the journal's
+cursor, so it need not wait for the relay to store the acknowledgement). A crash anywhere
+in between makes the relay send the same events again (at-least-once); the journal's
+cursor and the id memory keep them from being handed up twice.
 
 Health. Every poll that answers counts as contact. A canary is posted to the relay every
 ``canary_interval`` seconds and must come back through the store's own stream within
@@ -204,6 +205,8 @@ class RelayConsumer:
         self._last_rtt: float | None = None
         self._health = RelayHealth(HealthState.DOWN, clock(), "not connected yet")
         self._stopping = asyncio.Event()
+        self._ack_wanted = 0
+        self._ack_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"RelayConsumer(store={self._store!r}, url={str(self._client.base_url)!r})"
@@ -238,8 +241,32 @@ class RelayConsumer:
         return self._health
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Send the last acknowledgement, if one is pending, and close the HTTP client."""
+        await self.flush_acks()
         await self._client.aclose()
+
+    def _ack_soon(self, cursor: int) -> None:
+        """Acknowledge in the background: the ack only feeds the relay's lag figures (the
+        journal's cursor is what the next poll sends), so the next poll need not wait for
+        the relay's fsync of it."""
+        self._ack_wanted = max(self._ack_wanted, cursor)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.get_running_loop().create_task(
+                self._send_acks(), name="relay-ack"
+            )
+
+    async def _send_acks(self) -> None:
+        sent = 0
+        while self._ack_wanted > sent:
+            sent = self._ack_wanted
+            with contextlib.suppress(RelayUnreachable, RelayRefused):
+                await self._request("POST", f"/stores/{self._store}/ack", json={"cursor": sent})
+
+    async def flush_acks(self) -> None:
+        """Wait until the newest cursor has been acknowledged (or its ack failed)."""
+        if self._ack_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ack_task
 
     def stop(self) -> None:
         """Ask run() to return after its current step."""
@@ -311,10 +338,7 @@ class RelayConsumer:
                 self._remember(event.id)
         if new_cursor > cursor:
             await _maybe_await(self._cursor_store.set(new_cursor))
-            with contextlib.suppress(RelayUnreachable, RelayRefused):
-                await self._request(
-                    "POST", f"/stores/{self._store}/ack", json={"cursor": new_cursor}
-                )
+            self._ack_soon(new_cursor)
         self.evaluate_health()
         return len(fresh)
 

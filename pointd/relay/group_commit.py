@@ -67,8 +67,10 @@ class GroupCommitter(Generic[_Item, _Result]):
             raise NotStored("group commit is not running")
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
-        # Shielded: a client that disconnects must not cancel a commit other requests share.
-        return await asyncio.shield(future)
+        # A request cancelled here (its client went away) cancels only its own future: the
+        # item stays in its batch, the flusher skips futures already done, and the commit
+        # other requests share goes on.
+        return await future
 
     async def _run(self) -> None:
         while True:

@@ -9,7 +9,10 @@ trusts a notification to decide anything; it only needs to know
 - the store, read from an ``external_reference`` in the pointd format;
 - route keys: a payment or intent id that a routed notification *teaches* (an intent
   names its payment), and the key a later notification *asks* for (a fraud alert names
-  a payment id, a ``point_integration_wh`` wrapper names an intent id).
+  a payment id, a ``point_integration_wh`` wrapper names an intent id). An Orders-API
+  ``order`` webhook carries its ``data.external_reference``, so it routes like an intent;
+  it also asks for, and teaches, its order id under the intent key (to the daemon an
+  order id is the intent id), so a later one without a reference still finds the store.
 
 Mercado Pago's own examples are not JSON (``"caller_id": 09876543``). A body that fails
 strict JSON is read once more with leading zeros removed from numbers, only to find ids
@@ -35,6 +38,7 @@ PAYMENT_ID_FIELDS: dict[str, str] = {
     "topic_claims_integration_wh": "payment_id",
 }
 INTENT_TOPICS = frozenset({"point_integration_wh", "point_integration_ipn"})
+ORDER_TOPIC = "order"
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _LEADING_ZEROS = re.compile(r"(?<![\w.])(-?)0+(\d)")
@@ -181,6 +185,7 @@ def _classify_webhook(
     reference = _text(inner.get("external_reference")) or _text(data.get("external_reference"))
     store = store_of(reference) if reference else None
     asks = None
+    teaches: tuple[str, ...] = ()
     field_name = PAYMENT_ID_FIELDS.get(topic)
     if field_name is not None:
         payment_id = _text(inner.get(field_name))
@@ -192,4 +197,9 @@ def _classify_webhook(
         intent_id = _text(inner.get("id")) or query.get("data.id")
         if intent_id is not None:
             asks = intent_key(intent_id)
-    return Classified(Kind.WEBHOOK, parse, topic, body_id, store, asks, ())
+    elif topic == ORDER_TOPIC:
+        order_id = _text(inner.get("id")) or query.get("data.id")
+        if order_id is not None:
+            asks = intent_key(order_id)
+            teaches = (asks,)
+    return Classified(Kind.WEBHOOK, parse, topic, body_id, store, asks, teaches)

@@ -25,14 +25,16 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pointd.cloud.signature import SignatureInvalid, verify
 from pointd.relay.errors import NotStored, StorageError
@@ -47,6 +49,8 @@ log = structlog.get_logger(__name__)
 INTAKE_PATH = "/mp/webhook"
 # A long-poll re-reads storage at least this often, in case a wake-up was lost.
 WAKE_RECHECK_INTERVAL = 2.0
+# Refusals (bad signatures, oversize bodies) are logged at most this often, with a count.
+REFUSAL_LOG_INTERVAL = 10.0
 # How often the retention job runs; retention is in days, so hourly is plenty.
 CLEANUP_INTERVAL = 3600.0
 DEFAULT_READ_LIMIT = 100
@@ -56,6 +60,10 @@ MAX_HEADER_VALUE = 256
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 _SIGNIFICANT_QUERY = ("data.id", "type", "topic", "id")
 _DUMMY_DIGEST = hashlib.sha256(b"pointd-relay-no-such-store").digest()
+
+
+class ClientGone(Exception):
+    """The sender disconnected before its request was read; there is no one to answer."""
 
 
 class BadRequest(Exception):
@@ -72,7 +80,33 @@ def _error(status: int, reason: str, **headers: str) -> JSONResponse:
 
 
 def _printable(value: str) -> bool:
-    return all(" " <= ch <= "~" for ch in value)
+    # For ASCII text, isprintable() is exactly the range " " to "~".
+    return value.isascii() and value.isprintable()
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _intake_method_not_allowed(_request: Request) -> Response:
+    return _error(405, "method not allowed", Allow="POST")
 
 
 class RelayService:
@@ -105,9 +139,11 @@ class RelayService:
             batch_wait=settings.batch_wait,
             on_commit=self.metrics.observe_commit,
         )
-        self.app = Starlette(
+        self._refusal_logged_at = -math.inf
+        self._refusals_unlogged = 0
+        self._routes = Starlette(
             routes=[
-                Route(INTAKE_PATH, self.intake, methods=["POST"]),
+                Route(INTAKE_PATH, _intake_method_not_allowed),
                 Route("/stores/{store}/events", self.store_events, methods=["GET"]),
                 Route("/stores/{store}/ack", self.store_ack, methods=["POST"]),
                 Route("/stores/{store}/canary", self.store_canary, methods=["POST"]),
@@ -120,6 +156,7 @@ class RelayService:
             ],
             lifespan=self._lifespan,
         )
+        self.app: ASGIApp = self
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -137,45 +174,74 @@ class RelayService:
             await self.committer.stop()
             await self.storage.close()
 
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Open storage and start the committer, for hosts that serve ``app`` themselves."""
+        return self._lifespan(self._routes)
+
     # ---- intake -------------------------------------------------------------------------
 
-    async def intake(self, request: Request) -> Response:
-        """Receive one Mercado Pago notification; 2xx only once it is durable."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point: intake directly, everything else through Starlette."""
+        if scope["type"] == "http" and scope["path"] == INTAKE_PATH and scope["method"] == "POST":
+            await self.intake(scope, receive, send)
+        else:
+            await self._routes(scope, receive, send)
+
+    async def intake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Receive one Mercado Pago notification; 2xx only once it is durable.
+
+        Served as bare ASGI rather than a Starlette route: at thousands of notifications a
+        second, Starlette's request, routing and response objects cost more than the
+        intake's own checks (docs/benchmarks.md).
+        """
         try:
-            item = await self._admit(request)
+            item = await self._admit(scope, receive)
+        except ClientGone:
+            self.metrics.count_intake("client_gone")
+            return
         except BadRequest as exc:
             outcome = {401: "unauthorized", 413: "too_large"}.get(exc.status, "bad_request")
             self.metrics.count_intake(outcome)
-            log.info("intake_refused", status=exc.status, reason=exc.reason)
-            headers = {"WWW-Authenticate": "x-signature"} if exc.status == 401 else {}
-            return _error(exc.status, exc.reason, **headers)
+            self._log_refusal(exc)
+            headers = [(b"www-authenticate", b"x-signature")] if exc.status == 401 else []
+            await _send_json(send, exc.status, {"error": exc.reason}, headers)
+            return
         try:
             result = await self.committer.submit(item)
         except NotStored as exc:
             self.metrics.count_intake("not_stored")
             log.warning("intake_not_stored", error=str(exc))
-            return _error(503, "not stored, retry later", **{"Retry-After": "5"})
+            await _send_json(
+                send, 503, {"error": "not stored, retry later"}, [(b"retry-after", b"5")]
+            )
+            return
         outcome = "duplicate" if result.duplicate else "stored"
+        # Counted, not logged: a log line per notification would cost more than its share
+        # of the commit, and the stored row is the audit record.
         self.metrics.count_intake(outcome)
         if result.store is not None and result.position is not None:
             self._wake(result.store)
-        # debug: one line per notification would cost more than its commit; the stored row
-        # is the audit record.
-        log.debug(
-            "intake_stored",
-            event_id=result.event_id,
-            outcome=outcome,
-            kind=item.kind,
-            topic=item.topic,
-            store=result.store,
-            parse=item.parse,
-            id_source=item.id_source,
-        )
-        return JSONResponse({"status": outcome, "event": result.event_id})
+        await _send_json(send, 200, {"status": outcome, "event": result.event_id})
 
-    async def _read_body(self, request: Request) -> bytes:
+    def _log_refusal(self, exc: BadRequest) -> None:
+        """Log refusals at most once per REFUSAL_LOG_INTERVAL, with how many were not logged,
+        so that a flood of bad requests cannot flood the log."""
+        now = self.clock()
+        self._refusals_unlogged += 1
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        log.info(
+            "intake_refused",
+            status=exc.status,
+            reason=exc.reason,
+            refusals_since_last_line=self._refusals_unlogged,
+        )
+        self._refusal_logged_at = now
+        self._refusals_unlogged = 0
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.settings.body_limit
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise BadRequest(400, "content-length is not a number")
@@ -183,19 +249,26 @@ class RelayService:
                 raise BadRequest(413, f"body larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise BadRequest(413, f"body larger than {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _read_query(self, request: Request) -> dict[str, str]:
-        raw = request.scope.get("query_string", b"")
+    def _read_query(self, scope: Scope) -> dict[str, str]:
+        raw: bytes = scope.get("query_string", b"")
         if len(raw) > MAX_QUERY_LENGTH:
             raise BadRequest(414, "query string too long")
         query: dict[str, str] = {}
-        for key, value in request.query_params.multi_items():
+        if not raw:
+            return query
+        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
             if key in query:
                 raise BadRequest(400, f"query parameter {key[:40]!r} is repeated")
             if key in _SIGNIFICANT_QUERY and (
@@ -205,9 +278,9 @@ class RelayService:
             query[key] = value
         return query
 
-    def _read_headers(self, request: Request) -> dict[str, str]:
+    def _read_headers(self, scope: Scope) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for raw_name, raw_value in request.headers.raw:
+        for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
             if name in _SECRET_HEADERS:
                 continue
@@ -219,24 +292,21 @@ class RelayService:
             raise BadRequest(400, "x-request-id is empty, too long or not printable")
         return headers
 
-    async def _admit(self, request: Request) -> Incoming:
-        query = self._read_query(request)
-        headers = self._read_headers(request)
-        body = await self._read_body(request)
+    async def _admit(self, scope: Scope, receive: Receive) -> Incoming:
+        query = self._read_query(scope)
+        headers = self._read_headers(scope)
+        body = await self._read_body(headers, receive)
         now = self.clock()
         classified = classify(body, query)
         signed, id_source = self._check_signature(
             classified.kind, classified.body_id, query, headers, now
         )
         store = classified.store if classified.store in self._store_digests else None
-        content = hashlib.sha256()
-        for key in _SIGNIFICANT_QUERY:
-            content.update(f"{key}={query.get(key, '')}\n".encode())
-        content.update(body)
+        significant = "".join(f"{key}={query.get(key, '')}\n" for key in _SIGNIFICANT_QUERY)
         return Incoming(
             received_at=now,
             request_id=headers.get("x-request-id"),
-            content_key=content.hexdigest(),
+            content_key=hashlib.sha256(significant.encode() + body).hexdigest(),
             kind=classified.kind,
             topic=classified.topic,
             parse=classified.parse,

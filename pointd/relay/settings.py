@@ -54,7 +54,7 @@ class RelaySettings:
     sqlite_path: str = "relay.sqlite3"
     postgres_dsn: Secret | None = None
     batch_max: int = 256
-    batch_wait: float = 0.002
+    batch_wait: float = 0.0
     retention_days: float = 7.0
     long_poll_timeout: float = 25.0
     canary_window: float = 300.0

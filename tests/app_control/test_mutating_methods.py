@@ -186,10 +186,11 @@ async def test_reconcile_leaves_a_create_in_flight_alone(rig: Rig) -> None:
     await rig.until(lambda: rig.state_of("S7") is SaleState.OPEN)
 
 
-async def test_refund_is_refused_as_not_supported_and_audited(rig: Rig) -> None:
+async def test_refund_of_an_unknown_sale_is_refused_and_audited(rig: Rig) -> None:
     with pytest.raises(RemoteError) as caught:
         await rig.client.call("refund", {"sale_id": "S5", "amount_cents": 500})
-    assert caught.value.code == "not_supported"
-    assert caught.value.performed is False
+    assert caught.value.code == "not_found"
+    assert "nothing was sent" in caught.value.message
+    assert rig.cloud.called("refund_payment") == []
     assert [o for _u, o, _s in audit_rows(rig, "refund")] == ["requested",
-                                                               "refused: not_supported"]
+                                                               "refused: not_found"]

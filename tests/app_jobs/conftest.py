@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +15,7 @@ from pointd.cloud.errors import NotFound, NotSent
 from pointd.cloud.models import Payment, Refund
 from pointd.core.effects import Effect
 from pointd.core.events import Event
-from pointd.core.machine import CoreState, step
+from pointd.core.machine import CoreState, Step, step
 from pointd.core.policy import Policy
 from pointd.journal.store import Journal
 
@@ -57,15 +57,30 @@ class Clock:
 
 @dataclass
 class FakeEngine:
-    """The engine surface the jobs use, recording the effects it is asked to run."""
+    """The engine surface the jobs use, recording the effects it is asked to run.
+
+    ``submit`` steps and journals like the real engine, at the time ``clock`` tells.
+    """
 
     state: CoreState
     journal: Journal
     policy: Policy = POLICY
     ran: list[Effect] = field(default_factory=list)
+    clock: Callable[[], float] | None = None
+    submitted: list[Event] = field(default_factory=list)
 
     def run_effects(self, effects: Iterable[Effect]) -> None:
         self.ran.extend(effects)
+
+    async def submit(self, event: Event) -> Step:
+        now = self.clock() if self.clock is not None else max(
+            (s.updated_at for s in self.state.sales.values()), default=0.0)
+        result = step(self.state, event, now=now, policy=self.policy)
+        self.journal.append(event, now, result.state, sale_id=result.sale_id)
+        self.state = result.state
+        self.submitted.append(event)
+        self.run_effects(result.effects)
+        return result
 
 
 @dataclass

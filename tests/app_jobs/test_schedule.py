@@ -13,6 +13,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from pointd.app.jobs import (
+    COMPACTION_INTERVAL,
+    COMPACTION_JOB,
     DEVICE_REFRESH_INTERVAL,
     DEVICE_REFRESH_JOB,
     EXPORT_CATCH_UP_JOB,
@@ -78,8 +80,9 @@ def test_every_job_has_its_trigger(store: Store) -> None:
     by_id = {job.id: job for job in jobs.scheduler.get_jobs()}
 
     assert set(by_id) == {SWEEP_JOB, DEVICE_REFRESH_JOB, RELAY_HEALTH_JOB, RETENTION_JOB,
-                          EXPORT_JOB}
+                          COMPACTION_JOB, EXPORT_JOB}
     for job_id, seconds in ((SWEEP_JOB, SWEEP_INTERVAL),
+                            (COMPACTION_JOB, COMPACTION_INTERVAL),
                             (DEVICE_REFRESH_JOB, DEVICE_REFRESH_INTERVAL),
                             (RELAY_HEALTH_JOB, RELAY_HEALTH_INTERVAL),
                             (RETENTION_JOB, RETENTION_INTERVAL)):
@@ -110,7 +113,8 @@ def test_configured_intervals_and_export_time_are_used(store: Store) -> None:
 def test_optional_jobs_are_absent_without_their_parts(store: Store) -> None:
     jobs = DaemonJobs(engine=FakeEngine(store.state, store.journal), cloud=FakeCloud(),
                       wall_clock=Clock(NOW), timezone=TZ)
-    assert {job.id for job in jobs.scheduler.get_jobs()} == {SWEEP_JOB, EXPORT_JOB}
+    assert {job.id for job in jobs.scheduler.get_jobs()} == {SWEEP_JOB, COMPACTION_JOB,
+                                                             EXPORT_JOB}
 
 
 def test_an_export_time_that_is_not_a_time_is_refused(store: Store) -> None:

@@ -334,7 +334,7 @@ def test_relay_defaults_match_the_brief() -> None:
     assert (cfg.storage.backend, cfg.storage.batch_max, cfg.storage.batch_wait) == (
         "sqlite",
         256,
-        0.002,
+        0.0,
     )
     assert (cfg.delivery.retention_days, cfg.delivery.long_poll_timeout) == (7, 25.0)
     assert cfg.delivery.canary_window == 300.0

@@ -50,6 +50,7 @@ def strategy_for(cls: type[CoreEvent]) -> st.SearchStrategy[Event]:
             "status_detail": optional_text,
             "amount_cents": st.none() | st.integers() if cls.__name__ == "PaymentVerified"
             else st.integers(),
+            "before": FIELD_STRATEGIES[float],
         }.items() if name in cls.__dataclass_fields__},  # type: ignore[attr-defined]
     )
 

@@ -25,7 +25,16 @@ from pointd.core.events import (
     PaymentNotFound,
     PaymentsFound,
     PaymentVerified,
+    RefundableSale,
+    RefundNotSent,
+    RefundObserved,
+    RefundOutcomeUnknown,
+    RefundRejected,
+    RefundRequested,
+    RefundSent,
+    RefundTimerExpired,
     SaleRequested,
+    SettledSalesForgotten,
     TerminalBusy,
     TimerExpired,
     TimerKind,
@@ -96,6 +105,17 @@ VARIANTS: list[Event] = [
     OverrideGiven(SALE, OverrideDecision.RELEASE, "customer showed the receipt", 1000),
     OverrideGiven(SALE, OverrideDecision.VOID, "customer left", 1000),
     OverrideGiven(SALE, OverrideDecision.VOID, "  ", 1000),
+    SettledSalesForgotten(T0 + 1000),  # later than now: refused (tests/core/test_forget.py)
+    # Refund events are decided by pointd.core.refunds; the sale table rejects them all.
+    RefundRequested("RF1", "lane1:R1", "R1", SALE, None, "register", None,
+                    RefundableSale(SaleState.HANDED_OVER, LANE, "r-1", "PAX", INTENT, PAYMENT,
+                                   AMOUNT)),
+    RefundSent("RF1", "777", "PENDING", AMOUNT, "terminal"),
+    RefundNotSent("RF1", "refused", False),
+    RefundOutcomeUnknown("RF1", "timeout"),
+    RefundRejected("RF1", "bad_request", None),
+    RefundObserved("RF1", "REFUNDED", AMOUNT),
+    RefundTimerExpired("RF1"),
 ]
 
 

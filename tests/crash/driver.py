@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``python -m tests.crash.driver --journal J --sim-url U --sale-id S --amount A ...`` builds
 what the daemon builds at start-up, minus the lanes: the journal, the core state replayed
-from it (policy recorded, recovery effects run), a ``PaymentIntentBackend`` over a
-``PointApiClient`` pointed at the cloud simulator, and the ``Engine``, whose register
+from it (policy recorded, recovery effects run), the backend named by ``--backend``
+(``payment-intent``, the default, or ``orders``) over a ``PointApiClient`` pointed at the
+cloud simulator, and the ``Engine``, whose register
 output appends each ``TellRegister`` as a JSON line to ``--register-log``. If the journal
 does not know the sale yet it submits ``SaleRequested``; it confirms the handover as soon
 as the sale is APPROVED and stops once the sale is final, printing the outcome as one JSON
@@ -40,8 +41,10 @@ import httpx
 import structlog
 
 from pointd.app.engine import Engine
+from pointd.cloud.backends import BACKENDS
 from pointd.cloud.client import PointApiClient
-from pointd.cloud.port import PaymentIntentBackend
+from pointd.cloud.order_backend import OrdersBackend
+from pointd.cloud.port import CloudPort, PaymentIntentBackend
 from pointd.core.effects import TellRegister
 from pointd.core.events import Event, HandoverConfirmed, SaleRequested
 from pointd.core.machine import CoreState, Step
@@ -59,7 +62,8 @@ TOKEN_ENV = "POINTD_CRASH_TOKEN"
 DRIVER_TIMEOUT = 20.0
 EXIT_TIMEOUT = 3
 EXIT_USAGE = 2
-_CREATE_PATH_SUFFIX = "/payment-intents"
+# Creates of both backends: POST .../payment-intents and POST /v1/orders.
+_CREATE_PATH_SUFFIXES = ("/payment-intents", "/v1/orders")
 
 
 def crash_policy() -> Policy:
@@ -118,7 +122,9 @@ class CrashAfterCreate(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send the request; for a create, die whatever came back (answer or error)."""
-        is_create = request.method == "POST" and request.url.path.endswith(_CREATE_PATH_SUFFIX)
+        is_create = request.method == "POST" and request.url.path.endswith(
+            _CREATE_PATH_SUFFIXES
+        )
         try:
             return await self._inner.handle_async_request(request)
         finally:
@@ -184,6 +190,10 @@ async def run(args: argparse.Namespace, token: str) -> int:
     inner = httpx.AsyncHTTPTransport()
     transport = CrashAfterCreate(inner) if args.crash_after_create else inner
     client = PointApiClient(args.sim_url, token, transport=transport, sleep=_no_wait)
+    # Built here rather than by build_cloud_port, which has no way to pass ``_no_wait``.
+    cloud: CloudPort = (
+        OrdersBackend(client) if args.backend == "orders" else PaymentIntentBackend(client)
+    )
     finished = asyncio.Event()
     handover: list[asyncio.Task[Step]] = []
     engine: Engine
@@ -202,7 +212,7 @@ async def run(args: argparse.Namespace, token: str) -> int:
         journal=journal,
         state=state,
         policy=policy,
-        cloud=PaymentIntentBackend(client),
+        cloud=cloud,
         register=RegisterLog(Path(args.register_log)),
         wall_clock=time.time,
         on_step=lambda event, result: watch(result.state),
@@ -240,6 +250,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--register-log", required=True)
     parser.add_argument("--crash-after-append", type=int, default=None)
     parser.add_argument("--crash-after-create", action="store_true")
+    parser.add_argument("--backend", choices=BACKENDS, default="payment-intent")
     args = parser.parse_args(argv)
     if args.crash_after_append is not None and args.crash_after_append < 1:
         parser.error("--crash-after-append must be at least 1")

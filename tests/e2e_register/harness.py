@@ -12,27 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from pointd.app.runtime import Daemon
-from pointd.config import DaemonConfig, config_from_mapping
+from pointd.config import DaemonConfig, Secret, config_from_mapping
 from pointd.core.states import LaneCondition
 from pointd.register import messages as msg
 from pointd.register.prompts import Subject, prompt_for
+from pointd.relay.cli import open_storage
+from pointd.relay.service import RelayService
+from pointd.relay.settings import RelaySettings, StoreCredential
 from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
 from pointd.sim.cloud.world import SimIntent
 from pointd.sim.register.emulator import RegisterEmulator, SaleOutcome
 from pointd.sim.usb.bus import FakeUsbBus
 
 TOKEN = "TEST-e2e-register-token-5c21"
+RELAY_STORE_TOKEN = "e2e-register-relay-store-token"
 WEBHOOK_SECRET = "e2e-register-webhook-secret"
 STORE_ID = "e2e-store"
 COLLECTOR_ID = 123456789
@@ -41,6 +47,8 @@ LANGUAGE = "en"
 DEVICES = {1: "PAX_A910__SMARTPOS1234345545", 2: "GERTEC_MP35P__8701016695109435"}
 USB_MODELS = {1: ("pax-a910", "1234345545"), 2: ("gertec-mp35p", "8701016695109435")}
 USB_FIXTURES = Path(__file__).resolve().parents[2] / "hardware-fixtures" / "usb"
+# Every outcome test runs once per Mercado Pago backend (``cloud.backend``).
+BACKENDS = ("payment-intent", "orders")
 # Both the daemon's clock and the simulator's wall clock start here, so they agree and
 # every run sees the same dates.
 START_WALL = 1_790_000_000.0
@@ -269,8 +277,17 @@ class Store:
             await register.emulator.close()
 
 
-def daemon_config(tmp: Path, sim_url: str, registers: dict[int, str]) -> DaemonConfig:
-    """The daemon's configuration for this store: lanes pinned, polling only, no relay."""
+def daemon_config(
+    tmp: Path,
+    sim_url: str,
+    registers: dict[int, str],
+    backend: str = "payment-intent",
+    relay_url: str | None = None,
+) -> DaemonConfig:
+    """The daemon's configuration for this store: lanes pinned, polling, a relay if given.
+
+    ``backend`` is ``cloud.backend``: the simulator serves both APIs on one base URL.
+    """
     token_file = tmp / "mp_access_token"
     token_file.write_text(TOKEN + "\n", encoding="utf-8")
     os.chmod(token_file, 0o600)
@@ -281,7 +298,12 @@ def daemon_config(tmp: Path, sim_url: str, registers: dict[int, str]) -> DaemonC
             "collector_id": COLLECTOR_ID,
             "language": LANGUAGE,
         },
-        "cloud": {"base_url": sim_url, "access_token_file": str(token_file), "read_timeout": 5.0},
+        "cloud": {
+            "base_url": sim_url,
+            "backend": backend,
+            "access_token_file": str(token_file),
+            "read_timeout": 5.0,
+        },
         "journal": {"path": str(tmp / "journal.sqlite3")},
         "control": {"socket": str(tmp / "control.sock")},
         "timers": {
@@ -296,7 +318,50 @@ def daemon_config(tmp: Path, sim_url: str, registers: dict[int, str]) -> DaemonC
             for lane, path in registers.items()
         ],
     }
+    if relay_url is not None:
+        relay_token_file = tmp / "relay_store_token"
+        relay_token_file.write_text(RELAY_STORE_TOKEN + "\n", encoding="utf-8")
+        os.chmod(relay_token_file, 0o600)
+        document["relay"] = {"url": relay_url, "store_token_file": str(relay_token_file)}
     return config_from_mapping(document, DaemonConfig, source="e2e")
+
+
+@contextlib.asynccontextmanager
+async def serve_relay(tmp: Path, clock: Callable[[], float]) -> AsyncIterator[str]:
+    """A pointd relay for this store on loopback (SQLite under tmp); yield its base URL.
+
+    ``clock`` is the relay's wall clock: the simulator's, so that the ``ts`` it signs
+    webhooks with is within the relay's window.
+    """
+    settings = RelaySettings(
+        host="127.0.0.1",
+        port=0,
+        webhook_secret=Secret(WEBHOOK_SECRET),
+        sqlite_path=str(tmp / "relay.sqlite3"),
+        batch_wait=0.0,
+        stores=(
+            StoreCredential(STORE_ID, hashlib.sha256(RELAY_STORE_TOKEN.encode()).hexdigest()),
+        ),
+    )
+    service = RelayService(settings, open_storage(settings), clock=clock)
+    config = uvicorn.Config(
+        service.app, host="127.0.0.1", port=0, lifespan="on", log_level="error", access_log=False
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    await eventually("the relay to listen", lambda: server.started or serving.done())
+    if serving.done():
+        serving.result()
+        raise AssertionError("the relay stopped during start-up")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        # The daemon is gone by now, but its last long-poll may still be parked on the
+        # server side: force the exit instead of waiting out the poll.
+        server.should_exit = True
+        server.force_exit = True
+        await asyncio.wait_for(serving, IO_TIMEOUT)
 
 
 def sim_config(webhook_url: str | None = None) -> SimConfig:

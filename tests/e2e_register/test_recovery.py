@@ -125,7 +125,8 @@ async def test_same_id_with_another_amount_after_restart_is_refused(store: Store
 @pytest.mark.parametrize("failure", ["drop", "5xx"])
 async def test_create_answer_lost_is_reconciled_never_resent(store: Store, failure: str) -> None:
     # Mercado Pago creates the intent but the answer never arrives: the daemon must find
-    # that intent by its external_reference, not create another one.
+    # that intent by its external_reference, not create another one (with Orders: resend
+    # the same request with the same idempotency key, which answers with the same order).
     await script_next_intent(store, create_failure=failure)
     register = store.registers[1]
     sale = store.sale(1, 2500, f"lost-{failure}")
@@ -141,6 +142,15 @@ async def test_create_answer_lost_is_reconciled_never_resent(store: Store, failu
     assert outcome.payment_id == str(intent.payment_id)
     assert len(store.sim_intents()) == 1
     assert register.shown(f"lost-{failure}", S.CREATE_UNKNOWN)
+    if store.config.cloud.backend == "orders":
+        # The Orders API lists nothing: the order was named by resending the create with
+        # the attempt's idempotency key, which the simulator saw for one order only.
+        create_keys = {
+            key: use.order_id
+            for key, use in store.sim.orders.keys.items()
+            if use.request[:2] == ("POST", "/v1/orders")
+        }
+        assert create_keys == {intent.external_reference: intent.id}
 
 
 async def test_a_hold_survives_a_daemon_restart(store: Store) -> None:

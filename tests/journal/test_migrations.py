@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 
 from pointd.journal import Journal
@@ -57,3 +59,45 @@ def test_fresh_database_equals_a_migrated_one(tmp_path: Path) -> None:
         return rows
 
     assert schema(tmp_path / "old.db") == schema(tmp_path / "new.db")
+
+
+def build_v2(path: Path) -> None:
+    """A journal as pointd with schema 2 left it: events, dedupe keys without dates."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {MIGRATIONS[0]} {MIGRATIONS[1]} PRAGMA user_version = 2; COMMIT;")
+    for seq, at in ((1, 1700000000.0), (2, 1700000500.5)):
+        db.execute("INSERT INTO events (seq, at, kind, sale_id, json) VALUES (?, ?, ?, ?, ?)",
+                   (seq, at, "SaleRequested", f"S{seq}",
+                    requested(f"S{seq}", lane=seq).to_json()))
+    db.execute("INSERT INTO policies (from_seq, json) VALUES (1, ?)",
+               (json.dumps(POLICY.as_dict(), sort_keys=True),))
+    db.execute("INSERT INTO audit (at, uid, method, args, outcome) "
+               "VALUES (1700000001.0, 0, 'override', '{}', 'ok')")
+    db.executemany("INSERT INTO seen_notifications (key, seq) VALUES (?, ?)",
+                   [("n-1", 1), ("n-2", 2), ("n-unjournaled", None), ("n-lost-seq", 99)])
+    db.close()
+
+
+def test_v2_keys_get_their_event_time_or_the_migration_time(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    build_v2(path)
+    started = time.time()
+    with Journal.open(path) as journal:
+        finished = time.time()
+        assert journal._db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+        dates = dict(journal._db.execute("SELECT key, seen_at FROM seen_notifications"))
+        assert dates["n-1"] == 1700000000.0
+        assert dates["n-2"] == 1700000500.5
+        for key in ("n-unjournaled", "n-lost-seq"):
+            assert started - 1 <= dates[key] <= finished + 1
+        # The dates are usable at once: prune takes exactly the keys older than asked.
+        assert journal.prune(1700000100.0) == 1
+        assert not journal.notification_seen("n-1")
+        assert journal.notification_seen("n-unjournaled")
+        assert journal.snapshots() == []
+        state = journal.rebuild(STORE, POLICY)
+        assert set(state.sales) == {"S1", "S2"}
+        journal.write_snapshot(state, journal.last_seq())
+        assert journal.rebuild(STORE, POLICY) == state
+        assert len(journal.audit_log()) == 1
+        assert journal.integrity_problems() == []

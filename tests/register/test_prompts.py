@@ -7,9 +7,15 @@ import pytest
 from pointd.core.effects import Notice
 from pointd.core.states import LaneCondition, Refusal, SaleState
 from pointd.register.messages import MAX_DISPLAY_LINES, Severity
-from pointd.register.prompts import DISPLAY_WIDTH, LANGUAGES, catalogue_subjects, prompt_for
+from pointd.register.prompts import (
+    DISPLAY_WIDTH,
+    LANGUAGES,
+    RefundScreen,
+    catalogue_subjects,
+    prompt_for,
+)
 
-EVERY_SUBJECT = [*SaleState, *Refusal, *Notice, *LaneCondition]
+EVERY_SUBJECT = [*SaleState, *Refusal, *Notice, *LaneCondition, *RefundScreen]
 
 
 def test_languages_are_es_pt_en() -> None:

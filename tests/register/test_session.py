@@ -198,7 +198,7 @@ async def test_requests_before_hello_are_refused(lane: Lane) -> None:
     [
         (b"Sid=S-12\x1famount=abc", m.ErrorCode.MALFORMED),
         (b"Zid=S-12", m.ErrorCode.UNKNOWN_TYPE),
-        (b"Rid=S-12\x1famount=100", m.ErrorCode.UNSUPPORTED_MESSAGE),
+        (b"Rid=S-12\x1famount=100", m.ErrorCode.MALFORMED),  # REFUND without its sale
         (
             m.Display(("X",), m.Severity.INFO, "es", "S-12").to_payload(),
             m.ErrorCode.WRONG_DIRECTION,

@@ -103,6 +103,7 @@ async def test_events_are_acked_only_after_the_handler_journaled(relay: RunningR
         assert await relay.service.storage.acked("store-a") == 0
         assert await consumer.poll_once(wait=0) == 3
         assert cursor.value == 3
+        await consumer.flush_acks()
         assert await relay.service.storage.acked("store-a") == 3
         assert [e.cursor for e in journal.events] == [1, 2, 3]
         assert journal.events[0].body.startswith(b"{")

@@ -28,6 +28,7 @@ commands:
   cancel <id>     ask to cancel a sale
   check <id>      ask whether the goods may leave
   done <id>       report that the goods left
+  refund <id> [amount]  refund a paid sale (all that is left without an amount)
   quit"""
 
 
@@ -107,6 +108,22 @@ async def _interactive(emulator: RegisterEmulator, sale_within: float) -> int:
             flush=True,
         )
 
+    async def refund(argument: str) -> None:
+        sale_id, _, amount = argument.partition(" ")
+        cents = _amount_cents(amount) if amount else None
+        if amount and cents is None:
+            print(f"refund: {amount!r} is not an amount", flush=True)
+            return
+        cid = emulator.new_correlation_id()
+        print(f"refund {cid} of sale {sale_id}: {cents or 'all that is left'}", flush=True)
+        try:
+            result = await emulator.refund(sale_id, cents, cid, within=sale_within)
+        except (EmulatorError, msg.MessageError) as exc:
+            print(f"refund {cid}: {exc}", flush=True)
+            return
+        print(f"refund {cid}: {result.outcome.value} amount={result.amount_cents} "
+              f"reason={result.reason}", flush=True)
+
     while line := (await reader.readline()).decode("utf-8", "replace").strip():
         word, _, argument = line.partition(" ")
         try:
@@ -124,6 +141,10 @@ async def _interactive(emulator: RegisterEmulator, sale_within: float) -> int:
                 await emulator.cancel(argument)
             elif word == "done" and argument:
                 await emulator.handover_done(argument)
+            elif word == "refund" and argument:
+                task = asyncio.create_task(refund(argument))
+                sales.add(task)
+                task.add_done_callback(sales.discard)
             else:
                 print(f"? {line!r}\n{INTERACTIVE_HELP}", flush=True)
         except (EmulatorError, msg.MessageError, OSError) as exc:

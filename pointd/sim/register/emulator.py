@@ -351,6 +351,8 @@ class RegisterEmulator:
             self._resolve((msg.MessageType.STATUS_REPLY, message.correlation_id), message)
         elif isinstance(message, msg.HandoverReply):
             self._resolve((msg.MessageType.HANDOVER_REPLY, message.correlation_id), message)
+        elif isinstance(message, msg.RefundResult):
+            self._resolve((msg.MessageType.REFUND_RESULT, message.correlation_id), message)
         elif isinstance(message, msg.Error):
             self.errors.append(message)
             self._fail_waiters(message)
@@ -460,6 +462,27 @@ class RegisterEmulator:
         """Ask the daemon to cancel a sale; its RESULT says whether it was canceled."""
         await self.hello()
         await self.send_message(msg.Cancel(correlation_id))
+
+    async def refund(
+        self,
+        sale_correlation_id: str,
+        amount_cents: int | None = None,
+        correlation_id: str | None = None,
+        within: float = SALE_RESULT_TIMEOUT,
+    ) -> msg.RefundResult:
+        """Refund (part of) a sale and wait for its REFUND_RESULT; repeats are the same refund.
+
+        After a link drop the REFUND is sent again with the same correlation id: the daemon
+        answers a repeat with the same refund's standing, never a second refund.
+        """
+        cid = correlation_id or self.new_correlation_id()
+        reply = await self._request(
+            msg.Refund(cid, sale_correlation_id, amount_cents),
+            msg.MessageType.REFUND_RESULT,
+            within,
+        )
+        assert isinstance(reply, msg.RefundResult)
+        return reply
 
     async def sale(
         self,
