@@ -75,6 +75,9 @@ class Classified:
     store: str | None
     asks: str | None  # route key that could name this notification's store
     teaches: tuple[str, ...]  # route keys this notification binds to its store
+    # The id of the resource the body is about (an intent's id, a webhook's data.id or, for
+    # payment-level alerts without one, data.payment_id): a signature must name this id.
+    resource_id: str | None = None
 
     @property
     def quarantined(self) -> bool:
@@ -174,7 +177,14 @@ def _classify_intent(parse: Parse, data: dict[str, Any], body_id: str | None) ->
         teaches.append(payment_key(payment_id))
     asks = intent_key(body_id) if body_id is not None else None
     return Classified(
-        Kind.INTENT, parse, "point_integration_wh", body_id, store, asks, tuple(teaches)
+        Kind.INTENT,
+        parse,
+        "point_integration_wh",
+        body_id,
+        store,
+        asks,
+        tuple(teaches),
+        resource_id=body_id,
     )
 
 
@@ -202,4 +212,7 @@ def _classify_webhook(
         if order_id is not None:
             asks = intent_key(order_id)
             teaches = (asks,)
-    return Classified(Kind.WEBHOOK, parse, topic, body_id, store, asks, teaches)
+    resource_id = _text(inner.get("id")) or _text(inner.get("payment_id"))
+    return Classified(
+        Kind.WEBHOOK, parse, topic, body_id, store, asks, teaches, resource_id=resource_id
+    )

@@ -36,11 +36,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pointd.cloud.signature import SignatureInvalid, verify
+from pointd.cloud.signature import IdSource, SignatureInvalid, verify
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import RelayMetrics
-from pointd.relay.notification import Kind, classify
+from pointd.relay.notification import Classified, Kind, classify
 from pointd.relay.settings import RelaySettings
 from pointd.relay.storage import MAX_READ_LIMIT, Incoming, Storage, WriteResult
 
@@ -301,11 +301,16 @@ class RelayService:
         signed, id_source = self._check_signature(
             classified.kind, classified.body_id, query, headers, now
         )
+        if signed:
+            _require_signed_resource(classified, id_source, query)
         store = classified.store if classified.store in self._store_digests else None
         significant = "".join(f"{key}={query.get(key, '')}\n" for key in _SIGNIFICANT_QUERY)
         return Incoming(
             received_at=now,
-            request_id=headers.get("x-request-id"),
+            # Only a signed notification may claim its request id for deduplication: an
+            # unsigned one (IPN) reusing a request id must not make the signed webhook that
+            # carries it look like a duplicate. The header itself is kept either way.
+            request_id=headers.get("x-request-id") if signed else None,
             content_key=hashlib.sha256(significant.encode() + body).hexdigest(),
             kind=classified.kind,
             topic=classified.topic,
@@ -559,6 +564,30 @@ def _bearer(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise BadRequest(401, "bearer token required")
     return token.strip()
+
+
+def _require_signed_resource(
+    classified: Classified, id_source: str | None, query: dict[str, str]
+) -> None:
+    """Refuse a signature that names one resource on a body about another.
+
+    The signature covers an id, not the body: without this check a captured signature for
+    payment 111 could carry a body about payment 222 (or another store's intent) and the
+    relay would route, and teach routes, by the body. Whichever id was signed (the query's
+    data.id, or the body's id as Point intents are signed) must be the resource's id when
+    the body names one.
+    """
+    resource = classified.resource_id
+    if resource is None:
+        return
+    if id_source in {IdSource.QUERY, IdSource.QUERY_LOWER}:
+        signed_id: str | None = query.get("data.id")
+    elif id_source in {IdSource.BODY, IdSource.BODY_LOWER}:
+        signed_id = classified.body_id
+    else:
+        return
+    if signed_id is None or resource.lower() != signed_id.lower():
+        raise BadRequest(401, "x-signature names another resource than the body")
 
 
 def _auth_error(exc: BadRequest) -> JSONResponse:

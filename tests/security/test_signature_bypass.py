@@ -84,13 +84,21 @@ async def test_a_second_x_signature_header_cannot_carry_another_ids_signature(
     query = {"data.id": "42", "type": "payment"}
     garbage = f"ts={ts},v1={'0' * 64}"
     for first, second in ((good, garbage), (garbage, other), (other, garbage)):
-        response = await post(relay, body, [("x-request-id", "rq-1"), ("x-signature", first),
-                                            ("x-signature", second)], query)
+        response = await post(
+            relay,
+            body,
+            [("x-request-id", "rq-1"), ("x-signature", first), ("x-signature", second)],
+            query,
+        )
         assert response.status_code == 401, (first, second, response.text)
     assert stored(relay) == []
     # The last header is the one checked: a valid one there is accepted, for its own id only.
-    response = await post(relay, body, [("x-request-id", "rq-1"), ("x-signature", garbage),
-                                        ("x-signature", good)], query)
+    response = await post(
+        relay,
+        body,
+        [("x-request-id", "rq-1"), ("x-signature", garbage), ("x-signature", good)],
+        query,
+    )
     assert response.status_code == 200
     [event] = stored(relay)
     assert event["asks"] == "payment:42"
@@ -103,11 +111,19 @@ async def test_a_second_x_request_id_header_does_not_split_what_is_checked_from_
     signature = payment_signature(relay, "42", "rq-2", ts)
     body = webhook("payment", {"id": "42"})
     query = {"data.id": "42", "type": "payment"}
-    response = await post(relay, body, [("x-request-id", "rq-2"), ("x-request-id", "rq-evil"),
-                                        ("x-signature", signature)], query)
+    response = await post(
+        relay,
+        body,
+        [("x-request-id", "rq-2"), ("x-request-id", "rq-evil"), ("x-signature", signature)],
+        query,
+    )
     assert response.status_code == 401
-    response = await post(relay, body, [("x-request-id", "rq-evil"), ("x-request-id", "rq-2"),
-                                        ("x-signature", signature)], query)
+    response = await post(
+        relay,
+        body,
+        [("x-request-id", "rq-evil"), ("x-request-id", "rq-2"), ("x-signature", signature)],
+        query,
+    )
     assert response.status_code == 200
     [event] = stored(relay)
     assert event["request_id"] == "rq-2"
@@ -129,9 +145,12 @@ async def test_harmless_spellings_of_a_valid_signature_are_accepted_for_its_own_
 ) -> None:
     ts = str(now_s(relay))
     v1 = payment_signature(relay, "42", "rq-3", ts).split("v1=")[1]
-    response = await post(relay, webhook("payment", {"id": "42"}),
-                          [("x-request-id", "rq-3"), ("x-signature", spell(ts, v1))],
-                          {"data.id": "42", "type": "payment"})
+    response = await post(
+        relay,
+        webhook("payment", {"id": "42"}),
+        [("x-request-id", "rq-3"), ("x-signature", spell(ts, v1))],
+        {"data.id": "42", "type": "payment"},
+    )
     assert response.status_code == 200, response.text
     [event] = stored(relay)
     assert (event["asks"], event["signed"]) == ("payment:42", 1)
@@ -148,15 +167,25 @@ async def test_harmless_spellings_of_a_valid_signature_are_accepted_for_its_own_
         lambda ts, v1: f"ts={ts},v1=sha256={v1}",
         lambda ts, v1: f"ts=0{ts},v1={v1}",
     ],
-    ids=["space-in-hex", "signed-ts", "decimal-ts", "long-hex", "semicolon", "prefixed",
-         "zero-padded-ts"],
+    ids=[
+        "space-in-hex",
+        "signed-ts",
+        "decimal-ts",
+        "long-hex",
+        "semicolon",
+        "prefixed",
+        "zero-padded-ts",
+    ],
 )
 async def test_mangled_signatures_are_refused(relay: RunningRelay, spell: Any) -> None:
     ts = str(now_s(relay))
     v1 = payment_signature(relay, "42", "rq-4", ts).split("v1=")[1]
-    response = await post(relay, webhook("payment", {"id": "42"}),
-                          [("x-request-id", "rq-4"), ("x-signature", spell(ts, v1))],
-                          {"data.id": "42", "type": "payment"})
+    response = await post(
+        relay,
+        webhook("payment", {"id": "42"}),
+        [("x-request-id", "rq-4"), ("x-signature", spell(ts, v1))],
+        {"data.id": "42", "type": "payment"},
+    )
     assert response.status_code == 401, response.text
     assert stored(relay) == []
 
@@ -182,25 +211,33 @@ async def test_the_window_edge_is_the_same_in_seconds_and_milliseconds(
 ) -> None:
     moment = relay.clock.now + offset
     ts = str(round(moment * 1000)) if unit == "ms" else str(int(moment))
-    response = await relay.post_signed(webhook("payment", {"id": "42"}), ts=ts,
-                                       query={"data.id": "42", "type": "payment"})
+    response = await relay.post_signed(
+        webhook("payment", {"id": "42"}), ts=ts, query={"data.id": "42", "type": "payment"}
+    )
     assert response.status_code == (200 if accepted else 401), response.text
     assert len(stored(relay)) == (1 if accepted else 0)
 
 
-@pytest.mark.parametrize("rewrite", [
-    lambda ts: str(int(ts) * 1000),
-    lambda ts: str(int(ts) // 1000),
-    lambda ts: ts + "000",
-])
-async def test_a_signature_cannot_be_moved_to_the_other_unit(relay: RunningRelay,
-                                                             rewrite: Any) -> None:
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda ts: str(int(ts) * 1000),
+        lambda ts: str(int(ts) // 1000),
+        lambda ts: ts + "000",
+    ],
+)
+async def test_a_signature_cannot_be_moved_to_the_other_unit(
+    relay: RunningRelay, rewrite: Any
+) -> None:
     # A captured signature is stale; rewriting its ts into "now" in another unit must fail.
     old = str(now_s(relay) - 10 * WINDOW)
     v1 = payment_signature(relay, "42", "rq-5", old).split("v1=")[1]
-    response = await post(relay, webhook("payment", {"id": "42"}),
-                          [("x-request-id", "rq-5"), ("x-signature", f"ts={rewrite(old)},v1={v1}")],
-                          {"data.id": "42", "type": "payment"})
+    response = await post(
+        relay,
+        webhook("payment", {"id": "42"}),
+        [("x-request-id", "rq-5"), ("x-signature", f"ts={rewrite(old)},v1={v1}")],
+        {"data.id": "42", "type": "payment"},
+    )
     assert response.status_code == 401
     assert stored(relay) == []
 
@@ -208,9 +245,11 @@ async def test_a_signature_cannot_be_moved_to_the_other_unit(relay: RunningRelay
 async def test_a_ts_just_below_the_millisecond_threshold_is_read_as_seconds_and_refused(
     relay: RunningRelay,
 ) -> None:
-    response = await relay.post_signed(webhook("payment", {"id": "42"}),
-                                       ts=str(MILLISECONDS_THRESHOLD - 1),
-                                       query={"data.id": "42", "type": "payment"})
+    response = await relay.post_signed(
+        webhook("payment", {"id": "42"}),
+        ts=str(MILLISECONDS_THRESHOLD - 1),
+        query={"data.id": "42", "type": "payment"},
+    )
     assert response.status_code == 401
     assert stored(relay) == []
 
@@ -224,8 +263,12 @@ async def test_a_lower_case_signature_accepts_a_case_variant_of_the_same_id_only
     ts = str(now_s(relay))
     body = json.dumps({"type": "order", "data": {"id": "ORD01ABC"}, "id": 7}).encode()
     lower = sign(relay.secret, data_id="ord01abc", request_id="rq-6", ts=ts)
-    response = await post(relay, body, [("x-request-id", "rq-6"), ("x-signature", lower)],
-                          {"data.id": "ORD01ABC", "type": "order"})
+    response = await post(
+        relay,
+        body,
+        [("x-request-id", "rq-6"), ("x-signature", lower)],
+        {"data.id": "ORD01ABC", "type": "order"},
+    )
     assert response.status_code == 200
     [event] = stored(relay)
     assert event["id_source"] == "query-lower"
@@ -236,8 +279,12 @@ async def test_an_exact_case_signature_does_not_cover_another_casing(relay: Runn
     ts = str(now_s(relay))
     exact = sign(relay.secret, data_id="ORD01ABC", request_id="rq-7", ts=ts)
     body = json.dumps({"type": "order", "data": {"id": "ord01abc"}, "id": 7}).encode()
-    response = await post(relay, body, [("x-request-id", "rq-7"), ("x-signature", exact)],
-                          {"data.id": "ord01abc", "type": "order"})
+    response = await post(
+        relay,
+        body,
+        [("x-request-id", "rq-7"), ("x-signature", exact)],
+        {"data.id": "ord01abc", "type": "order"},
+    )
     assert response.status_code == 401
     assert stored(relay) == []
 
@@ -251,30 +298,23 @@ async def test_a_signature_for_one_payment_replayed_after_it_stores_nothing_new(
     query = {"data.id": "111", "type": "payment"}
     assert (await post(relay, webhook("payment", {"id": "111"}), headers, query)).status_code == 200
     # Same signed query and headers, the body now names another payment and another store.
-    forged = json.dumps({"type": "payment", "data": {"id": "222", "external_reference": REF_B},
-                         "id": 8}).encode()
+    forged = json.dumps(
+        {"type": "payment", "data": {"id": "222", "external_reference": REF_B}, "id": 8}
+    ).encode()
     response = await post(relay, forged, headers, query)
     assert response.status_code in {200, 401}
     assert [event["asks"] for event in stored(relay)] == ["payment:111"]
 
 
-BODY_SWAP_FINDING = (
-    "relay finding: a signature matched on the query's data.id (IdSource.QUERY) is accepted "
-    "while the body names another resource, and the relay routes by the body "
-    "(pointd/relay/service.py _check_signature with pointd/relay/notification.py "
-    "_classify_webhook/_classify_intent); the request-id de-duplication only saves us once "
-    "the original is stored"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BODY_SWAP_FINDING)
 async def test_a_payment_signature_cannot_be_carried_onto_another_payment_in_the_body(
     relay: RunningRelay,
 ) -> None:
     # The forged copy arrives first (the attacker wins the race, or MP sent no request id).
     ts = str(now_s(relay))
-    headers = [("x-request-id", "rq-9"), ("x-signature", payment_signature(relay, "111", "rq-9",
-                                                                          ts))]
+    headers = [
+        ("x-request-id", "rq-9"),
+        ("x-signature", payment_signature(relay, "111", "rq-9", ts)),
+    ]
     forged = json.dumps({"type": "payment", "data": {"id": "222"}, "id": 9}).encode()
     response = await post(relay, forged, headers, {"data.id": "111", "type": "payment"})
     assert response.status_code == 401 or all(
@@ -282,7 +322,6 @@ async def test_a_payment_signature_cannot_be_carried_onto_another_payment_in_the
     ), stored(relay)
 
 
-@pytest.mark.xfail(strict=True, reason=BODY_SWAP_FINDING)
 async def test_an_intent_signature_cannot_teach_routes_for_another_intent(
     relay: RunningRelay,
 ) -> None:
@@ -293,9 +332,12 @@ async def test_an_intent_signature_cannot_teach_routes_for_another_intent(
     other = json.loads(INTENT_A.decode().replace('"caller_id": 09876543', '"caller_id": 1'))
     other.update(id="evil-intent-1", payment={"id": 999, "state": "approved"})
     other["additional_info"]["external_reference"] = REF_B
-    response = await post(relay, json.dumps(other).encode(),
-                          [("x-request-id", "rq-10"), ("x-signature", signature)],
-                          {"data.id": INTENT_A_ID})
+    response = await post(
+        relay,
+        json.dumps(other).encode(),
+        [("x-request-id", "rq-10"), ("x-signature", signature)],
+        {"data.id": INTENT_A_ID},
+    )
     events = stored(relay)
     assert response.status_code == 401 or all(
         "evil-intent-1" not in (event["teaches"] + (event["asks"] or "")) for event in events
@@ -333,20 +375,12 @@ async def test_request_ids_cannot_be_swapped_dropped_or_added(relay: RunningRela
     assert stored(relay) == []
 
 
-IPN_SHADOW_FINDING = (
-    "relay finding: duplicates are found by x-request-id whatever the signature, so an "
-    "unsigned IPN (accepted by design) carrying a request id makes the later signed webhook "
-    "with that id a 'duplicate' that is never stored for its store "
-    "(pointd/relay/sqlite_backend.py:523, the same rule in postgres_backend.py)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=IPN_SHADOW_FINDING)
 async def test_an_unsigned_ipn_cannot_shadow_a_signed_webhook_with_the_same_request_id(
     relay: RunningRelay,
 ) -> None:
-    ipn = await post(relay, b"", [("x-request-id", "rq-shadow")],
-                     {"topic": "payment", "id": "424242"})
+    ipn = await post(
+        relay, b"", [("x-request-id", "rq-shadow")], {"topic": "payment", "id": "424242"}
+    )
     assert ipn.status_code == 200
     intent = await relay.post_signed(INTENT_A, request_id="rq-shadow")
     assert intent.status_code == 200
