@@ -60,6 +60,8 @@ from pointd.terminal.identity import IdentityProblem
 log = structlog.get_logger(__name__)
 
 STANDALONE_MODE = "STANDALONE"
+# First retry after a failed device-list fetch; doubles up to the refresh interval.
+REFRESH_RETRY_INITIAL = 2.0
 
 DeviceListFetcher = Callable[[], Awaitable[Sequence[Any]]]
 ConditionCallback = Callable[[int, LaneCondition], None]
@@ -223,15 +225,24 @@ class LaneTerminals:
             await self._offer_pdv_switches()
         return fetched
 
-    async def run(self) -> None:
-        """Refresh now and then every refresh_interval seconds until cancelled.
+    async def run(self, *, refreshed: bool | None = None) -> None:
+        """Refresh now (unless ``refreshed`` says how the caller's refresh went), then again.
 
+        After a good refresh the next one is ``refresh_interval`` away; after a failure it
+        comes sooner, doubling from REFRESH_RETRY_INITIAL, so that a start-up during a
+        Mercado Pago hiccup does not leave the lanes without their terminals for minutes.
         The watch is not run here: run it as its own task with ``on_change`` wired to
         ``usb_changed``.
         """
+        failures = 0
         while True:
-            await self.refresh()
-            await self._sleep(self._refresh_interval)
+            fetched = await self.refresh() if refreshed is None else refreshed
+            refreshed = None
+            failures = 0 if fetched else failures + 1
+            retry = REFRESH_RETRY_INITIAL * 2.0 ** min(failures - 1, 16)
+            await self._sleep(
+                self._refresh_interval if fetched else min(self._refresh_interval, retry)
+            )
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Each lane's terminal, presence, mode, problem and condition, JSON-able."""

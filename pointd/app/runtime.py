@@ -270,8 +270,8 @@ class Daemon:
             # Know each lane's terminal before READY, so the first sale after a start is
             # judged on the device list rather than refused as "terminal unknown". An
             # unreachable cloud only delays READY by the client's own timeouts.
-            await self.lanes.refresh()
-            self._spawn(self._refresh_lanes_later(), "lane-terminals")
+            refreshed = await self.lanes.refresh()
+            self._spawn(self.lanes.run(refreshed=refreshed), "lane-terminals")
 
             store_token: Secret | None = None
             self._cursor = JournalCursor(journal)
@@ -399,11 +399,6 @@ class Daemon:
             refresh_interval=config.terminals.refresh_interval,
         )
         return lanes
-
-    async def _refresh_lanes_later(self) -> None:
-        assert self.lanes is not None
-        await asyncio.sleep(self.config.terminals.refresh_interval)
-        await self.lanes.run()
 
     def _spawn(self, work: Any, name: str) -> None:
         task = asyncio.ensure_future(work)

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ from pointd.core.states import (
     SaleState,
 )
 from pointd.link.driver import LinkEvent, LinkLost, LinkUp
-from pointd.link.errors import LinkError
+from pointd.link.errors import LinkError, LinkNotSent
 from pointd.register import messages as msg
 from pointd.register.prompts import LANGUAGES, RefundScreen, Subject, prompt_for
 
@@ -226,6 +227,14 @@ def status_reply(status: SaleStatus) -> msg.StatusReply:
     )
 
 
+class _Sent(enum.Enum):
+    """Whether a message reached the register: acknowledged, provably not, or unknown."""
+
+    YES = "yes"
+    NO = "no"
+    UNKNOWN = "unknown"
+
+
 class RegisterSession:
     """The daemon's side of one register lane."""
 
@@ -242,8 +251,13 @@ class RegisterSession:
         self._open_sale: str | None = None
         # Sales under a HOLD and its reason, told again after every HELLO.
         self._held: dict[str, str] = {}
+        # Sales whose latest messages did not all reach the register, and whether any of
+        # them provably never left (link down, daemon just restarted: pushed again as soon
+        # as the link is back) or may have arrived (no ACK: pushed again after a HELLO,
+        # which a register sends after every reconnect it notices).
+        self._unsent: OrderedDict[str, bool] = OrderedDict()
         self._screen: msg.Display | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     @property
     def register_connected(self) -> bool:
@@ -264,12 +278,13 @@ class RegisterSession:
             done, _pending = await asyncio.wait(
                 {runner, consumer}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
-                task.result()
+            for finished in done:
+                finished.result()
         finally:
             link.close()
             consumer.cancel()
-            for task in (runner, consumer, *self._tasks):
+            pending: list[asyncio.Task[object]] = [runner, consumer, *self._tasks]
+            for task in pending:
                 if task is not runner:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, LinkError):
@@ -393,14 +408,39 @@ class RegisterSession:
         display = messages[0]
         if isinstance(display, msg.Display):
             self._screen = display
+        await self._deliver(correlation_id, messages)
+
+    async def _deliver(self, correlation_id: str, messages: Sequence[msg.DaemonMessage]) -> None:
         for message in messages:
-            await self._send(message)
+            outcome = await self._send_reporting(message)
+            if outcome is not _Sent.YES:
+                self._unsent[correlation_id] = outcome is _Sent.NO
+                while len(self._unsent) > SALE_MEMORY:
+                    self._unsent.popitem(last=False)
+                return
+        self._unsent.pop(correlation_id, None)
+
+    async def _send_unsent(self, *, only_never_sent: bool) -> None:
+        """Send again the latest messages of sales that did not reach the register."""
+        for correlation_id, never_sent in list(self._unsent.items()):
+            if only_never_sent and not never_sent:
+                continue
+            messages = self._latest.get(correlation_id)
+            if messages is None:
+                self._unsent.pop(correlation_id, None)
+                continue
+            await self._deliver(correlation_id, messages)
+            if correlation_id in self._unsent:
+                return
 
     async def _send(self, message: msg.DaemonMessage) -> None:
+        await self._send_reporting(message)
+
+    async def _send_reporting(self, message: msg.DaemonMessage) -> _Sent:
         link = self._link
         if link is None:
-            log.warning("register.not_running", lane=self.lane, message=type(message).__name__)
-            return
+            log.info("register.not_running", lane=self.lane, message=type(message).__name__)
+            return _Sent.NO
         try:
             await link.send(message.to_payload())
         except LinkError as exc:
@@ -410,6 +450,8 @@ class RegisterSession:
                 message=type(message).__name__,
                 error=str(exc),
             )
+            return _Sent.NO if isinstance(exc, LinkNotSent) else _Sent.UNKNOWN
+        return _Sent.YES
 
     # --- serving the register -----------------------------------------------------------
 
@@ -419,14 +461,18 @@ class RegisterSession:
             if isinstance(event, LinkUp):
                 self._hello_done = False
                 log.info("register.link_up", lane=self.lane, generation=event.generation)
+                # A register on a serial line may never notice that the daemon restarted,
+                # so it will not say HELLO: what it missed is pushed as soon as we can.
+                if any(self._unsent.values()):
+                    self._spawn(self._send_unsent(only_never_sent=True))
             elif isinstance(event, LinkLost):
                 self._hello_done = False
                 log.warning("register.link_lost", lane=self.lane, reason=event.reason)
             else:
                 self._on_payload(event.payload)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -490,6 +536,7 @@ class RegisterSession:
             # restarted and recovered the sale) must hear it again, not only the screen.
             for correlation_id, reason in list(self._held.items()):
                 await self._send(msg.Hold(correlation_id, reason))
+            await self._send_unsent(only_never_sent=False)
 
         self._spawn(answer())
 

@@ -105,7 +105,8 @@ async def test_cloud_down_shows_card_payments_unavailable_and_recovers_on_its_ow
         assert await asyncio.wait_for(h.cloud.fetched.get(), EVENT_WAIT) is True
         assert await asyncio.wait_for(h.changes.get(), EVENT_WAIT) == (1, READY)
         assert h.lanes.check(1) == (GERTEC, None)
-        assert h.sleep.delays == [300.0, 300.0, 300.0]
+        # A failed fetch is retried soon (REFRESH_RETRY_INITIAL), a good one waits the interval.
+        assert h.sleep.delays == [300.0, 2.0, 300.0]
     finally:
         run_task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -316,6 +316,28 @@ async def test_a_hold_told_while_the_link_was_down_is_sent_after_the_next_hello(
     assert lane.emulator.held == {"S-20"}
 
 
+async def test_a_result_decided_while_the_link_was_down_arrives_without_a_new_hello(
+    lane: Lane,
+) -> None:
+    # A register on a serial line may never notice that the daemon restarted, so it does
+    # not say HELLO again: what provably never left must be pushed when the link is back.
+    await asyncio.wait_for(lane.emulator.hello(), WAIT)
+    await lane.emulator.unplug()
+    for _ in range(200):
+        if not lane.link.is_up:
+            break
+        await asyncio.sleep(0.01)
+    await lane.session.show_state("S-30", SaleState.APPROVED, payment_id="P1", amount_cents=1500)
+    assert not [r for r in of_type(lane, m.Result) if r.correlation_id == "S-30"]
+    await lane.emulator.replug()
+    for _ in range(300):
+        if [r for r in of_type(lane, m.Result) if r.correlation_id == "S-30"]:
+            break
+        await asyncio.sleep(0.01)  # waiting for frames over the real pty
+    results = [r for r in of_type(lane, m.Result) if r.correlation_id == "S-30"]
+    assert [(r.outcome, r.payment_id) for r in results] == [(m.Outcome.APPROVED, "P1")]
+
+
 async def test_show_state_with_the_link_down_does_not_raise(tmp_path: Path) -> None:
     async def handler(request: RegisterRequest) -> Reply | None:
         return None

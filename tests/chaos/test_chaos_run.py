@@ -1,0 +1,64 @@
+"""A reduced chaos run: 50 randomized sales through real `pointd run` and `pointd relay` processes
+while every kind of fault is injected; the money-safety rules must hold.
+
+The run is ``bench/chaos.py`` itself, started as a subprocess exactly as the benchmark is,
+with a fixed seed and a shorter mean time between faults so that 50 sales see every kind of
+fault against the parts (the first faults and the first sales walk through all kinds). The
+run checks the rules itself; this test reads its JSON and insists that it checked something
+of each kind, that every fault kind fired, and that nothing was violated.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import PART_FAULT_WEIGHTS, SALE_FAULTS
+from bench.chaos_invariants import RULES
+
+MAIN = Path(__file__).resolve().parents[2]
+SEED = 20261122
+SALES = 50
+# 50 sales with faults every ~1.2 s take 40-70 s on two shared cores; this bounds a hang.
+RUN_TIMEOUT = 240.0
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_fifty_sales_under_every_fault_keep_the_money_rules(tmp_path: Path) -> None:
+    figures_path = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, str(MAIN / "bench" / "chaos.py"), "--sales", str(SALES),
+         "--seed", str(SEED), "--fault-interval", "1.2", "--state-dir", str(tmp_path / "state"),
+         "--json", str(figures_path)],
+        cwd=MAIN,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode != 2, f"the product could not be run:\n{done.stderr[-3000:]}"
+    figures = json.loads(figures_path.read_text(encoding="utf-8"))
+    assert figures["violations"] == [], done.stdout[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert set(figures["violations_by_rule"]) == set(RULES)
+
+    assert figures["sales"] == SALES
+    fired = {kind for kind, count in figures["faults"].items() if count > 0}
+    assert fired >= set(PART_FAULT_WEIGHTS) | set(SALE_FAULTS), (
+        f"fault kinds never injected: {set(PART_FAULT_WEIGHTS) | set(SALE_FAULTS) - fired}"
+    )
+    assert figures["daemon_restarts"] >= 1
+    assert figures["relay_restarts"] >= 1
+
+    checked = figures["checked"]
+    assert checked["register_sales"] == SALES
+    assert checked["journal_sales"] >= SALES - 1
+    assert checked["released_sales"] > 0
+    assert checked["approved_payments"] > 0
+    assert checked["answered_webhooks"] > 0
+    assert checked["relay_events"] > 0
+    assert "PASS: 0 violation(s)" in done.stdout
