@@ -53,6 +53,7 @@ from pointd.core.events import (
 )
 from pointd.core.gate import judge_payment
 from pointd.core.machine import OVERRIDABLE_STATES, CoreState, Sale, Step
+from pointd.core.policy import Policy
 from pointd.core.recovery import recover
 from pointd.core.reference import MAX_LANE, ExternalReference, ExternalReferenceError
 from pointd.core.refunds import Refund, RefundStatus
@@ -242,6 +243,34 @@ def _event_detail(event: Event) -> dict[str, Any]:
     body.pop("kind", None)
     body.pop("sale_id", None)
     return body
+
+
+def reconciliation(
+    state: CoreState, now: float, policy: Policy
+) -> tuple[list[dict[str, Any]], list[Effect]]:
+    """The API checks that re-establish every unfinished sale's truth on a running daemon.
+
+    The same checks as start-up recovery, minus re-telling and timers, and never for a sale
+    whose create may still be in flight: reconciling it now could prove the attempt absent
+    while its request is on the wire, and a second attempt could charge twice.
+    """
+    asks: dict[str, list[Effect]] = {}
+    for effect in recover(state, now, policy):
+        if isinstance(effect, _ASKING_EFFECTS):
+            asks.setdefault(effect.sale_id, []).append(effect)
+    rows: list[dict[str, Any]] = []
+    started: list[Effect] = []
+    for sale in state.unfinished():
+        own = asks.get(sale.sale_id, [])
+        if sale.state in _NOT_RECONCILED_NOW:
+            action = "wait: create in flight"
+        elif not own:
+            action = "none"
+        else:
+            action = ", ".join(_action_name(effect) for effect in own)
+            started.extend(own)
+        rows.append({"sale_id": sale.sale_id, "state": sale.state.value, "action": action})
+    return rows, started
 
 
 class DaemonHandlers(Mapping[str, Handler]):
@@ -647,24 +676,7 @@ class DaemonHandlers(Mapping[str, Handler]):
 
     async def reconcile(self, caller: Caller) -> dict[str, Any]:
         """Start the API checks of every unfinished sale now; results follow as sale events."""
-        state = self._engine.state
-        effects = recover(state, self._clock(), self._engine.policy)
-        asks: dict[str, list[Effect]] = {}
-        for effect in effects:
-            if isinstance(effect, _ASKING_EFFECTS):
-                asks.setdefault(effect.sale_id, []).append(effect)
-        rows: list[dict[str, Any]] = []
-        started: list[Effect] = []
-        for sale in state.unfinished():
-            own = asks.get(sale.sale_id, [])
-            if sale.state in _NOT_RECONCILED_NOW:
-                action = "wait: create in flight"
-            elif not own:
-                action = "none"
-            else:
-                action = ", ".join(_action_name(effect) for effect in own)
-                started.extend(own)
-            rows.append({"sale_id": sale.sale_id, "state": sale.state.value, "action": action})
+        rows, started = reconciliation(self._engine.state, self._clock(), self._engine.policy)
         self._engine.run_effects(started)
         log.info("control_reconcile", checked=len(rows), asked=len(started), uid=caller.uid)
         return {"checked": len(rows), "asked": len(started), "sales": rows}

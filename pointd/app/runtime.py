@@ -30,7 +30,7 @@ import structlog
 
 from pointd import __version__
 from pointd.app.checkout import Checkout
-from pointd.app.control_handlers import DaemonHandlers
+from pointd.app.control_handlers import DaemonHandlers, reconciliation
 from pointd.app.engine import Alert, Engine, TimerService
 from pointd.app.jobs import DaemonJobs
 from pointd.app.lane_terminals import LaneSpec, LaneTerminals
@@ -65,7 +65,7 @@ from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
 from pointd.logging import configure_logging
 from pointd.register.session import RegisterSession
-from pointd.relay.client import RelayConsumer, RelayHealth
+from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
 from pointd.terminal import (
     DEFAULT_VENDORS,
     DeviceCatalog,
@@ -192,6 +192,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.handlers: DaemonHandlers | None = None
         self._cursor: JournalCursor | None = None
+        self._relay_state: HealthState | None = None
 
     def request_stop(self) -> None:
         """Ask run() to stop cleanly (SIGTERM, SIGINT)."""
@@ -422,6 +423,16 @@ class Daemon:
 
     def _on_relay_health(self, health: RelayHealth) -> None:
         self.notifier.status(f"relay {health.state.value}")
+        back = health.state is HealthState.CONNECTED and self._relay_state is not None and (
+            self._relay_state is not HealthState.CONNECTED
+        )
+        self._relay_state = health.state
+        if back and self.engine is not None:
+            # Notifications may have been missed while the relay was away (ours are kept,
+            # but Mercado Pago's retries are slow): ask the API about every open sale now.
+            rows, effects = reconciliation(self.engine.state, self._clock(), self.engine.policy)
+            log.info("relay.back_reconciling", sales=len(rows), asked=len(effects))
+            self.engine.run_effects(effects)
         if self.handlers is not None:
             self.handlers.publish_relay()
 

@@ -1,0 +1,77 @@
+"""After the relay was away, the daemon asks Mercado Pago about every open sale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pointd.app.runtime import Daemon
+from pointd.config import DaemonConfig, config_from_mapping
+from pointd.core.effects import Effect, FetchIntent, ReconcileAttempt
+from pointd.core.events import IntentCreated, SaleRequested
+from pointd.core.machine import CoreState, step
+from pointd.core.policy import Policy
+from pointd.relay.client import HealthState, RelayHealth
+
+NOW = 1_800_000_000.0
+POLICY = Policy(currency="BRL", collector_id="1", min_amount_cents=100, max_amount_cents=10**7)
+
+
+class RecordingEngine:
+    """The engine calls the relay-gap reconciliation makes."""
+
+    def __init__(self, state: CoreState) -> None:
+        self.state = state
+        self.policy = POLICY
+        self.ran: list[Effect] = []
+
+    def run_effects(self, effects: Any) -> None:
+        self.ran.extend(effects)
+
+
+def _config(tmp_path: Path) -> DaemonConfig:
+    return config_from_mapping(
+        {"store": {"id": "s1", "site": "MLB", "collector_id": 1},
+         "journal": {"path": str(tmp_path / "j.sqlite3")},
+         "lanes": [{"number": 1, "register": "socket://127.0.0.1:9", "terminal": "PAX__1"},
+                   {"number": 2, "register": "socket://127.0.0.1:10", "terminal": "PAX__2"}]},
+        DaemonConfig,
+    )
+
+
+def _state() -> CoreState:
+    state = CoreState.empty("s1")
+    for lane, sale in ((1, "A1"), (2, "B2")):
+        state = step(state, SaleRequested(sale, lane, f"c{lane}", 1500, f"PAX__{lane}", None),
+                     now=NOW, policy=POLICY).state
+    # A1's intent exists; B2's create is still in flight.
+    return step(state, IntentCreated("A1", 1, "intent-a"), now=NOW, policy=POLICY).state
+
+
+def _health(state: HealthState) -> RelayHealth:
+    return RelayHealth(state, NOW)
+
+
+def test_relay_coming_back_reconciles_open_sales_but_not_creates_in_flight(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path), wall_clock=lambda: NOW)
+    engine = RecordingEngine(_state())
+    daemon.engine = engine  # type: ignore[assignment]  # only state, policy, run_effects are used
+
+    daemon._on_relay_health(_health(HealthState.CONNECTED))
+    assert engine.ran == []  # first contact: nothing was missed yet
+
+    daemon._on_relay_health(_health(HealthState.DOWN))
+    assert engine.ran == []
+    daemon._on_relay_health(_health(HealthState.CONNECTED))
+    assert [type(effect) for effect in engine.ran] == [FetchIntent]
+    assert engine.ran[0] == FetchIntent(sale_id="A1", intent_id="intent-a")
+    assert not any(isinstance(effect, ReconcileAttempt) for effect in engine.ran)
+
+
+def test_a_silent_relay_that_recovers_reconciles_too(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path), wall_clock=lambda: NOW)
+    engine = RecordingEngine(_state())
+    daemon.engine = engine  # type: ignore[assignment]  # only state, policy, run_effects are used
+    for state in (HealthState.CONNECTED, HealthState.SILENT, HealthState.CONNECTED):
+        daemon._on_relay_health(_health(state))
+    assert FetchIntent(sale_id="A1", intent_id="intent-a") in engine.ran
