@@ -465,11 +465,30 @@ class DaemonHandlers(Mapping[str, Handler]):
 
     async def sale(self, caller: Caller, sale_id: str) -> dict[str, Any]:
         """One sale with its journaled timeline."""
+        timeline = [
+            {
+                "seq": entry.seq,
+                "at": iso_time(entry.at),
+                "event": entry.kind,
+                "detail": _event_detail(entry.event),
+            }
+            for entry in self._journal.timeline(sale_id)
+        ]
         sale = self._engine.state.sales.get(sale_id)
         if sale is None:
-            raise MethodError(ErrorCode.NOT_FOUND, f"no sale {sale_id!r} in the journal")
+            # Settled sales leave the daemon's memory after a few days; the journal keeps them.
+            row = self._journal.sale(sale_id)
+            if row is None:
+                raise MethodError(ErrorCode.NOT_FOUND, f"no sale {sale_id!r} in the journal")
+            detail = _row_summary(row)
+            detail.update(
+                in_memory=False,
+                refunds=[refund_row(r) for r in self._engine.refund_book.of_sale(sale_id)],
+            )
+            return {"sale": detail, "timeline": timeline}
         detail = sale_summary(sale)
         detail.update(
+            in_memory=True,
             correlation_id=sale.correlation_id,
             approved_payment_id=sale.approved_payment_id,
             may_hand_over=sale.may_hand_over,
@@ -484,15 +503,6 @@ class DaemonHandlers(Mapping[str, Handler]):
             timers={kind.value: iso_time(at) for kind, at in sale.timers},
             refunds=[refund_row(r) for r in self._engine.refund_book.of_sale(sale_id)],
         )
-        timeline = [
-            {
-                "seq": entry.seq,
-                "at": iso_time(entry.at),
-                "event": entry.kind,
-                "detail": _event_detail(entry.event),
-            }
-            for entry in self._journal.timeline(sale_id)
-        ]
         return {"sale": detail, "timeline": timeline}
 
     async def holds(self, caller: Caller) -> dict[str, Any]:

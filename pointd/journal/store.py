@@ -331,6 +331,12 @@ class Journal:
 
     # --- views ---------------------------------------------------------------------------
 
+    def sale(self, sale_id: str) -> SaleRow | None:
+        """One sale from the projection (also those the core already forgot), or None."""
+        query = f"SELECT {_SALE_COLUMNS} FROM sales WHERE sale_id = ?"  # noqa: S608
+        row = self._db.execute(query, (sale_id,)).fetchone()
+        return None if row is None else SaleRow(row[0], row[1], row[2], SaleState(row[3]), *row[4:])
+
     def sales(self, *, states: Iterable[SaleState] | None = None, lane: int | None = None,
               since: float | None = None, limit: int = 100) -> list[SaleRow]:
         """Sales from the projection, newest update first, filtered as asked."""

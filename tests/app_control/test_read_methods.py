@@ -6,7 +6,10 @@ import pytest
 
 from pointd.control import views
 from pointd.control.errors import RemoteError
-from tests.app_control.conftest import Rig
+from pointd.core.events import OverrideDecision, OverrideGiven
+from pointd.core.machine import forget_settled
+from pointd.core.states import SaleState
+from tests.app_control.conftest import T0, Rig
 
 
 async def test_status_shows_daemon_lanes_relay_registers_and_the_held_sale(rig: Rig) -> None:
@@ -184,3 +187,22 @@ async def test_pointctl_views_render_the_real_results(rig: Rig) -> None:
     assert "S5" in views.render_holds(await rig.client.call("holds"))
     assert "SMARTPOS1" in views.render_terminals(await rig.client.call("terminals"))
     assert "S5" in views.render_sales(await rig.client.call("sales"))
+
+
+async def test_a_sale_the_core_forgot_is_still_answered_from_the_journal(rig: Rig) -> None:
+    await rig.held_sale("S7", 1, 2599, "777")
+    await rig.engine.submit(OverrideGiven("S7", OverrideDecision.VOID, "customer left", 0))
+    assert rig.state_of("S7") is SaleState.DECLINED
+    # The rig's clock stands still at T0, when the sale last changed, and the core forgets
+    # only sales older than its clock: apply the same pure step a day later instead.
+    rig.engine._state = forget_settled(rig.engine.state, T0 + 86_400)
+    assert "S7" not in rig.engine.state.sales
+
+    result = await rig.client.call("sale", {"sale_id": "S7"})
+
+    assert result["sale"]["state"] == "declined"
+    assert result["sale"]["in_memory"] is False
+    assert result["sale"]["amount_cents"] == 2599
+    kinds = [entry["event"] for entry in result["timeline"]]
+    assert kinds[0] == "SaleRequested"
+    assert "OverrideGiven" in kinds
