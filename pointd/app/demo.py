@@ -126,6 +126,7 @@ class DemoWorld:
         self.registers: dict[int, RegisterEmulator] = {}
         self._stack = contextlib.AsyncExitStack()
         self._relay_stack: contextlib.AsyncExitStack | None = None
+        self._relay_service: RelayService | None = None
         self._daemon_task: asyncio.Task[int] | None = None
 
     async def __aenter__(self) -> DemoWorld:
@@ -196,11 +197,14 @@ class DemoWorld:
         )
         self.relay_port = server.port
         self._relay_stack = stack
+        self._relay_service = service
 
     async def stop_relay(self) -> None:
         """Stop the relay as if its host went away."""
         if self._relay_stack is not None:
             stack, self._relay_stack = self._relay_stack, None
+            if self._relay_service is not None:
+                self._relay_service.begin_shutdown()
             await stack.aclose()
 
     def _daemon_config(self) -> DaemonConfig:

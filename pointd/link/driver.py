@@ -351,7 +351,9 @@ class LinkDriver:
         finally:
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
-        log.warning("link.lost", url=self.url, reason=reason)
+        # Closing the link on purpose (daemon stopping) is no fault worth a warning.
+        report = log.info if self._stopping.is_set() else log.warning
+        report("link.lost", url=self.url, reason=reason)
         self._events.put_nowait(LinkLost(reason))
 
     async def _pause(self, delay: float) -> None:

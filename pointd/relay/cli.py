@@ -79,14 +79,26 @@ async def serve(
         # must not wait for it (the store simply polls again after the restart).
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
     )
-    server = _AnnouncingServer(config)
+    server = _AnnouncingServer(config, service)
     await server.serve()
     if not server.started:
         raise StorageError("the relay did not start; see the log above")
 
 
 class _AnnouncingServer(uvicorn.Server):
-    """A uvicorn server that prints its bound address once it listens."""
+    """A uvicorn server that prints its bound address once it listens.
+
+    On shutdown it first answers the stores' waiting long-polls, which would otherwise hold
+    their connections until the graceful-shutdown timeout and then be cancelled.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: RelayService) -> None:
+        super().__init__(config)
+        self._service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._service.begin_shutdown()
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)

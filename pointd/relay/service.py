@@ -132,6 +132,7 @@ class RelayService:
             else None
         )
         self._wakers: dict[str, asyncio.Event] = {}
+        self._closing = False
         self._last_poll: dict[str, float] = {}
         self.committer: GroupCommitter[Incoming, WriteResult] = GroupCommitter(
             storage.write_batch,
@@ -173,6 +174,12 @@ class RelayService:
                 await cleanup
             await self.committer.stop()
             await self.storage.close()
+
+    def begin_shutdown(self) -> None:
+        """Answer every waiting long-poll now (stores poll again after the restart)."""
+        self._closing = True
+        for waker in list(self._wakers.values()):
+            waker.set()
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Open storage and start the committer, for hosts that serve ``app`` themselves."""
@@ -388,7 +395,7 @@ class RelayService:
                 waker = self._wakers.setdefault(store, asyncio.Event())
                 events = await self.storage.read(store, after, min(limit or 1, MAX_READ_LIMIT))
                 remaining = deadline - asyncio.get_running_loop().time()
-                if events or remaining <= 0:
+                if events or remaining <= 0 or self._closing:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), min(remaining, WAKE_RECHECK_INTERVAL))
