@@ -16,7 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import grp
 import hashlib
+import os
 import secrets
 import shutil
 import sys
@@ -221,7 +223,9 @@ class DemoWorld:
                 "relay": {"url": f"http://127.0.0.1:{self.relay_port}",
                           "store_token_file": str(store_token_file), "canary_interval": 5.0},
                 "journal": {"path": str(self.state_dir / "journal.sqlite3")},
-                "control": {"socket": str(self.state_dir / "control.sock")},
+                # pointctl from the demo's own user group may read; no pointd group needed.
+                "control": {"socket": str(self.state_dir / "control.sock"),
+                            "read_group": grp.getgrgid(os.getgid()).gr_name},
                 # Short timers so that the demo's fallbacks show within seconds.
                 "timers": {"poll_fallback_after": 2.0, "verify_initial_backoff": 1.0,
                            "verify_max_backoff": 2.0, "confirmation_escalate_after": 30.0},
