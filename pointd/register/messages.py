@@ -19,7 +19,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pointd.link.frame import ETX, STX, DataFrame, FrameError, parse_frame
 
@@ -245,59 +245,46 @@ class Sale:
 
 
 @dataclass(frozen=True)
-class Cancel:
+class _SaleRequest:
+    """A register request that names one sale by its correlation id and nothing else."""
+
+    TYPE: ClassVar[MessageType]
+    correlation_id: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.correlation_id)
+
+    def to_payload(self) -> bytes:
+        """Encode as a payload."""
+        return encode_fields(self.TYPE, {"id": self.correlation_id})
+
+
+@dataclass(frozen=True)
+class Cancel(_SaleRequest):
     """Register → daemon: cancel the sale if it can still be canceled."""
 
-    correlation_id: str
-
-    def __post_init__(self) -> None:
-        _check_id(self.correlation_id)
-
-    def to_payload(self) -> bytes:
-        """Encode as a payload."""
-        return encode_fields(MessageType.CANCEL, {"id": self.correlation_id})
+    TYPE: ClassVar[MessageType] = MessageType.CANCEL
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(_SaleRequest):
     """Register → daemon: what happened to this sale?"""
 
-    correlation_id: str
-
-    def __post_init__(self) -> None:
-        _check_id(self.correlation_id)
-
-    def to_payload(self) -> bytes:
-        """Encode as a payload."""
-        return encode_fields(MessageType.STATUS, {"id": self.correlation_id})
+    TYPE: ClassVar[MessageType] = MessageType.STATUS
 
 
 @dataclass(frozen=True)
-class HandoverCheck:
+class HandoverCheck(_SaleRequest):
     """Register → daemon: may the goods of this sale leave the store now?"""
 
-    correlation_id: str
-
-    def __post_init__(self) -> None:
-        _check_id(self.correlation_id)
-
-    def to_payload(self) -> bytes:
-        """Encode as a payload."""
-        return encode_fields(MessageType.HANDOVER_CHECK, {"id": self.correlation_id})
+    TYPE: ClassVar[MessageType] = MessageType.HANDOVER_CHECK
 
 
 @dataclass(frozen=True)
-class HandoverDone:
+class HandoverDone(_SaleRequest):
     """Register → daemon: the goods of this sale have left."""
 
-    correlation_id: str
-
-    def __post_init__(self) -> None:
-        _check_id(self.correlation_id)
-
-    def to_payload(self) -> bytes:
-        """Encode as a payload."""
-        return encode_fields(MessageType.HANDOVER_DONE, {"id": self.correlation_id})
+    TYPE: ClassVar[MessageType] = MessageType.HANDOVER_DONE
 
 
 @dataclass(frozen=True)
