@@ -23,14 +23,15 @@ import structlog
 
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
+    EVENT_COLUMNS,
     MAX_READ_LIMIT,
     Incoming,
     Stats,
     StoredEvent,
     StoreStream,
     WriteResult,
-    decode_mapping,
     encode_mapping,
+    event_from_row,
 )
 
 log = structlog.get_logger(__name__)
@@ -83,29 +84,6 @@ CREATE TABLE IF NOT EXISTS routes (
     learned_at DOUBLE PRECISION NOT NULL
 );
 """
-
-_EVENT_COLUMNS = (
-    "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.query, e.headers, "
-    "e.body"
-)
-
-
-def _row_to_event(row: Sequence[Any], position: int | None, store: str | None) -> StoredEvent:
-    return StoredEvent(
-        event_id=int(row[0]),
-        position=position,
-        store=store,
-        received_at=float(row[1]),
-        kind=str(row[2]),
-        topic=row[3],
-        parse=str(row[4]),
-        signed=bool(row[5]),
-        id_source=row[6],
-        query=decode_mapping(row[7]),
-        headers=decode_mapping(row[8]),
-        body=bytes(row[9]),
-    )
-
 
 class PostgresStorage:
     """Storage in a PostgreSQL database shared by every relay replica."""
@@ -196,12 +174,12 @@ class PostgresStorage:
         """Events of one store's stream after a position."""
         limit = max(1, min(limit, MAX_READ_LIMIT))
         rows = await self._fetch(
-            f"SELECT d.position, {_EVENT_COLUMNS} FROM deliveries d "  # noqa: S608
+            f"SELECT d.position, {EVENT_COLUMNS} FROM deliveries d "  # noqa: S608
             "JOIN events e ON e.id = d.event_id "
             "WHERE d.store = %s AND d.position > %s ORDER BY d.position LIMIT %s",
             (store, after, limit),
         )
-        return [_row_to_event(row[1:], int(row[0]), store) for row in rows]
+        return [event_from_row(row[1:], int(row[0]), store) for row in rows]
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._read_lock:
@@ -265,11 +243,11 @@ class PostgresStorage:
             "quarantined": "e.parse IN ('lenient', 'unparseable')",
         }[which]
         rows = await self._fetch(
-            f"SELECT e.store, {_EVENT_COLUMNS} FROM events e "  # noqa: S608
+            f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
             f"WHERE {condition} ORDER BY e.id DESC LIMIT %s",
             (max(1, min(limit, MAX_READ_LIMIT)),),
         )
-        return [_row_to_event(row[1:], None, row[0]) for row in rows]
+        return [event_from_row(row[1:], None, row[0]) for row in rows]
 
     async def stats(self) -> Stats:
         """Counts and per-store stream state."""

@@ -21,14 +21,15 @@ import structlog
 
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
+    EVENT_COLUMNS,
     MAX_READ_LIMIT,
     Incoming,
     Stats,
     StoredEvent,
     StoreStream,
     WriteResult,
-    decode_mapping,
     encode_mapping,
+    event_from_row,
 )
 
 # Readers wait this long for the writer's lock before failing (WAL readers rarely wait).
@@ -88,29 +89,6 @@ CREATE TABLE IF NOT EXISTS routes (
     learned_at REAL NOT NULL
 );
 """
-
-_EVENT_COLUMNS = (
-    "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.query, e.headers, "
-    "e.body"
-)
-
-
-def _row_to_event(row: Sequence[Any], position: int | None, store: str | None) -> StoredEvent:
-    return StoredEvent(
-        event_id=int(row[0]),
-        position=position,
-        store=store,
-        received_at=float(row[1]),
-        kind=str(row[2]),
-        topic=row[3],
-        parse=str(row[4]),
-        signed=bool(row[5]),
-        id_source=row[6],
-        query=decode_mapping(row[7]),
-        headers=decode_mapping(row[8]),
-        body=bytes(row[9]),
-    )
-
 
 class SqliteStorage:
     """Storage in one SQLite file; safe against power loss once a commit returned."""
@@ -240,12 +218,12 @@ class SqliteStorage:
 
         def work(connection: sqlite3.Connection) -> list[StoredEvent]:
             rows = connection.execute(
-                f"SELECT d.position, {_EVENT_COLUMNS} FROM deliveries d "  # noqa: S608
+                f"SELECT d.position, {EVENT_COLUMNS} FROM deliveries d "  # noqa: S608
                 "JOIN events e ON e.id = d.event_id "
                 "WHERE d.store = ? AND d.position > ? ORDER BY d.position LIMIT ?",
                 (store, after, limit),
             ).fetchall()
-            return [_row_to_event(row[1:], int(row[0]), store) for row in rows]
+            return [event_from_row(row[1:], int(row[0]), store) for row in rows]
 
         return await self._read(work)
 
@@ -321,11 +299,11 @@ class SqliteStorage:
 
         def work(connection: sqlite3.Connection) -> list[StoredEvent]:
             rows = connection.execute(
-                f"SELECT e.store, {_EVENT_COLUMNS} FROM events e "  # noqa: S608
+                f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
                 f"WHERE {condition} ORDER BY e.id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [_row_to_event(row[1:], None, row[0]) for row in rows]
+            return [event_from_row(row[1:], None, row[0]) for row in rows]
 
         return await self._read(work)
 

@@ -155,3 +155,28 @@ def decode_mapping(text: str) -> dict[str, str]:
     """The inverse of encode_mapping."""
     value = json.loads(text)
     return {str(k): str(v) for k, v in value.items()}
+
+
+# The columns event_from_row reads, in its order, from the events table aliased ``e``.
+EVENT_COLUMNS = (
+    "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.query, e.headers, "
+    "e.body"
+)
+
+
+def event_from_row(row: Sequence[Any], position: int | None, store: str | None) -> StoredEvent:
+    """A stored event from a row of EVENT_COLUMNS (both backends share the table layout)."""
+    return StoredEvent(
+        event_id=int(row[0]),
+        position=position,
+        store=store,
+        received_at=float(row[1]),
+        kind=str(row[2]),
+        topic=row[3],
+        parse=str(row[4]),
+        signed=bool(row[5]),
+        id_source=row[6],
+        query=decode_mapping(row[7]),
+        headers=decode_mapping(row[8]),
+        body=bytes(row[9]),
+    )
