@@ -400,9 +400,10 @@ class Result:
 
 
 @dataclass(frozen=True)
-class Hold:
-    """Daemon → register: do NOT hand over the goods of this sale until RELEASE."""
+class _SaleNotice:
+    """A daemon message about one sale that carries only a reason."""
 
+    TYPE: ClassVar[MessageType]
     correlation_id: str
     reason: str
 
@@ -412,24 +413,21 @@ class Hold:
 
     def to_payload(self) -> bytes:
         """Encode as a payload."""
-        return encode_fields(MessageType.HOLD, {"id": self.correlation_id, "reason": self.reason})
+        return encode_fields(self.TYPE, {"id": self.correlation_id, "reason": self.reason})
 
 
 @dataclass(frozen=True)
-class Release:
+class Hold(_SaleNotice):
+    """Daemon → register: do NOT hand over the goods of this sale until RELEASE."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HOLD
+
+
+@dataclass(frozen=True)
+class Release(_SaleNotice):
     """Daemon → register: the hold on this sale is lifted; a RESULT follows."""
 
-    correlation_id: str
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_id(self.correlation_id)
-        _check_text(self.reason, "reason")
-
-    def to_payload(self) -> bytes:
-        """Encode as a payload."""
-        fields = {"id": self.correlation_id, "reason": self.reason}
-        return encode_fields(MessageType.RELEASE, fields)
+    TYPE: ClassVar[MessageType] = MessageType.RELEASE
 
 
 UNKNOWN_STATE = "unknown"
