@@ -10,6 +10,7 @@ from bench.chaos_invariants import (
     RULES,
     Evidence,
     JournalSale,
+    OverrideAudit,
     RegisterView,
     RelayEventView,
     check,
@@ -19,6 +20,7 @@ from pointd.core.states import SaleState
 
 STORE = "chaos"
 TERMINAL = "PAX_A910__CHAOS0001"
+ELSEWHERE = "PAX_A910__NOTOURS01"
 
 
 def reference(sale_id: str, attempt: int = 1) -> str:
@@ -26,12 +28,14 @@ def reference(sale_id: str, attempt: int = 1) -> str:
 
 
 def clean_evidence() -> Evidence:
-    """One approved sale handed over, one declined, one held; every notification delivered."""
+    """One approved sale handed over, one declined, one held, one released by a supervisor
+    after checking the payment, one refused; every notification delivered."""
     record: dict[str, Any] = {
         "intents": [
             {"id": "i-1", "external_reference": reference("SALEA")},
             {"id": "i-2", "external_reference": reference("SALEB")},
             {"id": "i-3", "external_reference": reference("SALEC")},
+            {"id": "i-4", "external_reference": reference("SALED")},
             {"id": "i-x", "external_reference": "another-pos-42"},
         ],
         "payments": [
@@ -41,6 +45,10 @@ def clean_evidence() -> Evidence:
              "external_reference": reference("SALEB")},
             {"id": 503, "amount": 2002, "status": "in_process", "device_id": TERMINAL,
              "external_reference": reference("SALEC")},
+            {"id": 504, "amount": 2004, "status": "approved", "device_id": TERMINAL,
+             "external_reference": reference("SALED")},
+            {"id": 505, "amount": 990, "status": "approved", "device_id": ELSEWHERE,
+             "external_reference": "a QR payment at another shop"},
         ],
         "webhooks": [
             {"data_id": "i-1", "state": "FINISHED", "status_code": None, "attempt": 1},
@@ -54,6 +62,7 @@ def clean_evidence() -> Evidence:
         JournalSale("SALEA", 1, "L1S0", SaleState.HANDED_OVER, 2000, "501", TERMINAL),
         JournalSale("SALEB", 1, "L1S1", SaleState.DECLINED, 2001, "502", TERMINAL),
         JournalSale("SALEC", 1, "L1S2", SaleState.ESCALATED, 2002, "503", TERMINAL),
+        JournalSale("SALED", 1, "L1S4", SaleState.OVERRIDDEN, 2004, "504", TERMINAL),
     ]
     relay = [
         RelayEventView(11, "intent", "i-1", "FINISHED"),
@@ -65,8 +74,12 @@ def clean_evidence() -> Evidence:
         RegisterView("L1S1", 1, 2001, "declined"),
         RegisterView("L1S2", 1, 2002, None),
         RegisterView("L1S3", 1, 2003, "refused"),
+        RegisterView("L1S4", 1, 2004, "approved", True),
     ]
-    return Evidence(STORE, record, sales, relay, frozenset({11, 13}), register)
+    overrides = [OverrideAudit("SALED", "release", "requested"),
+                 OverrideAudit("SALED", "release", "done")]
+    return Evidence(STORE, record, sales, relay, frozenset({11, 13}), register,
+                    frozenset({TERMINAL}), overrides)
 
 
 def rules_broken(evidence: Evidence) -> set[str]:
@@ -88,12 +101,128 @@ def with_sale(evidence: Evidence, sale_id: str, **fields: Any) -> Evidence:
 def test_clean_evidence_passes_and_counts_what_it_checked() -> None:
     checked = check(clean_evidence())
     assert checked.violations == []
-    assert checked.released_sales == 1
-    assert checked.approved_payments == 1
-    assert checked.answered_webhooks == 2
-    assert checked.relay_events == 2  # the canary is not a notification
-    assert checked.register_sales == 4
+    assert checked.passed
+    assert checked.cases["handover_unverified"] == 1
+    assert checked.cases["paid_not_honoured"] == 3  # every approved payment, ours or not
+    assert checked.cases["charge_unattributed"] == 2  # the approved ones on our terminal
+    assert checked.cases["notification_lost_at_relay"] == 2
+    assert checked.cases["notification_not_journaled"] == 2  # the canary is no notification
+    assert checked.cases["register_disagrees"] == 5
+    assert checked.cases["override_unproven"] == 4
     assert count_by_rule(checked.violations) == dict.fromkeys(RULES, 0)
+
+
+def test_a_rule_that_looked_at_nothing_fails_the_run() -> None:
+    evidence = replace(clean_evidence(), register=[])
+    checked = check(evidence)
+    assert checked.violations == []
+    assert not checked.passed
+    assert set(checked.unexercised) == {"charged_other_amount", "refused_but_created",
+                                        "result_withheld", "register_disagrees"}
+
+
+def test_a_missing_record_section_is_caught_not_read_as_empty() -> None:
+    for section in ("intents", "payments", "webhooks"):
+        def drop(record: dict[str, Any], section: str = section) -> None:
+            del record[section]
+
+        assert "evidence_incomplete" in rules_broken(with_record(clean_evidence(), drop))
+
+
+def test_a_record_entry_missing_a_field_is_caught_not_defaulted() -> None:
+    def strip(record: dict[str, Any]) -> None:
+        del record["payments"][0]["status"]
+
+    assert "evidence_incomplete" in rules_broken(with_record(clean_evidence(), strip))
+
+
+def test_a_run_that_names_no_terminal_of_its_own_is_incomplete() -> None:
+    evidence = replace(clean_evidence(), terminals=frozenset())
+    assert rules_broken(evidence) == {"evidence_incomplete"}
+
+
+def test_journaling_and_charging_more_than_the_register_asked_is_caught() -> None:
+    def overcharge(record: dict[str, Any]) -> None:
+        record["payments"][0]["amount"] = 2500
+
+    evidence = with_sale(with_record(clean_evidence(), overcharge), "SALEA", amount_cents=2500)
+    assert rules_broken(evidence) == {"charged_other_amount"}
+
+
+def test_a_charge_for_another_amount_than_asked_is_caught_even_when_declined() -> None:
+    def overcharge(record: dict[str, Any]) -> None:
+        record["payments"][1]["amount"] = 2600
+
+    assert rules_broken(with_record(clean_evidence(), overcharge)) == {"charged_other_amount"}
+
+
+def test_a_second_charge_with_a_malformed_reference_on_our_terminal_is_caught() -> None:
+    def stray(record: dict[str, Any]) -> None:
+        record["payments"].append({"id": 598, "amount": 2000, "status": "approved",
+                                   "device_id": TERMINAL, "external_reference": "pd1_chaos_1_"})
+
+    assert rules_broken(with_record(clean_evidence(), stray)) == {"charge_unattributed"}
+
+
+def test_a_charge_on_our_terminal_naming_another_store_or_an_unknown_sale_is_caught() -> None:
+    for ref in ("pd1_other_1_SALEA_1", reference("NOSUCH"), None):
+        def stray(record: dict[str, Any], ref: str | None = ref) -> None:
+            record["payments"].append({"id": 597, "amount": 2000, "status": "approved",
+                                       "device_id": TERMINAL, "external_reference": ref})
+
+        assert "charge_unattributed" in rules_broken(with_record(clean_evidence(), stray)), ref
+
+
+def test_charges_on_terminals_that_are_not_ours_are_not_ours_to_explain() -> None:
+    evidence = clean_evidence()
+    assert any(p["device_id"] == ELSEWHERE for p in evidence.sim_record["payments"])
+    assert rules_broken(evidence) == set()
+
+
+def test_an_override_missing_from_the_audit_trail_is_caught() -> None:
+    evidence = replace(clean_evidence(), overrides=[])
+    assert rules_broken(evidence) == {"override_unproven"}
+
+
+def test_an_override_that_only_was_requested_or_failed_is_caught() -> None:
+    for outcome in ("requested", "failed", "refused: not_overridable"):
+        evidence = replace(clean_evidence(), overrides=[OverrideAudit("SALED", "release",
+                                                                      outcome)])
+        assert rules_broken(evidence) == {"override_unproven"}, outcome
+
+
+def test_an_override_released_without_a_payment_at_the_cloud_is_caught() -> None:
+    def unpaid(record: dict[str, Any]) -> None:
+        record["payments"][3]["status"] = "rejected"
+
+    broken = rules_broken(with_record(clean_evidence(), unpaid))
+    assert broken == {"override_unproven"}
+
+
+def test_an_audited_void_cannot_stand_behind_a_release() -> None:
+    evidence = replace(clean_evidence(), overrides=[OverrideAudit("SALED", "void", "done")])
+    assert rules_broken(evidence) == {"override_unproven"}
+
+
+def test_a_sale_told_refused_that_reached_the_cloud_is_caught() -> None:
+    evidence = clean_evidence()
+    refused = JournalSale("SALEE", 1, "L1S3", SaleState.FAILED, 2003, None, TERMINAL,
+                          refusal="terminal_busy")
+
+    def created(record: dict[str, Any]) -> None:
+        record["intents"].append({"id": "i-5", "device_id": TERMINAL,
+                                  "external_reference": reference("SALEE")})
+
+    doctored = with_record(replace(evidence, journal_sales=[*evidence.journal_sales, refused]),
+                           created)
+    assert rules_broken(doctored) == {"refused_but_created"}
+
+
+def test_a_result_the_register_only_learned_by_asking_status_is_caught() -> None:
+    evidence = clean_evidence()
+    views = [replace(v, result_withheld=True) if v.correlation_id == "L1S1" else v
+             for v in evidence.register]
+    assert rules_broken(replace(evidence, register=views)) == {"result_withheld"}
 
 
 def test_handover_on_a_rejected_payment_is_caught() -> None:
@@ -110,7 +239,7 @@ def test_handover_on_a_refunded_payment_is_caught() -> None:
 
 def test_handover_with_a_wrong_amount_is_caught() -> None:
     evidence = with_sale(clean_evidence(), "SALEA", amount_cents=2500)
-    assert rules_broken(evidence) == {"handover_unverified"}
+    assert rules_broken(evidence) == {"handover_unverified", "charged_other_amount"}
 
 
 def test_handover_on_another_sales_payment_is_caught() -> None:
