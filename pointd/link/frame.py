@@ -20,6 +20,7 @@ arrived and deserves a NAK; ``noise`` (bytes outside any frame) and ``oversize``
 
 from __future__ import annotations
 
+import binascii
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,13 +51,9 @@ class FrameError(ValueError):
 
 def crc16_ccitt_false(data: bytes) -> int:
     """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
+    # binascii's CRC-CCITT (XMODEM's table-driven C loop) with the FALSE variant's initial
+    # value is the same function, hundreds of times faster than a bit loop in Python.
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def stuff(body: bytes) -> bytes:

@@ -57,6 +57,21 @@ def test_crc_is_ccitt_false_with_its_check_value() -> None:
     assert crc16_ccitt_false(b"") == 0xFFFF
 
 
+def _crc_bit_by_bit(data: bytes) -> int:
+    """The protocol page's reference loop, transcribed: the oracle for the fast CRC."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+@given(st.binary(max_size=600))
+def test_crc_matches_the_protocol_pages_reference_loop(data: bytes) -> None:
+    assert crc16_ccitt_false(data) == _crc_bit_by_bit(data)
+
+
 @pytest.mark.parametrize(("frame", "wire_hex"), GOLDEN)
 def test_golden_bytes(frame: Frame, wire_hex: str) -> None:
     wire = bytes.fromhex(wire_hex)
