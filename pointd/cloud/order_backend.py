@@ -30,7 +30,7 @@ from datetime import date
 import structlog
 
 from pointd.cloud.client import PointApiClient, idempotency_header
-from pointd.cloud.errors import InvalidRequest, NotFound
+from pointd.cloud.errors import AlreadyCanceled, InvalidRequest, NotFound
 from pointd.cloud.models import IntentState, Payment
 from pointd.cloud.orders import Order, OrderRefund, OrdersApiClient
 from pointd.cloud.port import (
@@ -160,9 +160,13 @@ class OrdersBackend:
     async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
         """Cancel while ``created``; also while ``at_terminal`` if so configured (async)."""
         key = f"{CANCEL_KEY_PREFIX}{intent_id}"[:64]
-        accepted, _order = await self._orders.cancel_order(
-            intent_id, key, at_terminal=self._cancel_at_terminal
-        )
+        try:
+            accepted, _order = await self._orders.cancel_order(
+                intent_id, key, at_terminal=self._cancel_at_terminal
+            )
+        except AlreadyCanceled:
+            # What was asked is true: the caller's next read shows the canceled order.
+            return
         if accepted:
             log.info("cloud.order_cancel_accepted", terminal_id=terminal_id)
 

@@ -80,6 +80,8 @@ class Scenario:
     get_429: int = 0
     get_5xx: int = 0
     retry_after: float = 1.0
+    # Cents of tip the customer adds on the terminal: the payment is charged amount + tip.
+    tip_cents: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ def parse_rule(data: object) -> ScenarioRule:
             values["create_failure"] = CreateFailure(data["create_failure"])
     except ValueError as exc:
         raise ScenarioError(str(exc)) from exc
-    for name in ("stale_gets", "get_429", "get_5xx"):
+    for name in ("stale_gets", "get_429", "get_5xx", "tip_cents"):
         if name in data:
             values[name] = _non_negative_int(data[name], name)
     for name in ("webhook_delay", "retry_after"):
