@@ -99,7 +99,9 @@ def build_app(sim: CloudSimulator) -> Starlette:
                     return _error(
                         SimApiError(401, "unauthorized", "user not found", shape=ErrorShape.FLAT)
                     )
-                return _error(SimApiError(401, "not_found", "invalid_token"))
+                # The Integrator API's own example: no "cause" on this one.
+                body = {"message": "invalid_token", "error": "not_found", "status": 401}
+                return JSONResponse(body, status_code=401)
             try:
                 if read:
                     world.check_global_get_faults()

@@ -417,8 +417,9 @@ class OrderDesk:
         """(order status_detail, payment transaction status_detail) for ``status``."""
         payment = self.world.payments.get(intent.payment_id) if intent.payment_id else None
         if status == "processed":
-            partly = payment is not None and self.world.refunded_cents(payment) > 0
-            return ("partially_refunded" if partly else "processed"), "accredited"
+            if payment is not None and self.world.refunded_cents(payment) > 0:
+                return "partially_refunded", "partially_refunded"
+            return "processed", "accredited"
         if status == "canceled":
             return "canceled", "canceled_by_api" if intent.cancel_requested else (
                 "canceled_on_terminal"
