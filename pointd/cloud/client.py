@@ -456,22 +456,26 @@ class PointApiClient:
 
     async def search_payments(
         self,
-        external_reference: str,
+        external_reference: str | None = None,
         *,
         begin_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> list[Payment]:
-        """Every payment carrying ``external_reference`` (all pages), newest first."""
-        if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
-            external_reference
-        ):
-            raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+        """Payments carrying ``external_reference``, or created between two moments; newest first.
+
+        Give the reference, the two moments, or both (all pages are read).
+        """
         params: dict[str, str | int] = {
-            "external_reference": external_reference,
             "sort": "date_created",
             "criteria": "desc",
             "limit": SEARCH_PAGE_LIMIT,
         }
+        if external_reference is not None:
+            if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
+                external_reference
+            ):
+                raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+            params["external_reference"] = external_reference
         if begin_date is not None or end_date is not None:
             if begin_date is None or end_date is None:
                 raise InvalidRequest("give both begin_date and end_date, or neither")
@@ -480,6 +484,8 @@ class PointApiClient:
                 "begin_date": begin_date.isoformat(),
                 "end_date": end_date.isoformat(),
             }
+        elif external_reference is None:
+            raise InvalidRequest("give an external_reference or a date range")
         found: list[Payment] = []
         for _ in range(MAX_PAGES):
             params["offset"] = len(found)

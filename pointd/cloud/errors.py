@@ -7,6 +7,8 @@ something at Mercado Pago. The tree answers that first::
     ├── InvalidRequest        refused locally (site rules, bad argument): nothing was sent
     ├── NotSent               connect failure, DNS, pool timeout: nothing reached Mercado Pago,
     │                         a retry is safe
+    ├── NotProven             reconciliation: the sources that answered neither found an
+    │                         attempt nor prove it absent; ask again later
     ├── OutcomeUnknown        the request may have arrived: read/write timeout, reset, a 5xx
     │   │                     answer to a create/cancel/refund; reconcile before retrying
     │   └── MalformedResponse a 2xx whose body we cannot read
@@ -60,6 +62,10 @@ class InvalidRequest(CloudError, ValueError):
 
 class NotSent(CloudError):
     """The request never reached Mercado Pago; repeating it is safe."""
+
+
+class NotProven(CloudError):
+    """The reconciliation sources that answered do not prove an attempt absent (yet)."""
 
 
 class OutcomeUnknown(CloudError):
