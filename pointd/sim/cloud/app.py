@@ -207,6 +207,9 @@ def build_app(sim: CloudSimulator) -> Starlette:
         sim.sync()
         return JSONResponse(order, status_code=status)
 
+    async def online_only(request: Request) -> Response:
+        return JSONResponse(orders.online_only(request.path_params.get("order_id")))
+
     async def create_payment_refund(request: Request) -> Response:
         body = await _json_body(request)
         status, refund = world.create_payment_refund(
@@ -351,6 +354,16 @@ def build_app(sim: CloudSimulator) -> Starlette:
         Route("/v1/orders/{order_id}", orders_api(get_order, read=True), methods=["GET"]),
         Route("/v1/orders/{order_id}/cancel", orders_api(cancel_order), methods=["POST"]),
         Route("/v1/orders/{order_id}/refund", orders_api(refund_order), methods=["POST"]),
+        Route("/v1/orders", orders_api(online_only, read=True), methods=["GET"]),
+        *(
+            Route(f"/v1/orders/{{order_id}}/{action}", orders_api(online_only), methods=["POST"])
+            for action in ("process", "capture", "transactions")
+        ),
+        Route(
+            "/v1/orders/{order_id}/transactions/{transaction_id}",
+            orders_api(online_only),
+            methods=["PUT", "DELETE"],
+        ),
         Route(
             "/v1/payments/{payment_id}/refunds",
             api(create_payment_refund),

@@ -398,6 +398,16 @@ class OrderDesk:
         self._notify(intent, intent.state, now, refund=True)
         return 201, self.order_json(intent)
 
+    def online_only(self, order_id: str | None) -> dict[str, Any]:
+        """Search, process, capture and transaction edits: Orders calls for online orders.
+
+        The Point reference documents none of them, so the simulator refuses them for
+        point orders with a documented code (its choice; docs/simulator.md).
+        """
+        if order_id is not None:
+            self._order(order_id)
+        raise orders_error(400, "property_value", "not available for orders of type point")
+
     # -- rendering -----------------------------------------------------------------------
 
     def status(self, intent: SimIntent, *, stale: bool = False) -> str:
