@@ -3,6 +3,9 @@
 Real endpoints answer in Mercado Pago's shapes and need the bearer token. The ``/_sim/``
 endpoints (clock, scenarios, faults, restarts, fraud alerts, the record) need no token,
 are documented in docs/simulator.md, and never share a shape with the real ones.
+
+The app knows the running simulator only through ``Simulation``, so that this module
+never imports ``pointd.sim.cloud.server``, which imports it to serve the app.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,11 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from pointd.sim.cloud.config import SimConfig
+from pointd.sim.cloud.orders import OrderDesk
 from pointd.sim.cloud.scenarios import CreateFailure, ScenarioError, parse_rule
-from pointd.sim.cloud.world import ErrorShape, SimApiError
-
-if TYPE_CHECKING:
-    from pointd.sim.cloud.server import CloudSimulator
+from pointd.sim.cloud.world import Delivery, ErrorShape, SimApiError, SimWorld
 
 API = "/point/integration-api"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -83,7 +85,40 @@ async def _json_body(request: Request) -> Any:
         raise SimApiError(400, "bad_request", "the body is not valid JSON") from None
 
 
-def build_app(sim: CloudSimulator) -> Starlette:
+class Clock(Protocol):
+    """The simulator's time."""
+
+    def now(self) -> float:
+        """Simulated seconds since start."""
+        ...
+
+
+class Simulation(Protocol):
+    """What the HTTP surface needs from the running simulator."""
+
+    config: SimConfig
+    world: SimWorld
+    orders: OrderDesk
+
+    @property
+    def clock(self) -> Clock:
+        """The simulator's clock."""
+        ...
+
+    def sync(self) -> None:
+        """Bring the world up to the clock."""
+        ...
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock forward and await the deliveries that fell due."""
+        ...
+
+    async def send_webhook(self, delivery: Delivery) -> int | None:
+        """POST one delivery now; the receiver's status."""
+        ...
+
+
+def build_app(sim: Simulation) -> Starlette:
     """The ASGI app serving ``sim``."""
     world = sim.world
     orders = sim.orders
