@@ -39,6 +39,7 @@ from pointd.cloud.port import (
     RefundState,
     RefundView,
     TerminalView,
+    payments_naming,
     refund_amount,
 )
 
@@ -180,9 +181,9 @@ class OrdersBackend:
 
     async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
         """Payments by reference; never proof of absence (resend the create instead)."""
-        payments = await self._client.search_payments(query.external_reference)
+        payments = await payments_naming(self._client, query.external_reference)
         if payments:
-            return AttemptFound(None, tuple(payments), ("payments_by_reference",))
+            return AttemptFound(None, payments, ("payments_by_reference",))
         raise NotProven("the Orders API lists no orders: resend the create with its key")
 
     async def refund_payment(

@@ -310,9 +310,9 @@ class PaymentIntentBackend:
 
     async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
         """Payments by reference, then the intent events list or the time window (see above)."""
-        by_reference = await self._client.search_payments(query.external_reference)
+        by_reference = await payments_naming(self._client, query.external_reference)
         if by_reference:
-            return AttemptFound(None, tuple(by_reference), ("payments_by_reference",))
+            return AttemptFound(None, by_reference, ("payments_by_reference",))
         try:
             intent = await self._intent_from_events(query)
         except NotSent:
@@ -408,6 +408,16 @@ class PaymentIntentBackend:
             payment_id=payment_id,
             via="terminal",
         )
+
+
+async def payments_naming(client: PointApiClient, reference: str) -> tuple[Payment, ...]:
+    """Payments the search returns for ``reference`` that do carry it.
+
+    The search's filter names are not in Mercado Pago's reference (docs/cloud-client.md):
+    should one be ignored, the answer would hold other payments, which prove nothing.
+    """
+    found = await client.search_payments(reference)
+    return tuple(p for p in found if p.external_reference == reference)
 
 
 def _day(moment: float) -> date:

@@ -115,3 +115,21 @@ async def test_without_events_an_unnamed_payment_of_the_amount_proves_nothing(
     # A smaller payment cannot be this attempt's, even with a tip.
     found = await port.find_attempt(query(since, wall(sim), amount=1600))
     assert found.proofs == ("payments_by_reference", "payments_in_window")
+
+
+async def test_a_search_that_ignores_the_reference_filter_proves_nothing_by_itself() -> None:
+    # Were Mercado Pago to ignore external_reference, the search would list other sales.
+    other = {"id": 77, "status": "approved", "transaction_amount": 15.0,
+             "external_reference": "pd1_shop-1_2_OTHER_1"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/payments/search":
+            return httpx.Response(200, json={"results": [other], "paging": {"total": 1}})
+        return httpx.Response(200, json={"events": []})
+
+    async with PointApiClient(
+        "https://api.example.test", "TEST-token", transport=httpx.MockTransport(answer)
+    ) as client:
+        found = await PaymentIntentBackend(client).find_attempt(query(0.0, 1.0))
+    assert (found.intent, found.payments) == (None, ())
+    assert found.proofs == ("payments_by_reference", "intent_events")
