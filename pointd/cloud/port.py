@@ -309,10 +309,8 @@ class PaymentIntentBackend:
         return await self._client.search_payments(external_reference)
 
     async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
-        """Payments by reference, then the intent events list or the time window (see above)."""
-        by_reference = await payments_naming(self._client, query.external_reference)
-        if by_reference:
-            return AttemptFound(None, by_reference, ("payments_by_reference",))
+        """The intent from the events list; payments by reference; then the proofs above."""
+        events_answered = False
         try:
             intent = await self._intent_from_events(query)
         except NotSent:
@@ -323,6 +321,11 @@ class PaymentIntentBackend:
         else:
             if intent is not None:
                 return AttemptFound(intent, (), ("intent_events",))
+            events_answered = True
+        by_reference = await payments_naming(self._client, query.external_reference)
+        if by_reference:
+            return AttemptFound(None, by_reference, ("payments_by_reference",))
+        if events_answered:
             return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
         return await self._prove_by_window(query)
 
