@@ -17,6 +17,7 @@ from pointd.cloud.client import PointApiClient
 from pointd.cloud.port import (
     CLOCK_MARGIN,
     INTENT_LIFETIME,
+    AttemptFound,
     AttemptQuery,
     PaymentIntentBackend,
 )
@@ -38,8 +39,22 @@ def wall(sim: CloudSimulator) -> float:
     return sim.world.wall(sim.clock.now()).timestamp()
 
 
+@pytest.fixture
+async def without_events(
+    sim: CloudSimulator, client: PointApiClient
+) -> tuple[PaymentIntentBackend, float]:
+    """The port, and the moment the attempt starts, with the events endpoints gone."""
+    await events_unavailable(sim)
+    return PaymentIntentBackend(client), wall(sim)
+
+
 def query(since: float, now: float, amount: int = 1500) -> AttemptQuery:
     return AttemptQuery(DEVICE, REF, amount, since=since, now=now)
+
+
+def assert_absent(found: AttemptFound, second_proof: str) -> None:
+    assert (found.intent, found.payments) == (None, ())
+    assert found.proofs == ("payments_by_reference", second_proof)
 
 
 async def test_the_events_list_finds_an_intent_whose_create_answer_was_lost(
@@ -58,17 +73,15 @@ async def test_with_events_answering_an_absent_attempt_is_proven_at_once(
     sim: CloudSimulator, client: PointApiClient
 ) -> None:
     now = wall(sim)
-    found = await PaymentIntentBackend(client).find_attempt(query(now, now))
-    assert (found.intent, found.payments) == (None, ())
-    assert found.proofs == ("payments_by_reference", "intent_events")
+    assert_absent(await PaymentIntentBackend(client).find_attempt(query(now, now)), "intent_events")
 
 
 async def test_without_events_a_live_intent_is_never_taken_for_absence(
-    sim: CloudSimulator, client: PointApiClient
+    sim: CloudSimulator,
+    client: PointApiClient,
+    without_events: tuple[PaymentIntentBackend, float],
 ) -> None:
-    await events_unavailable(sim)
-    port = PaymentIntentBackend(client)
-    since = wall(sim)
+    port, since = without_events
     await client.create_payment_intent(DEVICE, 1500, REF, ticket_number="T")
     with pytest.raises(errors.NotProven):
         await port.find_attempt(query(since, wall(sim)))
@@ -81,25 +94,23 @@ async def test_without_events_a_live_intent_is_never_taken_for_absence(
 
 
 async def test_without_events_absence_is_proven_by_the_time_window(
-    sim: CloudSimulator, client: PointApiClient
+    sim: CloudSimulator,
+    client: PointApiClient,
+    without_events: tuple[PaymentIntentBackend, float],
 ) -> None:
-    await events_unavailable(sim)
-    port = PaymentIntentBackend(client)
-    since = wall(sim)
+    port, since = without_events
     with pytest.raises(errors.NotProven):
         await port.find_attempt(query(since, since + LATE_ENOUGH - 1))
     await sim.advance(LATE_ENOUGH)
-    found = await port.find_attempt(query(since, wall(sim)))
-    assert (found.intent, found.payments) == (None, ())
-    assert found.proofs == ("payments_by_reference", "payments_in_window")
+    assert_absent(await port.find_attempt(query(since, wall(sim))), "payments_in_window")
 
 
 async def test_without_events_an_unnamed_payment_of_the_amount_proves_nothing(
-    sim: CloudSimulator, client: PointApiClient
+    sim: CloudSimulator,
+    client: PointApiClient,
+    without_events: tuple[PaymentIntentBackend, float],
 ) -> None:
-    await events_unavailable(sim)
-    port = PaymentIntentBackend(client)
-    since = wall(sim)
+    port, since = without_events
     # A payment in the window that names no reference could be this attempt's.
     unnamed = await client.send_json(
         "POST",
@@ -114,7 +125,7 @@ async def test_without_events_an_unnamed_payment_of_the_amount_proves_nothing(
         await port.find_attempt(query(since, wall(sim)))
     # A smaller payment cannot be this attempt's, even with a tip.
     found = await port.find_attempt(query(since, wall(sim), amount=1600))
-    assert found.proofs == ("payments_by_reference", "payments_in_window")
+    assert_absent(found, "payments_in_window")
 
 
 async def test_a_search_that_ignores_the_reference_filter_proves_nothing_by_itself() -> None:
@@ -131,5 +142,4 @@ async def test_a_search_that_ignores_the_reference_filter_proves_nothing_by_itse
         "https://api.example.test", "TEST-token", transport=httpx.MockTransport(answer)
     ) as client:
         found = await PaymentIntentBackend(client).find_attempt(query(0.0, 1.0))
-    assert (found.intent, found.payments) == (None, ())
-    assert found.proofs == ("payments_by_reference", "intent_events")
+    assert_absent(found, "intent_events")
