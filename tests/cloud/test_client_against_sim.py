@@ -216,7 +216,12 @@ async def test_payment_intent_backend_implements_the_port(
     assert [p.id for p in await port.find_payments(REF)] == [view.payment_id]
     now = sim.world.wall(sim.clock.now()).timestamp()
     found = await port.find_attempt(AttemptQuery(DEVICE, REF, 1500, since=now, now=now))
-    assert [p.id for p in found.payments] == [view.payment_id]
+    assert found.intent is not None
+    assert (found.intent.id, found.intent.state) == (intent_id, "FINISHED")
+    known = AttemptQuery(
+        DEVICE, REF, 1500, since=now, now=now, known_intents=frozenset({intent_id})
+    )
+    assert [p.id for p in (await port.find_attempt(known)).payments] == [view.payment_id]
     second = await port.create_payment(
         DEVICE, 1500, "pd1_shop-1_3_SALE42_2", "idem-2", ticket_number="T"
     )

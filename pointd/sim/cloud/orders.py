@@ -437,7 +437,8 @@ class OrderDesk:
         if status == "at_terminal" and intent.cancel_requested:
             return "at_terminal", "cancellation_requested"
         if status == "failed":
-            return "failed", "rejected_by_issuer" if payment is not None else "processing_error"
+            detail = intent.scenario.decline_detail if payment is not None else "processing_error"
+            return "failed", detail
         return status, _TRANSACTION_DETAIL.get(status, status)
 
     def order_json(self, intent: SimIntent, *, stale: bool = False) -> dict[str, Any]:
