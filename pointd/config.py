@@ -773,6 +773,12 @@ class StoreConfig:
     language: str = option(
         "es", "Language of the prompts on the register.", choices=("es", "pt", "en")
     )
+    tips_allowed: bool = option(
+        False,
+        "Whether a payment for more than the sale (a tip the customer added on the terminal) "
+        "hands over the goods. Off: only the exact amount does, and more waits for a "
+        "supervisor.",
+    )
 
     @property
     def currency(self) -> str:

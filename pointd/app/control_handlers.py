@@ -567,6 +567,7 @@ class DaemonHandlers(Mapping[str, Handler]):
             collector_id=policy.collector_id,
             external_reference=sale.reference,
             fraud_alerted=payment.id in self._engine.state.fraud_alerts,
+            tips_allowed=policy.tips_allowed,
         )
         result = await self._submit(event)
         after = result.state.sales[sale.sale_id]

@@ -33,7 +33,6 @@ marks itself unhealthy (the systemd watchdog then stops being fed) and the error
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -53,10 +52,11 @@ from pointd.cloud.errors import (
     OutcomeUnknown,
     RateLimited,
     RefundExceedsBalance,
+    RefundRetryLater,
     Rejected,
     ServerError,
 )
-from pointd.cloud.port import CloudPort, IntentView
+from pointd.cloud.port import AttemptQuery, CloudPort, IntentView
 from pointd.core import refunds
 from pointd.core.effects import (
     AlertTechnician,
@@ -102,9 +102,6 @@ from pointd.journal.store import Journal
 
 log = structlog.get_logger(__name__)
 
-# The events endpoint works in whole days; one day of margin covers time-zone skew between
-# our clock and Mercado Pago's day boundaries.
-RECONCILE_DAY_MARGIN = dt.timedelta(days=1)
 # How long a stopping daemon lets in-flight Mercado Pago calls finish so that their answers
 # are journaled; what is still unanswered after that is reconciled at the next start.
 STOP_GRACE_TIMEOUT = 5.0
@@ -567,39 +564,51 @@ class Engine:
     async def _reconcile(self, effect: ReconcileAttempt) -> None:
         """Find this attempt at Mercado Pago: an intent, a payment, or proof of neither.
 
-        Any failure to ask leaves the sale reconciling; the core's RECONCILE timer asks
-        again. AttemptNotFound is reported only when every source answered. A backend
-        with idempotent creates (Orders) has no listing to search: the create is resent.
+        Which sources prove what is the cloud port's business (``find_attempt``). Any
+        failure to ask, or an answer that proves nothing, leaves the sale reconciling; the
+        core's RECONCILE timer asks again. A backend with idempotent creates (Orders) has
+        no listing to search: the create is resent.
         """
         if self._cloud.creates_are_idempotent:
             await self._resend_create(effect)
             return
+        sale = self._state.sales.get(effect.sale_id)
+        if sale is None:
+            log.warning("engine.reconcile_unknown_sale", sale_id=effect.sale_id)
+            return
+        query = AttemptQuery(
+            terminal_id=effect.terminal_id,
+            external_reference=effect.external_reference,
+            amount_cents=sale.amount_cents,
+            since=effect.since,
+            now=self._clock(),
+            known_intents=frozenset(self._state.intents),
+        )
         try:
-            found = await self._find_intent(effect)
-            if found is not None:
-                await self.submit(
-                    IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt,
-                                  intent_id=found.id)
-                )
-                await self.submit(_observed(found, ObservationSource.RECONCILIATION))
-                return
-            payments = await self._cloud.find_payments(effect.external_reference)
+            found = await self._cloud.find_attempt(query)
         except CloudError as exc:
             log.warning("engine.reconcile_incomplete", sale_id=effect.sale_id, error=_reason(exc))
             return
-        if payments:
+        if found.intent is not None:
+            await self.submit(
+                IntentCreated(sale_id=effect.sale_id, attempt=effect.attempt,
+                              intent_id=found.intent.id)
+            )
+            await self.submit(_observed(found.intent, ObservationSource.RECONCILIATION))
+        elif found.payments:
             await self.submit(
                 PaymentsFound(
                     sale_id=effect.sale_id,
                     attempt=effect.attempt,
                     payments=tuple(
                         FoundPayment(payment_id=p.id, status=p.status, amount_cents=p.amount_cents)
-                        for p in payments
+                        for p in found.payments
                     ),
                 )
             )
-            return
-        await self.submit(AttemptNotFound(sale_id=effect.sale_id, attempt=effect.attempt))
+        else:
+            log.info("engine.attempt_absent", sale_id=effect.sale_id, proofs=list(found.proofs))
+            await self.submit(AttemptNotFound(sale_id=effect.sale_id, attempt=effect.attempt))
 
     async def _resend_create(self, effect: ReconcileAttempt) -> None:
         """Send the attempt's create again, same arguments and key; a 2xx names its order.
@@ -628,18 +637,6 @@ class Engine:
         )
         # The order's state, so that an order already paid moves on without a poll.
         await self._observe(intent_id, ObservationSource.RECONCILIATION)
-
-    async def _find_intent(self, effect: ReconcileAttempt) -> IntentView | None:
-        since = dt.datetime.fromtimestamp(effect.since, tz=dt.UTC).date() - RECONCILE_DAY_MARGIN
-        today = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date() + RECONCILE_DAY_MARGIN
-        known = set(self._state.intents)
-        for status in await self._cloud.intents_since(since, today):
-            if status.intent_id in known:
-                continue
-            view = await self._cloud.get_payment_state(status.intent_id)
-            if view.external_reference == effect.external_reference:
-                return view
-        return None
 
     # --- refunds ---------------------------------------------------------------------------
 
@@ -700,9 +697,11 @@ class Engine:
         except NotSent as exc:
             event = RefundNotSent(refund_id=effect.refund_id, reason=_reason(exc),
                                   terminal_busy=False)
-        except (OutcomeUnknown, IdempotencyInProgress, RateLimited, ServerError) as exc:
+        except (
+            OutcomeUnknown, IdempotencyInProgress, RefundRetryLater, RateLimited, ServerError
+        ) as exc:
             # Resending with the same key is safe, so anything short of a clear refusal
-            # is treated as "may have landed".
+            # (Mercado Pago still busy with this order's money included) is resent later.
             event = RefundOutcomeUnknown(refund_id=effect.refund_id, reason=_reason(exc))
         except (InvalidRequest, Rejected) as exc:
             code = _rejection_code(exc) if isinstance(exc, Rejected) else f"invalid: {exc}"

@@ -103,6 +103,7 @@ def policy_from(config: DaemonConfig) -> Policy:
         confirmation_escalate_after=timers.confirmation_escalate_after,
         abandon_after=timers.abandon_after,
         create_reconcile_attempts=timers.create_reconcile_attempts,
+        tips_allowed=config.store.tips_allowed,
     )
 
 

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from enum import Enum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -42,21 +41,12 @@ import httpx
 import structlog
 
 from pointd.cloud.errors import (
-    BadRequest,
-    CannotCancel,
-    DeviceBusy,
-    Forbidden,
-    IdempotencyConflict,
-    IdempotencyInProgress,
     InvalidRequest,
     MalformedResponse,
-    NotFound,
     NotSent,
     OutcomeUnknown,
     RateLimited,
     Rejected,
-    ServerError,
-    Unauthorized,
 )
 from pointd.cloud.models import (
     JSON,
@@ -73,6 +63,7 @@ from pointd.cloud.models import (
 )
 from pointd.cloud.pacing import IntentGetPacer, backoff_delay, retry_after_seconds
 from pointd.cloud.sites import Site, SiteRuleViolation, check_create
+from pointd.cloud.wire import CallKind, decide, read_error
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +98,8 @@ REFUND_TICKETS = frozenset({"SELLER_TICKET", "BUYER_TICKET"})
 EXTERNAL_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Mercado Pago's SDKs accept 1-64 characters; the safe subset keeps keys loggable.
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
-IDEMPOTENCY_CONFLICT = "idempotency_key_already_used"
+# The code a rejection carries when the answer names none (what the status means).
+_DEFAULT_CODES = {409: "conflict_error", 423: "locked", 500: "internal_error"}
 # Path parameters are opaque, but never empty, never with '/', and of sane length.
 PATH_ID = re.compile(r"[^/\s]{1,128}")
 
@@ -124,16 +116,6 @@ class Timeouts:
     def to_httpx(self) -> httpx.Timeout:
         """The same values as an ``httpx.Timeout``."""
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-
-class CallKind(Enum):
-    """What a call does at Mercado Pago; decides retries and how errors map."""
-
-    READ = "read"  # GET: safe to repeat
-    CREATE = "create"  # creates an intent or refund intent: never repeated here
-    CANCEL = "cancel"  # DELETE of an intent or refund intent
-    UPDATE = "update"  # PATCH of a device or the integrator
-    REFUND = "refund"  # a refund through the API, no terminal involved: never repeated here
 
 
 Clock = Callable[[], float]
@@ -158,18 +140,11 @@ def cents_to_units(cents: int) -> Decimal:
     return (Decimal(cents) / 100).quantize(Decimal("0.01"))
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, str]:
+def _error_body(response: httpx.Response) -> object:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        return "", ""
-    if not isinstance(body, Mapping):
-        return "", ""
-    error, message = body.get("error"), body.get("message")
-    return (
-        str(error) if isinstance(error, str | int) else "",
-        str(message)[:200] if isinstance(message, str) else "",
-    )
+        return None
 
 
 class PointApiClient:
@@ -481,22 +456,26 @@ class PointApiClient:
 
     async def search_payments(
         self,
-        external_reference: str,
+        external_reference: str | None = None,
         *,
         begin_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> list[Payment]:
-        """Every payment carrying ``external_reference`` (all pages), newest first."""
-        if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
-            external_reference
-        ):
-            raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+        """Payments carrying ``external_reference``, or created between two moments; newest first.
+
+        Give the reference, the two moments, or both (all pages are read).
+        """
         params: dict[str, str | int] = {
-            "external_reference": external_reference,
             "sort": "date_created",
             "criteria": "desc",
             "limit": SEARCH_PAGE_LIMIT,
         }
+        if external_reference is not None:
+            if not isinstance(external_reference, str) or not EXTERNAL_REFERENCE.fullmatch(
+                external_reference
+            ):
+                raise InvalidRequest("external_reference must be 1-64 of [A-Za-z0-9_-]")
+            params["external_reference"] = external_reference
         if begin_date is not None or end_date is not None:
             if begin_date is None or end_date is None:
                 raise InvalidRequest("give both begin_date and end_date, or neither")
@@ -505,6 +484,8 @@ class PointApiClient:
                 "begin_date": begin_date.isoformat(),
                 "end_date": end_date.isoformat(),
             }
+        elif external_reference is None:
+            raise InvalidRequest("give an external_reference or a date range")
         found: list[Payment] = []
         for _ in range(MAX_PAGES):
             params["offset"] = len(found)
@@ -657,36 +638,24 @@ class PointApiClient:
                 )
             return body
         if status >= 500 and kind is not CallKind.READ:
+            # Even idempotency_validation_failed says only "send it again with the same key".
+            code = read_error(_error_body(response)).code.replace(self._token, "***")[:60]
             raise OutcomeUnknown(
-                f"{template}: answered {status}; the change may have happened", status=status
+                f"{template}: answered {status} {code}; the change may have happened",
+                status=status,
             )
         raise self._rejection(response, kind, template)
 
     def _rejection(self, response: httpx.Response, kind: CallKind, template: str) -> Rejected:
         status = response.status_code
-        error, message = _error_fields(response)
-        message = message.replace(self._token, "***") if message else f"{template} refused"
-        error = error.replace(self._token, "***")
-        if status == 409 and error == IDEMPOTENCY_CONFLICT:
-            return IdempotencyConflict(status, error, message)
-        if status == 423:
-            return IdempotencyInProgress(status, error or "locked", message)
-        if status == 429:
+        found = read_error(_error_body(response))
+        message = found.message.replace(self._token, "***") or f"{template} refused"
+        code = found.code.replace(self._token, "***")
+        chosen = decide(status, code, kind)
+        if chosen is RateLimited:
             wait = retry_after_seconds(response.headers.get("retry-after"))
-            return RateLimited(status, error or "too_many_requests", message, retry_after=wait)
-        if status >= 500:
-            return ServerError(status, error or "internal_error", message)
-        by_status: dict[int, type[Rejected]] = {
-            400: BadRequest,
-            401: Unauthorized,
-            403: Forbidden,
-            404: NotFound,
-        }
-        if status == 409 and kind is CallKind.CREATE:
-            return DeviceBusy(status, error or "conflict_error", message)
-        if status == 409 and kind is CallKind.CANCEL:
-            return CannotCancel(status, error or "conflict_error", message)
-        return by_status.get(status, Rejected)(status, error, message)
+            return RateLimited(status, code or "too_many_requests", message, retry_after=wait)
+        return chosen(status, code or _DEFAULT_CODES.get(status, ""), message)
 
     def parse(self, parse: Callable[[JSON], Parsed], body: object, kind: CallKind) -> Parsed:
         """Apply a model's ``from_json``; a body it cannot read is MalformedResponse."""

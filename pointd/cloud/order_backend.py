@@ -18,27 +18,28 @@ nothing to verify. Neither releases goods: only ``/v1/payments`` does.
 
 Idempotency: ``create_payment`` sends the caller's key, so the same call after an
 unknown outcome returns the order the first one made (``creates_are_idempotent``).
-The Orders API offers no listing by date, so ``intents_since`` is empty: reconcile an
-unknown create by sending it again with the same key. Cancels use a key derived from
+The Orders API documents no listing of Point orders, so ``find_attempt`` can only find
+payments by reference: an unknown create is reconciled by sending it again with the
+same key, never by proving it absent. Cancels use a key derived from
 the order id, which makes a repeated cancel the same request.
 """
 
 from __future__ import annotations
 
-from datetime import date
-
 import structlog
 
 from pointd.cloud.client import PointApiClient, idempotency_header
-from pointd.cloud.errors import InvalidRequest, NotFound
+from pointd.cloud.errors import AlreadyCanceled, InvalidRequest, NotFound, NotProven
 from pointd.cloud.models import IntentState, Payment
 from pointd.cloud.orders import Order, OrderRefund, OrdersApiClient
 from pointd.cloud.port import (
-    IntentStatus,
+    AttemptFound,
+    AttemptQuery,
     IntentView,
     RefundState,
     RefundView,
     TerminalView,
+    payments_naming,
     refund_amount,
 )
 
@@ -160,9 +161,13 @@ class OrdersBackend:
     async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
         """Cancel while ``created``; also while ``at_terminal`` if so configured (async)."""
         key = f"{CANCEL_KEY_PREFIX}{intent_id}"[:64]
-        accepted, _order = await self._orders.cancel_order(
-            intent_id, key, at_terminal=self._cancel_at_terminal
-        )
+        try:
+            accepted, _order = await self._orders.cancel_order(
+                intent_id, key, at_terminal=self._cancel_at_terminal
+            )
+        except AlreadyCanceled:
+            # What was asked is true: the caller's next read shows the canceled order.
+            return
         if accepted:
             log.info("cloud.order_cancel_accepted", terminal_id=terminal_id)
 
@@ -174,9 +179,12 @@ class OrdersBackend:
         """GET /v1/payments/search by external_reference."""
         return await self._client.search_payments(external_reference)
 
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        """Always empty: the Orders API lists no orders by date (see the module docstring)."""
-        return []
+    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
+        """Payments by reference; never proof of absence (resend the create instead)."""
+        payments = await payments_naming(self._client, query.external_reference)
+        if payments:
+            return AttemptFound(None, payments, ("payments_by_reference",))
+        raise NotProven("the Orders API lists no orders: resend the create with its key")
 
     async def refund_payment(
         self,

@@ -12,10 +12,12 @@ whose transport this module borrows; what differs is the wire:
 - an order names its terminal in ``config.point.terminal_id``; statuses are lower case
   (``created``, ``at_terminal``, ``processed``, ``failed``, ``action_required``,
   ``canceled``, ``expired``, ``refunded``); the ``/v1/payments`` id of the card payment
-  is ``transactions.payments[].reference_id``;
+  is ``transactions.payments[].reference_id`` in answers and ``reference.id`` in
+  notifications (both are read); a terminal tip makes ``paid_amount`` exceed ``amount``;
 - cancelling an order the terminal already shows needs the header
-  ``x-allow-cancelable-status: at_terminal`` and is answered 202: the terminal cancels
-  later, and the order says so when it has.
+  ``x-allow-cancelable-status: at_terminal``; it is accepted with a 202, or with a 2xx
+  whose order still says ``at_terminal``: the terminal cancels later, and the order says
+  so when it has.
 
 Parsing is tolerant in the same way as ``pointd.cloud.models``.
 """
@@ -32,7 +34,6 @@ from pointd.cloud.client import (
     EXTERNAL_REFERENCE,
     OPERATING_MODES,
     PATH_ID,
-    CallKind,
     PointApiClient,
     cents_to_units,
     idempotency_header,
@@ -45,6 +46,7 @@ from pointd.cloud.models import (
     decimal_to_cents,
 )
 from pointd.cloud.sites import SITE_RULES
+from pointd.cloud.wire import CallKind
 
 ORDERS = "/v1/orders"
 TERMINALS = "/terminals/v1"
@@ -94,6 +96,9 @@ class OrderPayment:
     status: str | None
     status_detail: str | None
     reference_id: str | None
+    # What the card was charged, tip included, and the tip the terminal added.
+    paid_cents: int | None = None
+    tip_cents: int | None = None
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
@@ -102,12 +107,16 @@ class OrderPayment:
         if transaction_id is None:
             raise ModelError("order payment: missing 'id'")
         status = _text(data, "status")
+        detail = _text(data, "status_detail")
         return cls(
             id=transaction_id,
             amount_cents=_cents(data, "amount"),
             status=status.lower() if status else None,
-            status_detail=_text(data, "status_detail"),
-            reference_id=_text(data, "reference_id"),
+            status_detail=detail.lower() if detail else None,
+            reference_id=_text(data, "reference_id")
+            or _text(_mapping(data.get("reference")), "id"),
+            paid_cents=_cents(data, "paid_amount"),
+            tip_cents=_cents(data, "tip_amount"),
         )
 
 
@@ -343,8 +352,8 @@ class OrdersApiClient:
         """Cancel an order; return (accepted for later, the order if answered).
 
         Without ``at_terminal`` only a ``created`` order can be cancelled (CannotCancel
-        after). With it, an ``at_terminal`` order is accepted (202) and the terminal
-        cancels it later.
+        after). With it, an ``at_terminal`` order is accepted (202, or a 2xx whose order
+        still says ``at_terminal``) and the terminal cancels it later.
         """
         headers = idempotency_header(idempotency_key)
         if at_terminal:
@@ -354,7 +363,8 @@ class OrdersApiClient:
             "POST", path, f"{ORDERS}/{{id}}/cancel", None, CallKind.CANCEL, headers=headers
         )
         order = self._http.parse(Order.from_json, body, CallKind.CANCEL) if body else None
-        return status == 202, order
+        later = status == 202 or (order is not None and order.status == "at_terminal")
+        return later, order
 
     async def refund_order(
         self,

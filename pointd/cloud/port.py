@@ -12,20 +12,40 @@ not exceed what the payment has left (``RefundExceedsBalance``, nothing sent), t
 sends it with the caller's idempotency key; ``RefundView`` reports PENDING, REFUNDED or
 FAILED. How each backend sends it is in docs/cloud-client.md.
 
+Reconciling an unknown create (``find_attempt``) never rests on one source. An attempt is
+proven absent only when the payments search by its external_reference answers empty
+*and* a second source answers too: the intent events list (gone from the public reference
+in devsite-docs PR #2220, so it may stop answering), or, once any intent the attempt made
+must have ended, a payments search over the attempt's time window that finds no payment
+of its amount. Whichever of the two answers is used; when neither does, ``NotProven``
+keeps the sale reconciling. docs/cloud-client.md has the table.
+
 Errors are those of ``pointd.cloud.errors`` for every backend.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from pointd.cloud.client import PointApiClient, idempotency_header
-from pointd.cloud.errors import InvalidRequest, RefundExceedsBalance
+import structlog
+
+from pointd.cloud.client import MAX_EVENTS_RANGE_DAYS, PointApiClient, idempotency_header
+from pointd.cloud.errors import CloudError, InvalidRequest, NotProven, NotSent, RefundExceedsBalance
 from pointd.cloud.models import IntentState, Payment, PaymentIntent, Refund, is_final_state
 from pointd.cloud.sites import SITE_RULES
+
+log = structlog.get_logger(__name__)
+
+# Mercado Pago abandons an intent nobody took after 15 minutes (mercadopago-api.md W1);
+# one that was taken ends on the terminal, paid or not, well within that.
+INTENT_LIFETIME = 900.0
+# Clock skew between the store PC and Mercado Pago, and the lag before a payment is listed.
+CLOCK_MARGIN = 300.0
+# The events list is asked by day; a day either side covers time zones and midnight.
+EVENTS_DAY_MARGIN = timedelta(days=1)
 
 # Payment statuses a refund may start from; "refunded" is let through so that a resend
 # after an unknown outcome gets RefundExceedsBalance with the refunded amount.
@@ -61,11 +81,27 @@ class IntentView:
 
 
 @dataclass(frozen=True, slots=True)
-class IntentStatus:
-    """An (intent id, state) pair from the reconciliation listing."""
+class AttemptQuery:
+    """One attempt whose create may or may not have reached Mercado Pago."""
 
-    intent_id: str
-    state: str
+    terminal_id: str
+    external_reference: str
+    amount_cents: int
+    since: float  # wall-clock seconds the attempt was first sent
+    now: float  # wall-clock seconds now
+    known_intents: frozenset[str] = frozenset()  # ids other sales already own
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFound:
+    """What reconciliation found: the attempt's intent, its payments, or proven nothing.
+
+    Both empty means proven absent; ``proofs`` names the sources that proved it.
+    """
+
+    intent: IntentView | None
+    payments: tuple[Payment, ...]
+    proofs: tuple[str, ...]
 
 
 class RefundState(StrEnum):
@@ -175,8 +211,8 @@ class CloudPort(Protocol):
         """Payments carrying an attempt's external_reference (reconciliation)."""
         ...
 
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        """Attempts with their latest state between two dates (reconciliation)."""
+    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
+        """Find an attempt's intent or payments, or prove both absent; else ``NotProven``."""
         ...
 
     async def refund_payment(
@@ -272,13 +308,62 @@ class PaymentIntentBackend:
         """GET /v1/payments/search by external_reference."""
         return await self._client.search_payments(external_reference)
 
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        """GET /payment-intents/events for the range (at most 30 days)."""
-        return [
-            IntentStatus(intent_id=e.payment_intent_id, state=e.status)
-            for e in await self._client.intent_events(start, end)
-            if e.payment_intent_id
+    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
+        """The intent from the events list; payments by reference; then the proofs above."""
+        events_answered = False
+        try:
+            intent = await self._intent_from_events(query)
+        except NotSent:
+            raise
+        except CloudError as exc:
+            # The endpoint left the public reference: a 404 or worse is no proof either way.
+            log.warning("cloud.intent_events_unavailable", error=type(exc).__name__)
+        else:
+            if intent is not None:
+                return AttemptFound(intent, (), ("intent_events",))
+            events_answered = True
+        by_reference = await payments_naming(self._client, query.external_reference)
+        if by_reference:
+            return AttemptFound(None, by_reference, ("payments_by_reference",))
+        if events_answered:
+            return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
+        return await self._prove_by_window(query)
+
+    async def _intent_from_events(self, query: AttemptQuery) -> IntentView | None:
+        start = _day(query.since) - EVENTS_DAY_MARGIN
+        end = max(start, _day(query.now) + EVENTS_DAY_MARGIN)
+        start = max(start, end - timedelta(days=MAX_EVENTS_RANGE_DAYS))
+        for event in await self._client.intent_events(start, end):
+            if not event.payment_intent_id or event.payment_intent_id in query.known_intents:
+                continue
+            view = await self.get_payment_state(event.payment_intent_id)
+            if view.external_reference == query.external_reference:
+                return view
+        return None
+
+    async def _prove_by_window(self, query: AttemptQuery) -> AttemptFound:
+        if query.now < query.since + INTENT_LIFETIME + CLOCK_MARGIN:
+            raise NotProven(
+                "the intent events list did not answer and an intent of this attempt may "
+                "still be live; asking again later"
+            )
+        found = await self._client.search_payments(
+            begin_date=_moment(query.since - CLOCK_MARGIN), end_date=_moment(query.now)
+        )
+        # Any payment of at least the amount (a tip adds to it) that does not name another
+        # attempt could be this one's: that is no proof of absence.
+        candidates = [
+            p.id
+            for p in found
+            if p.amount_cents >= query.amount_cents
+            and p.external_reference in (None, query.external_reference)
         ]
+        if candidates:
+            raise NotProven(
+                f"payments {', '.join(candidates[:5])} of this amount have no reference: "
+                "they may be this attempt's; a technician must look"
+            )
+        return AttemptFound(None, (), ("payments_by_reference", "payments_in_window"))
 
     async def refund_payment(
         self,
@@ -326,6 +411,24 @@ class PaymentIntentBackend:
             payment_id=payment_id,
             via="terminal",
         )
+
+
+async def payments_naming(client: PointApiClient, reference: str) -> tuple[Payment, ...]:
+    """Payments the search returns for ``reference`` that do carry it.
+
+    The search's filter names are not in Mercado Pago's reference (docs/cloud-client.md):
+    should one be ignored, the answer would hold other payments, which prove nothing.
+    """
+    found = await client.search_payments(reference)
+    return tuple(p for p in found if p.external_reference == reference)
+
+
+def _day(moment: float) -> date:
+    return datetime.fromtimestamp(moment, tz=UTC).date()
+
+
+def _moment(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, tz=UTC)
 
 
 def _api_refund_view(refund: Refund, payment_id: str, cents: int) -> RefundView:

@@ -193,10 +193,12 @@ def render_methods(result: Any) -> str:
     methods = _rows(result.get("methods") if isinstance(result, Mapping) else None)
     rows = []
     for method in methods:
-        params = method.get("params") or {}
-        alternatives = method.get("exactly_one_of") or []
+        params = method.get("params")
+        params = params if isinstance(params, Mapping) else {}
+        alternatives = method.get("exactly_one_of")
+        alternatives = alternatives if isinstance(alternatives, list) else []
         words = [
-            name if spec.get("required") else f"[{name}]"
+            name if isinstance(spec, Mapping) and spec.get("required") else f"[{name}]"
             for name, spec in params.items()
             if name not in alternatives
         ]

@@ -11,6 +11,12 @@ that keeps the goods in the store:
   again later;
 - ``MISMATCH``: approved, but not for this sale's amount, currency, account or reference —
   a supervisor must look;
+
+Tips: a Point terminal can let the customer add a tip, so an approved payment may be for
+more than the sale (Orders: ``paid_amount``/``tip_amount`` above ``amount``). With tips
+allowed (``store.tips_allowed``), a payment of at least the sale's amount releases and the
+reason names the tip; without, only the exact amount releases and more is a ``MISMATCH``.
+Less than the sale's amount never releases.
 - ``REVERSED``: refunded or charged back — the money went back;
 - ``BLOCK``: a fraud alert names the payment.
 
@@ -60,6 +66,7 @@ def judge_payment(
     collector_id: str,
     external_reference: str | None,
     fraud_alerted: bool,
+    tips_allowed: bool,
 ) -> Judgement:
     """Judge a verified payment against the sale it is supposed to pay for."""
     status = payment.status.strip().lower()
@@ -72,8 +79,11 @@ def judge_payment(
     if status != APPROVED_STATUS:
         return Judgement(Verdict.WAIT, f"payment status {status[:40]!r}")
     problems = []
-    if payment.amount_cents is None or payment.amount_cents != amount_cents:
-        problems.append(f"amount {payment.amount_cents} cents, sale is {amount_cents}")
+    paid = payment.amount_cents
+    tip = paid - amount_cents if paid is not None and paid > amount_cents else 0
+    if paid is None or paid < amount_cents or (tip and not tips_allowed):
+        extra = " (a tip; tips are not allowed here)" if tip else ""
+        problems.append(f"amount {paid} cents, sale is {amount_cents}{extra}")
     if payment.currency != currency:
         problems.append(f"currency {payment.currency[:8]!r}, expected {currency}")
     if payment.collector_id.strip() != collector_id.strip():
@@ -82,6 +92,8 @@ def judge_payment(
         problems.append("external_reference names another sale or attempt")
     if problems:
         return Judgement(Verdict.MISMATCH, "approved but " + "; ".join(problems))
+    if tip:
+        return Judgement(Verdict.RELEASE, f"approved for the amount plus a tip of {tip} cents")
     return Judgement(Verdict.RELEASE, "approved for the exact amount")
 
 

@@ -979,6 +979,7 @@ def _on_payment_verified(tx: _Tx, event: PaymentVerified) -> None:
         event, amount_cents=s.amount_cents, currency=tx.policy.currency,
         collector_id=tx.policy.collector_id, external_reference=s.reference,
         fraud_alerted=event.payment_id in tx.core.fraud_alerts,
+        tips_allowed=tx.policy.tips_allowed,
     )
     verdict = judgement.verdict
     if verdict is Verdict.RELEASE:

@@ -44,6 +44,8 @@ class Policy:
     max_create_sends: int = 3
     # New attempts (new external_reference) after reconciliation proved non-existence.
     max_create_attempts: int = 3
+    # Whether a payment above the sale's amount (a tip added on the terminal) releases.
+    tips_allowed: bool = False
 
     def __post_init__(self) -> None:
         if not _CURRENCY.fullmatch(self.currency):
@@ -57,6 +59,8 @@ class Policy:
                 raise PolicyError(f"{name} must be a positive integer")
         if self.min_amount_cents > self.max_amount_cents:
             raise PolicyError("min_amount_cents must not exceed max_amount_cents")
+        if not isinstance(self.tips_allowed, bool):
+            raise PolicyError("tips_allowed must be true or false")
         if self.max_create_attempts > 99:
             raise PolicyError("max_create_attempts must be at most 99 (external_reference)")
         for name in ("poll_fallback_after", "verify_initial_backoff", "verify_max_backoff",

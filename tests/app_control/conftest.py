@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from pointd.app.control_handlers import DaemonHandlers
 from pointd.app.engine import Alert, Engine
 from pointd.cloud.errors import NotFound, ServerError
 from pointd.cloud.models import Payment
-from pointd.cloud.port import IntentStatus, IntentView, RefundView, TerminalView
+from pointd.cloud.port import AttemptFound, AttemptQuery, IntentView, RefundView, TerminalView
 from pointd.control.client import ControlClient
 from pointd.control.methods import register_daemon_methods
 from pointd.control.server import ControlServer
@@ -124,9 +123,9 @@ class FakeCloud:
         self.calls.append(("find_payments", external_reference))
         return []
 
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        self.calls.append(("intents_since", (start, end)))
-        return []
+    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
+        self.calls.append(("find_attempt", query))
+        return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
 
     async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
                              amount_cents: int | None, idempotency_key: str) -> RefundView:

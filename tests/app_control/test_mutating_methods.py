@@ -180,8 +180,7 @@ async def test_reconcile_leaves_a_create_in_flight_alone(rig: Rig) -> None:
     assert result["asked"] == 0
     for _ in range(20):
         await asyncio.sleep(0)
-    assert rig.cloud.called("intents_since") == []
-    assert rig.cloud.called("find_payments") == []
+    assert rig.cloud.called("find_attempt") == []
     rig.cloud.hold_creates.set()
     await rig.until(lambda: rig.state_of("S7") is SaleState.OPEN)
 

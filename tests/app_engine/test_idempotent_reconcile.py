@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from pointd.cloud.errors import (
     ServerError,
 )
 from pointd.cloud.models import Payment
-from pointd.cloud.port import IntentStatus, IntentView, RefundView, TerminalView
+from pointd.cloud.port import AttemptFound, AttemptQuery, IntentView, RefundView, TerminalView
 from pointd.core.effects import TellRegister
 from pointd.core.events import CreateRejected, SaleRequested, TimerKind
 from pointd.core.machine import CoreState, step
@@ -97,9 +96,9 @@ class ScriptedCloud:
         self.calls.append(("find_payments", external_reference))
         return []
 
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        self.calls.append(("intents_since", (start, end)))
-        return []
+    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
+        self.calls.append(("find_attempt", query))
+        return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
 
     async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
                              amount_cents: int | None, idempotency_key: str) -> RefundView:
@@ -219,8 +218,7 @@ async def test_a_lost_create_answer_is_resent_with_the_same_key_and_adopts_the_o
     assert rig.sale().state is SaleState.OPEN
     assert rig.sale().attempt == 1
     # Orders has no listing: the search path is never used.
-    assert rig.cloud.called("intents_since") == []
-    assert rig.cloud.called("find_payments") == []
+    assert rig.cloud.called("find_attempt") == []
     await rig.engine.stop()
 
 
@@ -337,8 +335,8 @@ async def test_without_idempotent_creates_the_attempt_is_searched_never_resent(
     rig.cloud.views["INT-2"] = IntentView("INT-2", "OPEN", None, None, None, CENTS)
     await rig.start_sale()
     await rig.until("a second attempt", lambda: rig.sale().intent_id == "INT-2")
-    assert rig.cloud.called("intents_since")
-    assert rig.cloud.called("find_payments")
+    [query] = rig.cloud.called("find_attempt")
+    assert (query.external_reference, query.amount_cents) == (REFERENCE, CENTS)
     first, second = rig.cloud.called("create")
     assert first[2] == REFERENCE
     assert second[2] == f"pd1_{STORE}_1_{SALE}_2", "a new attempt after proven absence"

@@ -8,7 +8,7 @@ import pytest
 
 from pointd.cloud import errors
 from pointd.cloud.client import PointApiClient
-from pointd.cloud.port import CloudPort, IntentStatus, PaymentIntentBackend
+from pointd.cloud.port import AttemptQuery, CloudPort, PaymentIntentBackend
 from pointd.cloud.sites import Site
 from pointd.sim.cloud import CloudSimulator, SimDevice
 from tests.cloud.conftest import DEVICE, OTHER_DEVICE, TOKEN, FakeClock, sim_config
@@ -214,8 +214,14 @@ async def test_payment_intent_backend_implements_the_port(
     assert view.payment_id is not None
     assert (await port.get_payment(view.payment_id)).status == "approved"
     assert [p.id for p in await port.find_payments(REF)] == [view.payment_id]
-    today = sim.world.wall(sim.clock.now()).date()
-    assert await port.intents_since(today, today) == [IntentStatus(intent_id, "FINISHED")]
+    now = sim.world.wall(sim.clock.now()).timestamp()
+    found = await port.find_attempt(AttemptQuery(DEVICE, REF, 1500, since=now, now=now))
+    assert found.intent is not None
+    assert (found.intent.id, found.intent.state) == (intent_id, "FINISHED")
+    known = AttemptQuery(
+        DEVICE, REF, 1500, since=now, now=now, known_intents=frozenset({intent_id})
+    )
+    assert [p.id for p in (await port.find_attempt(known)).payments] == [view.payment_id]
     second = await port.create_payment(
         DEVICE, 1500, "pd1_shop-1_3_SALE42_2", "idem-2", ticket_number="T"
     )

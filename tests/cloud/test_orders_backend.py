@@ -13,7 +13,7 @@ from pointd.cloud import errors
 from pointd.cloud.backends import build_cloud_port
 from pointd.cloud.client import PointApiClient
 from pointd.cloud.order_backend import OrdersBackend, order_view
-from pointd.cloud.orders import Order, iso_duration
+from pointd.cloud.orders import Order, OrdersApiClient, iso_duration
 from pointd.cloud.port import PaymentIntentBackend
 from pointd.sim.cloud import CloudSimulator
 from tests.cloud.conftest import DEVICE, TOKEN, FakeClock
@@ -322,7 +322,11 @@ async def test_cancel_errors(
     ("status", "code", "expected"),
     [
         (409, "idempotency_key_already_used", errors.IdempotencyConflict),
-        (409, "invalid_order_status", errors.Rejected),
+        (409, "cannot_refund_order", errors.RefundNeedsPerson),
+        (409, "refund_in_progress", errors.RefundRetryLater),
+        (425, "order_payment_not_yet_enabled_for_refund", errors.RefundRetryLater),
+        (428, "insufficient_money_for_refund", errors.RefundNeedsPerson),
+        (422, "some_new_code", errors.RefundNeedsPerson),
         (503, "unavailable", errors.OutcomeUnknown),
     ],
 )
@@ -407,3 +411,28 @@ async def test_payment_intent_partial_refund_uses_the_payments_api_with_a_key(
     assert sent.url.path == "/v1/payments/5001/refunds"
     assert sent.headers["x-idempotency-key"] == "rf-1"
     assert json.loads(sent.content) == {"amount": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("status", "answered"),
+    [(202, "at_terminal"), (200, "at_terminal"), (200, "canceled")],
+)
+async def test_a_cancel_at_the_terminal_is_accepted_by_a_202_or_a_2xx_saying_at_terminal(
+    status: int, answered: str, fake_clock: FakeClock
+) -> None:
+    recorder = Recorder(lambda r: httpx.Response(status, json=order_json(answered)))
+    client = PointApiClient(
+        "https://api.example.test", TOKEN, transport=httpx.MockTransport(recorder)
+    )
+    later, order = await OrdersApiClient(client).cancel_order(ORDER_ID, "c-1", at_terminal=True)
+    assert later is (answered == "at_terminal")
+    assert order is not None
+    assert order.status == answered
+    assert recorder.posts()[0].headers["x-allow-cancelable-status"] == "at_terminal"
+
+
+async def test_a_cancel_of_an_order_already_canceled_is_done(fake_clock: FakeClock) -> None:
+    body = {"errors": [{"code": "order_already_canceled", "message": "already canceled"}]}
+    port, recorder = backend(lambda r: httpx.Response(409, json=body), fake_clock)
+    await port.cancel_payment(DEVICE, ORDER_ID)
+    assert len(recorder.posts()) == 1

@@ -24,7 +24,7 @@ def judge(status: str, *, amount_ok: bool = True, currency_ok: bool = True,
         CURRENCY if currency_ok else "ARS", COLLECTOR if collector_ok else "1", reference)
     return judge_payment(payment, amount_cents=AMOUNT, currency=CURRENCY,
                          collector_id=COLLECTOR, external_reference=REF,
-                         fraud_alerted=fraud).verdict
+                         fraud_alerted=fraud, tips_allowed=False).verdict
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,31 @@ def test_missing_amount_is_never_a_match() -> None:
     payment = PaymentVerified("1", "approved", None, None, CURRENCY, COLLECTOR, None)
     assert judge_payment(payment, amount_cents=AMOUNT, currency=CURRENCY,
                          collector_id=COLLECTOR, external_reference=None,
-                         fraud_alerted=False).verdict is Verdict.MISMATCH
+                         fraud_alerted=False, tips_allowed=True).verdict is Verdict.MISMATCH
+
+
+@pytest.mark.parametrize(
+    ("paid", "tips_allowed", "verdict"),
+    [
+        (AMOUNT, False, Verdict.RELEASE),
+        (AMOUNT, True, Verdict.RELEASE),
+        (AMOUNT + 200, False, Verdict.MISMATCH),
+        (AMOUNT + 200, True, Verdict.RELEASE),
+        (AMOUNT - 1, False, Verdict.MISMATCH),
+        (AMOUNT - 1, True, Verdict.MISMATCH),
+    ],
+)
+def test_a_tip_releases_only_where_tips_are_allowed(
+    paid: int, *, tips_allowed: bool, verdict: Verdict
+) -> None:
+    payment = PaymentVerified("1", "approved", "accredited", paid, CURRENCY, COLLECTOR, REF)
+    judgement = judge_payment(payment, amount_cents=AMOUNT, currency=CURRENCY,
+                              collector_id=COLLECTOR, external_reference=REF,
+                              fraud_alerted=False, tips_allowed=tips_allowed)
+    assert judgement.verdict is verdict
+    if paid > AMOUNT:
+        assert "tip" in judgement.reason
+        assert str(paid - AMOUNT) in judgement.reason or not tips_allowed
 
 
 @pytest.mark.parametrize(("value", "cents"), [

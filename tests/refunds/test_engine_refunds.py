@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pointd.app.engine import Engine
+from pointd.cloud.errors import RefundNeedsPerson, RefundRetryLater
+from pointd.cloud.port import RefundView
 from pointd.core.events import RefundRefusal
 from pointd.core.machine import CoreState
-from pointd.core.refunds import RefundStatus
+from pointd.core.refunds import REFUND_RESEND_AFTER, RefundStatus
 from tests.refunds.conftest import POLICY, STORE, Rig, eventually
 
 St = RefundStatus
@@ -118,3 +120,46 @@ async def test_a_refund_pending_at_a_restart_is_polled_to_its_end(rig: Rig) -> N
     refund = await rig.settle(refund_id)
     assert (refund.status, refund.sends) == (St.REFUNDED, 1)
     assert rig.refunded_cents(sale_id) == 1500
+
+
+async def test_a_refund_mercado_pago_is_still_busy_with_is_resent_with_its_key(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sale_id = await rig.paid_sale(1500)
+    real = rig.cloud.refund_payment
+    keys: list[str] = []
+
+    async def busy_once(
+        terminal_id: str, order_id: str, payment_id: str, cents: int | None, key: str
+    ) -> RefundView:
+        keys.append(key)
+        if len(keys) == 1:
+            raise RefundRetryLater(409, "refund_in_progress", "Refund in progress")
+        return await real(terminal_id, order_id, payment_id, cents, key)
+
+    monkeypatch.setattr(rig.cloud, "refund_payment", busy_once)
+    step = await rig.engine.request_refund(sale_id=sale_id, amount_cents=500, by="test")
+    assert step.refund_id is not None
+    refund_id = step.refund_id
+    await eventually("the answer", lambda: rig.refund(refund_id).status is St.UNKNOWN)
+    rig.clock.advance(REFUND_RESEND_AFTER)
+    assert (await rig.settle(refund_id)).status is St.REFUNDED
+    assert keys == [f"rf_{sale_id}_1"] * 2
+    assert rig.refunded_cents(sale_id) == 500
+
+
+async def test_a_refund_a_person_must_make_fails_with_the_code(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sale_id = await rig.paid_sale(1500)
+
+    async def no_money(*args: object) -> RefundView:
+        raise RefundNeedsPerson(428, "insufficient_money_for_refund", "insufficient money")
+
+    monkeypatch.setattr(rig.cloud, "refund_payment", no_money)
+    step = await rig.engine.request_refund(sale_id=sale_id, amount_cents=None, by="test")
+    assert step.refund_id is not None
+    refund_id = step.refund_id
+    await eventually("the refusal", lambda: rig.refund(refund_id).status is St.FAILED)
+    assert "insufficient_money_for_refund" in rig.refund(refund_id).detail
+    assert rig.refunded_cents(sale_id) == 0

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from pointd.cloud.signature import IdSource, verify
+from pointd.cloud.wire import read_error
 from pointd.sim.cloud import CloudSimulator
 from tests.sim_cloud.conftest import (
     DEVICE,
@@ -22,6 +23,12 @@ from tests.sim_cloud.conftest import (
 REF = "pd1_shop_1_S1_1"
 TO_THE_END = 10.0
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def code(answer: httpx.Response) -> tuple[int, str]:
+    """The status and the error code of an answer in the Orders API's nested shape."""
+    assert "errors" in answer.json(), answer.text
+    return answer.status_code, read_error(answer.json()).code
 
 
 def order_body(cents: str = "15.00", ref: str = REF, **extra: Any) -> dict[str, Any]:
@@ -58,7 +65,7 @@ async def test_create_needs_a_key_and_honours_it(
     sim: CloudSimulator, control: httpx.AsyncClient
 ) -> None:
     missing = await post(control, "/v1/orders", order_body(), key=None)
-    assert (missing.status_code, missing.json()["error"]) == (400, "empty_required_header")
+    assert code(missing) == (400, "empty_required_header")
     first = await post(control, "/v1/orders", order_body())
     again = await post(control, "/v1/orders", order_body())
     assert (first.status_code, again.status_code) == (201, 201)
@@ -69,26 +76,27 @@ async def test_create_needs_a_key_and_honours_it(
     assert order["transactions"]["payments"][0]["amount"] == "15.00"
     assert order["config"]["point"]["terminal_id"] == DEVICE
     conflict = await post(control, "/v1/orders", order_body("16.00"))
-    assert (conflict.status_code, conflict.json()["error"]) == (409, "idempotency_key_already_used")
+    assert code(conflict) == (409, "idempotency_key_already_used")
     assert len(sim.world.intents) == 1
 
 
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"type": "qr"}, "invalid_type"),
-        ({"external_reference": "bad ref"}, "invalid_external_reference"),
-        ({"transactions": {"payments": [{"amount": 15.0}]}}, "invalid_amount"),
-        ({"transactions": {"payments": [{"amount": "0.01"}]}}, "invalid_amount"),
-        ({"expiration_time": "PT5S"}, "invalid_expiration_time"),
-        ({"config": {"point": {}}}, "bad_request"),
+        ({"type": "qr"}, "property_value"),
+        ({"external_reference": "bad ref"}, "property_value"),
+        ({"transactions": {"payments": [{"amount": 15.0}]}}, "property_type"),
+        ({"transactions": {"payments": [{"amount": "0.01"}]}}, "property_value"),
+        ({"transactions": {"payments": [{"amount": "1.00"}, {"amount": "2.00"}]}}, "maximum_items"),
+        ({"expiration_time": "PT5S"}, "property_value"),
+        ({"config": {"point": {}}}, "required_properties"),
     ],
 )
 async def test_bad_creates_are_refused(
     sim: CloudSimulator, control: httpx.AsyncClient, change: dict[str, Any], error: str
 ) -> None:
     answer = await post(control, "/v1/orders", order_body() | change)
-    assert (answer.status_code, answer.json()["error"]) == (400, error)
+    assert code(answer) == (400, error)
     assert sim.world.intents == {}
 
 
@@ -111,14 +119,16 @@ async def test_cancel_rules(control: httpx.AsyncClient) -> None:
     second = (await post(control, "/v1/orders", order_body(ref="r2"), key="k-2")).json()["id"]
     await advance(control, 2.0)
     refused = await post(control, f"/v1/orders/{second}/cancel", key="c-2")
-    assert refused.status_code == 409
+    assert code(refused) == (409, "cannot_cancel_order")
     accepted = await post(
         control,
         f"/v1/orders/{second}/cancel",
         key="c-3",
         **{"x-allow-cancelable-status": "at_terminal"},
     )
-    assert (accepted.status_code, accepted.json()["status"]) == (202, "at_terminal")
+    assert (accepted.status_code, accepted.json()["status"]) == (200, "at_terminal")
+    transaction = accepted.json()["transactions"]["payments"][0]
+    assert transaction["status_detail"] == "cancellation_requested"
     await advance(control, 1.0)
     done = await control.get(f"/v1/orders/{second}", headers=AUTH)
     assert done.json()["status"] == "canceled"
@@ -134,13 +144,18 @@ async def test_order_refunds_total_partial_and_over(
     assert (await post(control, path, partial, key=None)).status_code == 400
     first = await post(control, path, partial, key="r-1")
     assert first.status_code == 201
-    assert first.json()["status"] == "processed"
+    assert (first.json()["status"], first.json()["status_detail"]) == (
+        "processed",
+        "partially_refunded",
+    )
     repeat = await post(control, path, partial, key="r-1")
     assert repeat.json()["transactions"]["refunds"] == first.json()["transactions"]["refunds"]
     too_much = {"transactions": [{"id": transaction, "amount": "15.01"}]}
-    assert (await post(control, path, too_much, key="r-2")).status_code == 400
+    assert code(await post(control, path, too_much, key="r-2")) == (400, "refund_amount_exceeds")
     rest = await post(control, path, None, key="r-3")
     assert rest.json()["status"] == "refunded"
+    again = await post(control, path, None, key="r-4")
+    assert code(again) == (409, "order_already_refunded")
     refunds = rest.json()["transactions"]["refunds"]
     assert [r["amount"] for r in refunds] == ["5.00", "15.00"]
     payment_id = order["transactions"]["payments"][0]["reference_id"]
@@ -184,7 +199,13 @@ async def test_terminals_list_and_setup(sim: CloudSimulator, control: httpx.Asyn
     assert setup.json() == {"terminals": [{"id": DEVICE, "operating_mode": "STANDALONE"}]}
     assert sim.world.devices[DEVICE].pending_mode == "STANDALONE"
     two = await control.patch("/terminals/v1/setup", json={"terminals": [{}, {}]}, headers=AUTH)
-    assert two.status_code == 400
+    assert code(two) == (400, "maximum_items")
+    clamped = await control.get("/terminals/v1/list?limit=99", headers=AUTH)
+    assert clamped.json()["paging"]["limit"] == 50
+    assert code(await control.get("/terminals/v1/list?limit=0", headers=AUTH)) == (
+        400,
+        "property_value",
+    )
 
 
 @pytest.mark.parametrize(
@@ -203,6 +224,9 @@ async def test_order_notifications_are_signed_and_carry_the_reference(
         assert hook.body["action"] == "order.processed"
         assert hook.body["data"]["id"] == order_id
         assert hook.body["data"]["external_reference"] == REF
+        (payment,) = hook.body["data"]["transactions"]["payments"]
+        assert payment["status_detail"] == "accredited"
+        assert payment["reference"]["id"].isdigit()
         verified = verify(
             SECRET,
             hook.headers["x-signature"],

@@ -140,3 +140,12 @@ def test_rule_parsing_picks_exactly_one_selector() -> None:
     assert isinstance(parse_rule({"external_reference": "r", "get_5xx": 3}), ScenarioRule)
     with pytest.raises(ValueError, match="exactly one"):
         parse_rule({"amount": 1500, "external_reference": "r"})
+
+
+def test_tips_and_decline_details_are_checked() -> None:
+    rule = parse_rule({"next": True, "tip_cents": 250, "decline_detail": "high_risk"})
+    assert (rule.scenario.tip_cents, rule.scenario.decline_detail) == (250, "high_risk")
+    with pytest.raises(ValueError, match="decline_detail"):
+        parse_rule({"next": True, "decline_detail": "cc_rejected_other_reason"})
+    with pytest.raises(ValueError, match="tip_cents"):
+        parse_rule({"next": True, "tip_cents": -1})

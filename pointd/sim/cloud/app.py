@@ -3,6 +3,9 @@
 Real endpoints answer in Mercado Pago's shapes and need the bearer token. The ``/_sim/``
 endpoints (clock, scenarios, faults, restarts, fraud alerts, the record) need no token,
 are documented in docs/simulator.md, and never share a shape with the real ones.
+
+The app knows the running simulator only through ``Simulation``, so that this module
+never imports ``pointd.sim.cloud.server``, which imports it to serve the app.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,11 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from pointd.sim.cloud.config import SimConfig
+from pointd.sim.cloud.orders import OrderDesk
 from pointd.sim.cloud.scenarios import CreateFailure, ScenarioError, parse_rule
-from pointd.sim.cloud.world import SimApiError
-
-if TYPE_CHECKING:
-    from pointd.sim.cloud.server import CloudSimulator
+from pointd.sim.cloud.world import Delivery, ErrorShape, SimApiError, SimWorld
 
 API = "/point/integration-api"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -63,6 +65,12 @@ def _key(request: Request) -> str | None:
     return request.headers.get("x-idempotency-key") or None
 
 
+def _removed() -> JSONResponse:
+    # What an endpoint that no longer exists answers: the router's own 404.
+    body = {"message": "resource not found", "error": "not_found", "status": 404, "cause": []}
+    return JSONResponse(body, status_code=404)
+
+
 def _sim_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"sim_error": message}, status_code=status)
 
@@ -77,27 +85,71 @@ async def _json_body(request: Request) -> Any:
         raise SimApiError(400, "bad_request", "the body is not valid JSON") from None
 
 
-def build_app(sim: CloudSimulator) -> Starlette:
+class Clock(Protocol):
+    """The simulator's time."""
+
+    def now(self) -> float:
+        """Simulated seconds since start."""
+        ...
+
+
+class Simulation(Protocol):
+    """What the HTTP surface needs from the running simulator."""
+
+    config: SimConfig
+    world: SimWorld
+    orders: OrderDesk
+
+    @property
+    def clock(self) -> Clock:
+        """The simulator's clock."""
+        ...
+
+    def sync(self) -> None:
+        """Bring the world up to the clock."""
+        ...
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock forward and await the deliveries that fell due."""
+        ...
+
+    async def send_webhook(self, delivery: Delivery) -> int | None:
+        """POST one delivery now; the receiver's status."""
+        ...
+
+
+def build_app(sim: Simulation) -> Starlette:
     """The ASGI app serving ``sim``."""
     world = sim.world
     orders = sim.orders
     token = sim.config.access_token.encode()
 
-    def api(handler: Handler, *, read: bool = False) -> Handler:
+    def api(handler: Handler, *, read: bool = False, orders_family: bool = False) -> Handler:
         async def endpoint(request: Request) -> Response:
             sim.sync()
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token):
-                return _error(SimApiError(401, "not_found", "invalid_token"))
+                if orders_family:
+                    return _error(
+                        SimApiError(401, "unauthorized", "user not found", shape=ErrorShape.FLAT)
+                    )
+                # The Integrator API's own example: no "cause" on this one.
+                body = {"message": "invalid_token", "error": "not_found", "status": 401}
+                return JSONResponse(body, status_code=401)
             try:
                 if read:
                     world.check_global_get_faults()
                 return await handler(request)
             except SimApiError as exc:
+                if orders_family and exc.shape is ErrorShape.POINT:
+                    exc.shape = ErrorShape.NESTED
                 return _error(exc)
 
         return endpoint
+
+    def orders_api(handler: Handler, *, read: bool = False) -> Handler:
+        return api(handler, read=read, orders_family=True)
 
     def now() -> float:
         return sim.clock.now()
@@ -126,6 +178,8 @@ def build_app(sim: CloudSimulator) -> Starlette:
         return JSONResponse(answer)
 
     async def intent_events(request: Request) -> Response:
+        if world.events_unavailable:
+            return _removed()
         query = request.query_params
         return JSONResponse(world.intent_events(query.get("startDate"), query.get("endDate")))
 
@@ -133,6 +187,8 @@ def build_app(sim: CloudSimulator) -> Starlette:
         return JSONResponse(world.read_intent(request.path_params["intent_id"], now()))
 
     async def last_event(request: Request) -> Response:
+        if world.events_unavailable:
+            return _removed()
         return JSONResponse(world.last_event(request.path_params["intent_id"], now()))
 
     async def get_integrator(request: Request) -> Response:
@@ -185,6 +241,9 @@ def build_app(sim: CloudSimulator) -> Starlette:
         status, order = orders.refund(request.path_params["order_id"], body, _key(request), now())
         sim.sync()
         return JSONResponse(order, status_code=status)
+
+    async def online_only(request: Request) -> Response:
+        return JSONResponse(orders.online_only(request.path_params.get("order_id")))
 
     async def create_payment_refund(request: Request) -> Response:
         body = await _json_body(request)
@@ -247,8 +306,13 @@ def build_app(sim: CloudSimulator) -> Starlette:
         body = await sim_body(request)
         if isinstance(body, Response):
             return body
-        if not isinstance(body, dict) or set(body) - {"get_429", "get_5xx", "retry_after"}:
-            return _sim_error(400, "give any of get_429, get_5xx, retry_after")
+        allowed = {"get_429", "get_5xx", "retry_after", "events_unavailable"}
+        if not isinstance(body, dict) or set(body) - allowed:
+            return _sim_error(400, f"give any of {', '.join(sorted(allowed))}")
+        unavailable = body.get("events_unavailable", world.events_unavailable)
+        if not isinstance(unavailable, bool):
+            return _sim_error(400, "events_unavailable must be true or false")
+        world.events_unavailable = unavailable
         for key in ("get_429", "get_5xx"):
             value = body.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -262,7 +326,7 @@ def build_app(sim: CloudSimulator) -> Starlette:
         ):
             return _sim_error(400, "retry_after must be a non-negative number")
         world.get_faults_retry_after = float(retry_after)
-        return JSONResponse(dict(world.get_faults))
+        return JSONResponse(dict(world.get_faults, events_unavailable=world.events_unavailable))
 
     async def restart(request: Request) -> Response:
         try:
@@ -286,9 +350,11 @@ def build_app(sim: CloudSimulator) -> Starlette:
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        error = "not_found" if status == 404 else "method_not_allowed"
+        if status == 404:
+            return _removed()
         return JSONResponse(
-            {"message": "resource not found", "error": error, "status": status, "cause": []},
+            {"message": "method not allowed", "error": "method_not_allowed", "status": status,
+             "cause": []},
             status_code=status,
         )
 
@@ -317,12 +383,22 @@ def build_app(sim: CloudSimulator) -> Starlette:
             api(cancel_refund),
             methods=["DELETE"],
         ),
-        Route("/terminals/v1/list", api(list_terminals, read=True), methods=["GET"]),
-        Route("/terminals/v1/setup", api(setup_terminals), methods=["PATCH"]),
-        Route("/v1/orders", api(create_order), methods=["POST"]),
-        Route("/v1/orders/{order_id}", api(get_order, read=True), methods=["GET"]),
-        Route("/v1/orders/{order_id}/cancel", api(cancel_order), methods=["POST"]),
-        Route("/v1/orders/{order_id}/refund", api(refund_order), methods=["POST"]),
+        Route("/terminals/v1/list", orders_api(list_terminals, read=True), methods=["GET"]),
+        Route("/terminals/v1/setup", orders_api(setup_terminals), methods=["PATCH"]),
+        Route("/v1/orders", orders_api(create_order), methods=["POST"]),
+        Route("/v1/orders/{order_id}", orders_api(get_order, read=True), methods=["GET"]),
+        Route("/v1/orders/{order_id}/cancel", orders_api(cancel_order), methods=["POST"]),
+        Route("/v1/orders/{order_id}/refund", orders_api(refund_order), methods=["POST"]),
+        Route("/v1/orders", orders_api(online_only, read=True), methods=["GET"]),
+        *(
+            Route(f"/v1/orders/{{order_id}}/{action}", orders_api(online_only), methods=["POST"])
+            for action in ("process", "capture", "transactions")
+        ),
+        Route(
+            "/v1/orders/{order_id}/transactions/{transaction_id}",
+            orders_api(online_only),
+            methods=["PUT", "DELETE"],
+        ),
         Route(
             "/v1/payments/{payment_id}/refunds",
             api(create_payment_refund),

@@ -94,9 +94,9 @@ class SimConfig:
     webhook_retry_interval: float = WEBHOOK_RETRY_INTERVAL
     # Mercado Pago's references disagree: 200 (S7) or 201 (S9) on create.
     create_status: int = 201
-    # The id in an order notification's x-signature: "lower" (the ORD id lower-cased, as
-    # some SDK tests sign) or "as_sent" (exactly the query's data.id).
-    order_signature_id: str = "lower"
+    # The id in an order notification's x-signature: "as_sent" (exactly the query's data.id,
+    # as Mercado Pago's SDK maintainers say it signs) or "lower" (the ORD id lower-cased).
+    order_signature_id: str = "as_sent"
 
     def __post_init__(self) -> None:
         if not self.access_token:

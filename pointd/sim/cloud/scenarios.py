@@ -61,6 +61,25 @@ class CreateFailure(StrEnum):
     DROP = "drop"  # the connection closes before the answer body
 
 
+# Failure details of an order's card transaction, from the Point status page.
+DECLINE_DETAILS = frozenset(
+    {
+        "failed",
+        "bad_filled_card_data",
+        "high_risk",
+        "rejected_by_issuer",
+        "required_call_for_authorize",
+        "max_attempts_exceeded",
+        "card_disabled",
+        "insufficient_amount",
+        "amount_limit_exceeded",
+        "processing_error",
+        "invalid_installments",
+        "in_review",
+    }
+)
+
+
 class ScenarioError(ValueError):
     """A scenario request is malformed; the message names the field."""
 
@@ -80,6 +99,10 @@ class Scenario:
     get_429: int = 0
     get_5xx: int = 0
     retry_after: float = 1.0
+    # Cents of tip the customer adds on the terminal: the payment is charged amount + tip.
+    tip_cents: int = 0
+    # The Orders status_detail of a declined card (one the Point status page lists).
+    decline_detail: str = "rejected_by_issuer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +151,16 @@ def parse_rule(data: object) -> ScenarioRule:
             values["create_failure"] = CreateFailure(data["create_failure"])
     except ValueError as exc:
         raise ScenarioError(str(exc)) from exc
-    for name in ("stale_gets", "get_429", "get_5xx"):
+    for name in ("stale_gets", "get_429", "get_5xx", "tip_cents"):
         if name in data:
             values[name] = _non_negative_int(data[name], name)
     for name in ("webhook_delay", "retry_after"):
         if name in data:
             values[name] = _non_negative_number(data[name], name)
+    if "decline_detail" in data:
+        if data["decline_detail"] not in DECLINE_DETAILS:
+            raise ScenarioError(f"decline_detail must be one of {sorted(DECLINE_DETAILS)}")
+        values["decline_detail"] = data["decline_detail"]
     scenario = Scenario(**values)
     selector = chosen[0]
     if selector == "amount":

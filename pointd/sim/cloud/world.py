@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 from pointd.cloud.sites import SITE_RULES, SiteRuleViolation, check_create
@@ -71,19 +72,45 @@ PAGE_LIMIT_MAX = 100
 SIM_CARD = {"first_six_digits": "503175", "last_four_digits": "0604"}
 
 
-class SimApiError(Exception):
-    """An error answer, in Mercado Pago's shape."""
+class ErrorShape(StrEnum):
+    """The three error bodies Mercado Pago sends (tests/fixtures/mercadopago/real/)."""
 
-    def __init__(self, status: int, error: str, message: str, *, retry_after: float | None = None):
+    POINT = "point"  # Point Integration API: {message, error, status, cause}
+    NESTED = "nested"  # Orders and terminals: {"errors": [{code, message}]}
+    FLAT = "flat"  # Orders 401: {code, message}
+
+
+class SimApiError(Exception):
+    """An error answer, in the shape of the API that gives it."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        shape: ErrorShape = ErrorShape.POINT,
+    ):
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.retry_after = retry_after
+        self.shape = shape
 
     def body(self) -> dict[str, Any]:
         """The JSON body Mercado Pago sends with this error."""
+        if self.shape is ErrorShape.NESTED:
+            return {"errors": [{"code": self.error, "message": self.message}]}
+        if self.shape is ErrorShape.FLAT:
+            return {"code": self.error, "message": self.message}
         return {"message": self.message, "error": self.error, "status": self.status, "cause": []}
+
+
+def orders_error(status: int, code: str, message: str) -> SimApiError:
+    """An Orders or terminals API error (nested body)."""
+    return SimApiError(status, code, message, shape=ErrorShape.NESTED)
 
 
 @dataclass
@@ -120,6 +147,9 @@ class SimIntent:
     # Orders only: the payment transaction's id and the refund transactions.
     transaction_id: str | None = None
     order_refunds: list[dict[str, Any]] = field(default_factory=list)
+    # Orders only: an API cancel was asked for (at_terminal: it takes effect later).
+    cancel_requested: bool = False
+    notifications_sent: int = 0
 
 
 @dataclass
@@ -137,6 +167,8 @@ class SimPayment:
     created_at: float
     updated_at: float
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    # The tip the terminal added; ``amount`` (what was charged) includes it.
+    tip: int = 0
 
 
 @dataclass
@@ -251,6 +283,8 @@ class SimWorld:
         self.webhook_attempts: list[dict[str, Any]] = []
         self.event_channels: list[str] = []
         self.get_faults = {"get_429": 0, "get_5xx": 0}
+        # True: the events endpoints answer 404, as if removed (devsite-docs PR #2220).
+        self.events_unavailable = False
         self.get_faults_retry_after = 1.0
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -350,11 +384,13 @@ class SimWorld:
 
     def _create_payment(self, intent: SimIntent, at: float) -> None:
         status, detail = _PAYMENT_AT_CREATION[intent.scenario.outcome]
+        tip = intent.scenario.tip_cents
         payment = SimPayment(
             id=next(self._payment_ids),
             intent_id=intent.id,
             device_id=intent.device_id,
-            amount=intent.amount,
+            amount=intent.amount + tip,
+            tip=tip,
             status=status,
             status_detail=detail,
             external_reference=intent.external_reference,
@@ -491,9 +527,18 @@ class SimWorld:
     ) -> tuple[SimIntent, CreateFailure | None]:
         """Queue a validated intent or order on its device, pick its scenario, start it."""
         device = self._device(intent.device_id)
+        orders = intent.api == ORDERS_API
         if device.operating_mode != "PDV":
+            if orders:  # guessed code: the reference names none for this case
+                raise orders_error(400, "property_value", "the terminal is not in PDV mode")
             raise SimApiError(400, "bad_request", "the device is not in PDV operating mode")
         if self._busy(intent.device_id):
+            if orders:
+                raise orders_error(
+                    409,
+                    "already_queued_order_for_terminal",
+                    "The terminal already has an order waiting.",
+                )
             raise SimApiError(
                 409, "conflict_error", "There is already a queued payment intent for the device"
             )
@@ -531,7 +576,7 @@ class SimWorld:
 
     def _intent(self, intent_id: str) -> SimIntent:
         intent = self.intents.get(intent_id)
-        if intent is None:
+        if intent is None or intent.api != INTENT_API:
             raise SimApiError(404, "not_found", "That payment intent doesn't exist!")
         return intent
 
@@ -614,7 +659,7 @@ class SimWorld:
                 "created_on": self._event_time(i.state_changed_at),
             }
             for i in self.intents.values()
-            if first <= self.wall(i.created_at).date() <= last
+            if i.api == INTENT_API and first <= self.wall(i.created_at).date() <= last
         ]
         return {"events": events}
 
@@ -778,6 +823,15 @@ class SimWorld:
         found = list(self.payments.values())
         if "external_reference" in query:
             found = [p for p in found if p.external_reference == query["external_reference"]]
+        if query.get("range") == "date_created":
+            try:
+                begin = datetime.fromisoformat(query["begin_date"]).timestamp()
+                end = datetime.fromisoformat(query["end_date"]).timestamp()
+            except (KeyError, ValueError):
+                raise SimApiError(
+                    400, "bad_request", "begin_date and end_date must be ISO-8601 times"
+                ) from None
+            found = [p for p in found if begin <= self.start_wall + p.created_at <= end]
         found.sort(key=lambda p: p.created_at, reverse=query.get("criteria") == "desc")
         page = found[offset : offset + limit]
         return {
