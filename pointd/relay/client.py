@@ -146,7 +146,7 @@ def check_signature(event: RelayEvent, secret: str) -> bool:
             event.headers.get("x-signature"),
             request_id=event.headers.get("x-request-id"),
             query_data_id=event.query.get("data.id"),
-            body_id=str(body_id) if isinstance(body_id, str | int) else None,
+            body_ids=(str(body_id),) if isinstance(body_id, str | int) else (),
             now=event.received_at,
             window_seconds=None,  # the relay applied the window when the event arrived
         )
