@@ -336,16 +336,23 @@ class SqliteStorage:
         """Mark the fraud alerts unrouted since before ``before`` as alerted."""
 
         def work(connection: sqlite3.Connection) -> list[StoredEvent]:
-            rows = connection.execute(
-                f"UPDATE events AS e SET alerted_at = ? WHERE {UNROUTED_CONDITION} "  # noqa: S608
-                f"AND e.alerted_at IS NULL AND e.topic IN {FRAUD_TOPICS_SQL} "
-                f"AND e.received_at < ? RETURNING e.store, {EVENT_COLUMNS}",
-                (now, before),
-            ).fetchall()
-            return sorted(
-                (event_from_row(row[1:], None, row[0]) for row in rows),
-                key=lambda event: event.event_id,
-            )
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                rows = connection.execute(
+                    f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
+                    f"WHERE {UNROUTED_CONDITION} AND e.alerted_at IS NULL "
+                    f"AND e.topic IN {FRAUD_TOPICS_SQL} AND e.received_at < ? ORDER BY e.id",
+                    (before,),
+                ).fetchall()
+                connection.executemany(
+                    "UPDATE events SET alerted_at = ? WHERE id = ?",
+                    [(now, row[1]) for row in rows],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return [replace(event_from_row(row[1:], None, row[0]), alerted_at=now) for row in rows]
 
         try:
             return await self._on_writer(work)

@@ -218,3 +218,26 @@ async def test_intake_rejects_other_methods(sqlite_relay: RunningRelay) -> None:
     response = await relay.client.get(INTAKE_PATH)
     assert response.status_code == 405
     assert isinstance(relay.client, httpx.AsyncClient)
+
+
+async def test_ipn_fraud_alert_is_kept_unsigned_and_routed_by_its_payment(
+    relay: RunningRelay,
+) -> None:
+    # Seed 003: IPN cannot be validated with the secret, so even a signature that would
+    # verify as a webhook's is not checked, and the alert is a hint like any IPN.
+    intent = with_reference(seed("000_intent_finished_mla.json"), REF_A).replace(
+        b"123456789", b"23064274473"
+    )
+    assert (await relay.post_signed(intent, request_id="r-i")).status_code == 200
+    query = {"topic": "delivery_cancellation", "id": "4945357007"}
+    response = await relay.post_signed(
+        seed("003_fraud_alert_fragment.txt"), query=query, request_id="r-ipn",
+        signed_id="4945357007",
+    )
+    assert response.status_code == 200, response.text
+    events = await relay.events("store-a")
+    assert [(e["kind"], e["topic"], e["signed"], e["id_source"], e["parse"]) for e in events] == [
+        ("intent", "point_integration_wh", True, "body", "lenient"),
+        ("ipn", "delivery_cancellation", False, None, "lenient"),
+    ]
+    assert events[1]["headers"]["x-request-id"] == "r-ipn"

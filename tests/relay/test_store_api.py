@@ -243,3 +243,35 @@ async def test_admin_api_is_off_without_a_token(tmp_path, backend) -> None:
     async with running_relay(make_settings(tmp_path, name, dsn, admin_token=None)) as relay:
         answer = await relay.admin("GET", "/admin/stats")
         assert answer.status_code == 404
+
+
+async def test_admin_listing_pages_by_cursor_so_volume_hides_nothing(relay: RunningRelay) -> None:
+    async def post_unrouted(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            body = webhook("payment", {"id": f"9{n}"}, n)
+            query = {"data.id": f"9{n}", "type": "payment"}
+            answer = await relay.post_signed(body, query=query, request_id=f"u-{n}")
+            assert answer.status_code == 200
+
+    await post_unrouted(0, 7)
+    seen: list[int] = []
+    cursor = 0
+    for page_number in range(10):
+        params = {"after": cursor, "limit": 3}
+        page = (await relay.admin("GET", "/admin/events", params=params)).json()
+        if not page["events"]:
+            break
+        seen += [event["id"] for event in page["events"]]
+        cursor = page["cursor"]
+        if page_number == 0:
+            await post_unrouted(100, 5)  # a burst between two pages pushes nothing out of view
+    assert len(seen) == 12
+    assert seen == sorted(seen)
+    assert len(set(seen)) == 12
+    empty = (await relay.admin("GET", "/admin/events", params={"after": seen[-1]})).json()
+    assert empty == {"events": [], "cursor": seen[-1]}
+    bad = await relay.admin("GET", "/admin/events", params={"after": "-1"})
+    assert bad.status_code == 400
+    status = await relay.admin("GET", "/admin/events", params={"status": "nope"})
+    assert status.status_code == 400
+    assert "alerted" in status.json()["error"]
