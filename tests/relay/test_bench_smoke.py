@@ -28,3 +28,22 @@ def test_quick_benchmark_runs_and_loses_nothing() -> None:
         (line,) = [line for line in lines if name in line]
         assert "lost 0" in line or "lost" not in line, line
     assert "journaled twice 0" in result.stdout
+
+
+def test_quick_hostile_load_benchmark_runs_and_loses_nothing() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "relay_hostile.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("calibration: ") for line in lines)
+    assert any(line.strip().startswith("command: ") for line in lines)
+    for name in ("genuine alone (reference)", "genuine under hostile load", "hostile requests"):
+        (line,) = [line for line in lines if line.startswith(name)]
+        assert "failed 0" in line or "failed" not in line, line
+    assert lines[-1].endswith("lost 0"), lines[-1]

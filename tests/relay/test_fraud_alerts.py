@@ -240,6 +240,8 @@ async def test_events_that_arrive_before_their_route_reach_the_store_that_it_nam
     # The daemon re-checks signatures itself: IPN is unsigned, the rest verify.
     assert [e.verified for e in got_b] == [True, None]
     assert all(e.verified for e in got_a)
+    [alert] = [e for e in got_a if e.topic == "stop_delivery_op_wh"]
+    assert alert.signed_field == "data.payment_id"
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
