@@ -104,7 +104,7 @@ def stored_ipn(host: str, port: int, body: bytes, n: int) -> bytes:
 
 
 async def hostile_worker(host: str, port: int, connections: int, seconds: float,
-                         body_limit: int) -> dict[str, Any]:
+                         body_limit: int, *, store_ipn: bool) -> dict[str, Any]:
     """Post hostile requests on ``connections`` connections for ``seconds``; count answers."""
     fixed = hostile_requests(host, port, body_limit)
     ipn_bodies = list(crafted_bodies(UNSIGNED_BODY_LIMIT).values())
@@ -114,22 +114,25 @@ async def hostile_worker(host: str, port: int, connections: int, seconds: float,
 
     async def connection(index: int) -> None:
         nonlocal sent
-        reader, writer = await asyncio.open_connection(host, port)
         n = index
-        try:
-            while time.perf_counter() < deadline:
-                if n % 4 == 3:
-                    payload = stored_ipn(host, port, ipn_bodies[n % len(ipn_bodies)],
-                                         n * connections + index + os.getpid() * 10**7)
-                else:
-                    payload = fixed[n % len(fixed)]
-                n += 1
-                sent += len(payload)
-                statuses[(await exchange(reader, writer, payload)).decode()] += 1
-        except (ConnectionError, asyncio.IncompleteReadError):
-            statuses["connection-error"] += 1
-        finally:
-            writer.close()
+        while time.perf_counter() < deadline:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                while time.perf_counter() < deadline:
+                    if store_ipn and n % 4 == 3:
+                        payload = stored_ipn(host, port, ipn_bodies[n % len(ipn_bodies)],
+                                             n * connections + index + os.getpid() * 10**7)
+                    else:
+                        payload = fixed[n % len(fixed)]
+                    sent += len(payload)
+                    statuses[(await exchange(reader, writer, payload)).decode()] += 1
+                    n += 1  # a request lost to a closed connection is sent again
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # The relay closes a connection after a refusal: dial again, as an attacker
+                # would.
+                statuses["closed"] += 1
+            finally:
+                writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(connection(i) for i in range(connections)))
@@ -179,6 +182,7 @@ async def run(args: argparse.Namespace) -> int:
                     sys.executable, __file__, "--hostile-worker", target.host, str(target.port),
                     "--hostile-connections", str(args.hostile_connections),
                     "--seconds", str(args.seconds + 1.0), "--body-limit", str(args.body_limit),
+                    *(["--no-stored-ipn"] if args.no_stored_ipn else []),
                     stdout=asyncio.subprocess.PIPE,
                 )
                 for _ in range(args.workers)
@@ -230,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="hostile processes")
     parser.add_argument("--hostile-connections", type=int, default=8, help="per hostile process")
     parser.add_argument("--body-limit", type=int, default=262144, help="intake.body_limit")
+    parser.add_argument(
+        "--no-stored-ipn",
+        action="store_true",
+        help="hostile clients send only requests the relay refuses (no unique IPN to store)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run: proves it works")
     parser.add_argument("--hostile-worker", nargs=2, metavar=("HOST", "PORT"),
                         help=argparse.SUPPRESS)
@@ -237,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hostile_worker:
         host, port = args.hostile_worker
         report = asyncio.run(hostile_worker(host, int(port), args.hostile_connections,
-                                            args.seconds, args.body_limit))
+                                            args.seconds, args.body_limit,
+                                            store_ipn=not args.no_stored_ipn))
         print(json.dumps(report))
         return 0
     if args.quick:

@@ -8,14 +8,17 @@ the time. The order (docs/relay.md, "Order of checks"):
 
 1. ``read_query`` / ``read_headers``: a repeated parameter, an empty, long or unprintable
    id or request id → 400, a query string over ``MAX_QUERY_LENGTH`` → 414;
-2. (service) the size: ``Content-Length``, then the bytes as they arrive → 413;
-3. the signature, without reading the body: the ``x-signature`` header's shape and its
-   ``ts`` window; then the MAC over each id reading: the query's ``data.id`` and the first
-   ``"id"`` members of the body's first bytes, found by a scan that builds nothing → 401.
-   IPN is never checked: Mercado Pago cannot sign it (seed 003);
+2. (service) the size: ``Content-Length``, then the bytes as they arrive, against
+   ``intake.body_limit``, or ``UNSIGNED_BODY_LIMIT`` when the request can only be unsigned
+   (``unsigned_before_reading``) → 413;
+3. the signature, from the body's first ``ID_SCAN_LIMIT`` bytes at most (the service reads
+   no more before it is decided): the ``x-signature`` header's shape and its ``ts``
+   window; then the MAC over each id reading: the query's ``data.id`` and the first
+   ``"id"`` members of that prefix, found by a scan that builds nothing → 401. IPN is never
+   checked: Mercado Pago cannot sign it (seed 003);
 4. an unsigned body (IPN, or any webhook while ``intake.signature_required`` is off) larger
    than ``UNSIGNED_BODY_LIMIT`` → 413: only Mercado Pago, holding the secret, may make the
-   relay parse and store a large body;
+   relay read, parse and store a large body;
 5. the body is parsed and classified (linear and bounded: pointd.relay.notification);
 6. a signed body must be about the id its signature covers: a body id must be the
    top-level ``id``, and the signed id one of the fields the topic allows → 401. The field
@@ -37,7 +40,13 @@ from pointd.cloud.signature import (
     match,
 )
 from pointd.relay.errors import RequestRefused
-from pointd.relay.notification import Classified, classify, is_ipn, signed_id_candidates
+from pointd.relay.notification import (
+    ID_SCAN_LIMIT,
+    Classified,
+    classify,
+    is_ipn,
+    signed_id_candidates,
+)
 from pointd.relay.storage import Incoming
 
 MAX_QUERY_LENGTH = 2048
@@ -45,6 +54,7 @@ MAX_HEADER_VALUE = 256
 # Every Mercado Pago notification is well under 1 KiB; an unsigned one, which anyone can
 # send, is stored (and parsed) only up to this size.
 UNSIGNED_BODY_LIMIT = 16384
+UNSIGNED_TOO_LARGE = f"an unsigned body may be at most {UNSIGNED_BODY_LIMIT} bytes"
 # Headers that may carry credentials are never stored; x-signature is a MAC, not a secret.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 SIGNIFICANT_QUERY = ("data.id", "type", "topic", "id")
@@ -100,11 +110,22 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def unsigned_before_reading(
+    query: dict[str, str], headers: dict[str, str], policy: IntakePolicy
+) -> bool:
+    """Whether the request can only end up unsigned, so its body is capped at
+    UNSIGNED_BODY_LIMIT before it is read."""
+    if is_ipn(query) or policy.secret is None:
+        return True
+    return "x-signature" not in headers and not policy.signature_required
+
+
 def decide_signature(
     query: dict[str, str], headers: dict[str, str], body: bytes, now: float, policy: IntakePolicy
 ) -> Verified | None:
     """The signature's verdict, before the body is parsed: None for unsigned (kept only
-    when allowed), RequestRefused(401) when a required signature fails."""
+    when allowed), RequestRefused(401) when a required signature fails. Only the body's
+    first ID_SCAN_LIMIT bytes are looked at, so a prefix of that length is enough."""
     if is_ipn(query) or policy.secret is None:
         return None
     value = headers.get("x-signature")
@@ -156,9 +177,22 @@ def admit(
     policy: IntakePolicy,
 ) -> Incoming:
     """The notification to store, or RequestRefused; steps 3 to 6 of the module's order."""
-    verified = decide_signature(query, headers, body, now, policy)
+    verified = decide_signature(query, headers, body[:ID_SCAN_LIMIT], now, policy)
+    return admit_decided(query, headers, body, now, policy, verified=verified)
+
+
+def admit_decided(
+    query: dict[str, str],
+    headers: dict[str, str],
+    body: bytes,
+    now: float,
+    policy: IntakePolicy,
+    *,
+    verified: Verified | None,
+) -> Incoming:
+    """Steps 4 to 6, once ``decide_signature`` has given its verdict on the body's prefix."""
     if verified is None and len(body) > UNSIGNED_BODY_LIMIT:
-        raise RequestRefused(413, f"an unsigned body may be at most {UNSIGNED_BODY_LIMIT} bytes")
+        raise RequestRefused(413, UNSIGNED_TOO_LARGE)
     classified = classify(body, query)
     field = signed_field(classified, verified) if verified is not None else None
     signed = verified is not None

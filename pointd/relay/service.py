@@ -44,7 +44,7 @@ from pointd.relay import intake
 from pointd.relay.errors import NotStored, RequestRefused, StorageError
 from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import CONTENT_TYPE, RelayMetrics
-from pointd.relay.notification import Kind
+from pointd.relay.notification import ID_SCAN_LIMIT, Kind
 from pointd.relay.settings import RelaySettings
 from pointd.relay.storage import LISTINGS, MAX_READ_LIMIT, Incoming, Storage, WriteResult
 
@@ -208,7 +208,10 @@ class RelayService:
             outcome = {401: "unauthorized", 413: "too_large"}.get(exc.status, "bad_request")
             self.metrics.count_intake(outcome)
             self._log_refusal(exc)
-            headers = [(b"www-authenticate", b"x-signature")] if exc.status == 401 else []
+            # Closed: the rest of a refused body is never read.
+            headers = [(b"connection", b"close")]
+            if exc.status == 401:
+                headers.append((b"www-authenticate", b"x-signature"))
             await _send_json(send, exc.status, {"error": exc.reason}, headers)
             return
         try:
@@ -255,33 +258,23 @@ class RelayService:
         self._refusal_logged_at = now
         self._refusals_unlogged = 0
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        limit = self.settings.body_limit
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestRefused(400, "content-length is not a number")
-            if int(declared) > limit:
-                raise RequestRefused(413, f"body larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestRefused(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _admit(self, scope: Scope, receive: Receive) -> Incoming:
         query = intake.read_query(scope.get("query_string", b""))
         headers = intake.read_headers(scope["headers"])
-        body = await self._read_body(headers, receive)
-        return intake.admit(query, headers, body, self.clock(), self._policy)
+        now = self.clock()
+        if intake.unsigned_before_reading(query, headers, self._policy):
+            limit, too_large = intake.UNSIGNED_BODY_LIMIT, intake.UNSIGNED_TOO_LARGE
+        else:
+            limit = self.settings.body_limit
+            too_large = f"body larger than {limit} bytes"
+        body = _Body(receive, headers, limit, too_large)
+        # The signature is decided on the body's first bytes: a request it refuses is
+        # answered (and its connection closed) without the rest of its body being read.
+        prefix = await body.read(ID_SCAN_LIMIT)
+        verified = intake.decide_signature(query, headers, prefix, now, self._policy)
+        return intake.admit_decided(
+            query, headers, await body.read(), now, self._policy, verified=verified
+        )
 
     # ---- store delivery -----------------------------------------------------------------
 
@@ -547,6 +540,40 @@ class RelayService:
             except StorageError as exc:
                 log.warning("retention_failed", error=str(exc))
             await asyncio.sleep(CLEANUP_INTERVAL)
+
+
+class _Body:
+    """A request body read incrementally, never more than ``limit`` bytes buffered."""
+
+    def __init__(self, receive: Receive, headers: dict[str, str], limit: int, too_large: str):
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestRefused(400, "content-length is not a number")
+            if int(declared) > limit:
+                raise RequestRefused(413, too_large)
+        self._receive = receive
+        self._limit = limit
+        self._too_large = too_large
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._complete = False
+
+    async def read(self, at_least: int | None = None) -> bytes:
+        """The body read so far once it holds ``at_least`` bytes (None: all of it)."""
+        while not self._complete and (at_least is None or self._size < at_least):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise RequestRefused(413, self._too_large)
+            self._chunks.append(chunk)
+            self._complete = not message.get("more_body", False)
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
 
 
 def _bearer(request: Request) -> str:
