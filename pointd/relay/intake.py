@@ -40,13 +40,7 @@ from pointd.cloud.signature import (
     match,
 )
 from pointd.relay.errors import RequestRefused
-from pointd.relay.notification import (
-    ID_SCAN_LIMIT,
-    Classified,
-    classify,
-    is_ipn,
-    signed_id_candidates,
-)
+from pointd.relay.notification import Classified, classify, is_ipn, signed_id_candidates
 from pointd.relay.storage import Incoming
 
 MAX_QUERY_LENGTH = 2048
@@ -175,22 +169,11 @@ def admit(
     body: bytes,
     now: float,
     policy: IntakePolicy,
-) -> Incoming:
-    """The notification to store, or RequestRefused; steps 3 to 6 of the module's order."""
-    verified = decide_signature(query, headers, body[:ID_SCAN_LIMIT], now, policy)
-    return admit_decided(query, headers, body, now, policy, verified=verified)
-
-
-def admit_decided(
-    query: dict[str, str],
-    headers: dict[str, str],
-    body: bytes,
-    now: float,
-    policy: IntakePolicy,
     *,
     verified: Verified | None,
 ) -> Incoming:
-    """Steps 4 to 6, once ``decide_signature`` has given its verdict on the body's prefix."""
+    """The notification to store, or RequestRefused: steps 4 to 6 of the module's order,
+    once ``decide_signature`` has given its verdict on the body's first bytes."""
     if verified is None and len(body) > UNSIGNED_BODY_LIMIT:
         raise RequestRefused(413, UNSIGNED_TOO_LARGE)
     classified = classify(body, query)

@@ -272,7 +272,7 @@ class RelayService:
         # answered (and its connection closed) without the rest of its body being read.
         prefix = await body.read(ID_SCAN_LIMIT)
         verified = intake.decide_signature(query, headers, prefix, now, self._policy)
-        return intake.admit_decided(
+        return intake.admit(
             query, headers, await body.read(), now, self._policy, verified=verified
         )
 

@@ -2,8 +2,8 @@
 
 Each is built to hit one known weakness of a naive reader: regex backtracking over
 unterminated or escape-heavy strings (the relay's old lenient re-read took 5.4 s on 52 KB
-of escaped quotes, 22 s on 104 KB), deep nesting, many small objects, long numbers, many leading-zero repairs, and
-many ``"id"`` members for the signature's body-id scan.
+of escaped quotes, 22 s on 104 KB), deep nesting, many small objects, long numbers, many
+leading-zero repairs, and many ``"id"`` members for the signature's body-id scan.
 """
 
 from __future__ import annotations
