@@ -10,9 +10,12 @@ notification delays a read until the long-poll's periodic re-check, it never los
 
 Re-routing across replicas: one replica may store an event waiting for a route key while
 another learns that key. Under READ COMMITTED neither would see the other's uncommitted
-row, and the event would wait forever; so each commit first takes a transaction-scoped
-advisory lock on every route key it asks for or teaches (in hash order, so two commits
-never deadlock), and the second of two such commits sees what the first committed.
+row, and the event would wait; so each commit first takes a transaction-scoped advisory
+lock on every route key it asks for or teaches (in hash order, so two commits never
+deadlock), and the second of two such commits sees what the first committed. Keys taught
+by events re-routed in the same commit are not locked (taking a lock after the commit
+holds row locks could deadlock); ``route_waiting``, run periodically, routes whatever such
+a race left waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
     EVENT_COLUMNS,
     FRAUD_TOPICS_SQL,
+    KNOWN_WAITING,
     LISTINGS,
     MAX_READ_LIMIT,
     UNROUTED_CONDITION,
@@ -274,6 +278,22 @@ class PostgresStorage:
         )
         return [event_from_row(row[1:], None, row[0]) for row in rows]
 
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route the waiting events whose route key is known; with several replicas, an
+        event's row lock lets exactly one of them route it."""
+        async with self._write_lock:
+            try:
+                connection = await self._writer_connection()
+                async with connection.transaction():
+                    cursor = await connection.execute(KNOWN_WAITING)
+                    known = {str(key): str(store) for key, store in await cursor.fetchall()}
+                    moved = await _reroute(connection, known, now) if known else []
+                    for store in sorted({known[root] for _event, root in moved}):
+                        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, store))
+            except psycopg.Error as exc:
+                raise StorageError(f"postgres routing of waiting events failed: {exc}") from exc
+        return [(event_id, known[root]) for event_id, root in moved]
+
     async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
         """Mark the fraud alerts unrouted since before ``before`` as alerted; with several
         replicas, the row lock lets exactly one of them mark (and report) each."""
@@ -411,7 +431,6 @@ async def _reroute(
                 "VALUES (%s, %s, %s, %s)",
                 deliveries,
             )
-        await _lock_keys(connection, list(learned))
         await _learn(connection, list(learned.items()), now)
         pending = learned
     return moved

@@ -501,9 +501,16 @@ class RelayService:
         return deleted
 
     async def run_alert_check(self) -> list[int]:
-        """Raise the alert for fraud alerts unrouted for longer than unroutable_alert_after;
-        return the event ids newly alerted."""
+        """Route waiting events whose route is known by now, then raise the alert for fraud
+        alerts unrouted for longer than unroutable_alert_after; return the event ids newly
+        alerted."""
         now = self.clock()
+        moved = await self.storage.route_waiting(now)
+        if moved:
+            self.metrics.count_rerouted(len(moved))
+            for store in {store for _event, store in moved}:
+                self._wake(store)
+            log.info("events_rerouted", events=[event for event, _store in moved], by="sweep")
         after = self.settings.config.delivery.unroutable_alert_after
         alerted = await self.storage.alert_unroutable(now - after, now)
         if alerted:

@@ -23,6 +23,7 @@ from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
     EVENT_COLUMNS,
     FRAUD_TOPICS_SQL,
+    KNOWN_WAITING,
     LISTINGS,
     MAX_READ_LIMIT,
     UNROUTED_CONDITION,
@@ -331,6 +332,27 @@ class SqliteStorage:
             return [event_from_row(row[1:], None, row[0]) for row in rows]
 
         return await self._read(work)
+
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route the waiting events whose route key is known."""
+
+        def work(connection: sqlite3.Connection) -> list[tuple[int, str]]:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                known = dict(connection.execute(KNOWN_WAITING).fetchall())
+                moved = _reroute(connection, known, now) if known else []
+                if moved:
+                    self._counters = None  # heads moved; reloaded by the next batch
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return [(event_id, known[root]) for event_id, root in moved]
+
+        try:
+            return await self._on_writer(work)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite routing of waiting events failed: {exc}") from exc
 
     async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
         """Mark the fraud alerts unrouted since before ``before`` as alerted."""

@@ -148,6 +148,10 @@ class Storage(Protocol):
     async def list_events(self, which: str, after: int, limit: int) -> list[StoredEvent]:
         """``unrouted``, ``quarantined`` or ``alerted`` events with id > after, oldest first."""
 
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route every waiting event whose route key is known by now (a safety net behind
+        the re-routing each commit does); return (event id, store) of each."""
+
     async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
         """Mark fraud alerts received before ``before`` and still unrouted as alerted at
         ``now``; return those this call marked (each is marked once, by one replica)."""
@@ -180,6 +184,11 @@ def decode_mapping(text: str) -> dict[str, str]:
 EVENT_COLUMNS = (
     "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.signed_field, "
     "e.asks, e.alerted_at, e.query, e.headers, e.body"
+)
+# Waiting events whose route is known, as (key, store): what route_waiting routes.
+KNOWN_WAITING = (
+    "SELECT DISTINCT e.asks, r.store FROM events e JOIN routes r ON r.key = e.asks "
+    "WHERE e.store IS NULL AND e.kind <> 'canary'"
 )
 # The admin listings, as conditions on the events table aliased ``e`` (both backends).
 FRAUD_TOPICS_SQL = "({})".format(", ".join(f"'{topic}'" for topic in sorted(FRAUD_TOPICS)))
