@@ -40,6 +40,7 @@ from pointd.relay.storage import (
     MAX_READ_LIMIT,
     UNROUTED_CONDITION,
     Incoming,
+    RouteCascade,
     Stats,
     StoredEvent,
     StoreStream,
@@ -397,43 +398,36 @@ async def _reroute(
     """Route the events waiting for a key just taught, and those waiting for what they teach
     in turn, inside the caller's transaction; return (event id, the taught key it goes back
     to) for each, in the order appended."""
-    moved: list[tuple[int, str]] = []
-    root = {key: key for key in taught}
-    known = dict(taught)
-    pending = dict(taught)
-    while pending:
+    cascade = RouteCascade(taught)
+    while cascade.pending:
         cursor = await connection.execute(
             "UPDATE events SET store = t.store "
             "FROM unnest(%s::text[], %s::text[]) AS t(key, store) "
             "WHERE events.store IS NULL AND events.kind <> 'canary' AND events.asks = t.key "
-            "RETURNING events.id, events.asks, events.teaches, t.store",
-            (list(pending), list(pending.values())),
+            "RETURNING events.id, events.asks, events.teaches",
+            (list(cascade.pending), list(cascade.pending.values())),
         )
-        rows = sorted(await cursor.fetchall())
-        if not rows:
-            break
-        heads = await _reserve(connection, Counter(str(row[3]) for row in rows))
-        counts = Counter(str(row[3]) for row in rows)
-        position = {store: heads[store] - counts[store] + 1 for store in counts}
-        deliveries: list[tuple[str, int, int, float]] = []
-        learned: dict[str, str] = {}
-        for event_id, asks, teaches, store in rows:
-            deliveries.append((store, position[store], int(event_id), now))
-            position[store] += 1
-            moved.append((int(event_id), root[asks]))
-            for key in json.loads(teaches):
-                if key not in known:
-                    known[key] = learned[key] = store
-                    root[key] = root[asks]
-        async with connection.cursor() as insert:
-            await insert.executemany(
-                "INSERT INTO deliveries(store, position, event_id, created_at) "
-                "VALUES (%s, %s, %s, %s)",
-                deliveries,
-            )
-        await _learn(connection, list(learned.items()), now)
-        pending = learned
-    return moved
+        stores = [
+            (int(event_id), cascade.route(int(event_id), asks, teaches))
+            for event_id, asks, teaches in sorted(await cursor.fetchall())
+        ]
+        if stores:
+            counts = Counter(store for _event, store in stores)
+            heads = await _reserve(connection, counts)
+            position = {store: heads[store] - counts[store] + 1 for store in counts}
+            deliveries: list[tuple[str, int, int, float]] = []
+            for event_id, store in stores:
+                deliveries.append((store, position[store], event_id, now))
+                position[store] += 1
+            async with connection.cursor() as insert:
+                await insert.executemany(
+                    "INSERT INTO deliveries(store, position, event_id, created_at) "
+                    "VALUES (%s, %s, %s, %s)",
+                    deliveries,
+                )
+        await _learn(connection, list(cascade.learned.items()), now)
+        cascade.advance()
+    return cascade.moved
 
 
 async def _reserve(

@@ -46,7 +46,14 @@ from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import CONTENT_TYPE, RelayMetrics
 from pointd.relay.notification import ID_SCAN_LIMIT, Kind
 from pointd.relay.settings import RelaySettings
-from pointd.relay.storage import LISTINGS, MAX_READ_LIMIT, Incoming, Storage, WriteResult
+from pointd.relay.storage import (
+    LISTINGS,
+    MAX_READ_LIMIT,
+    Incoming,
+    Stats,
+    Storage,
+    WriteResult,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -420,14 +427,9 @@ class RelayService:
 
     async def admin_stats(self, request: Request) -> Response:
         """Counts and per-store stream state."""
-        try:
-            self._authorize_admin(request)
-        except RequestRefused as exc:
-            return _auth_error(exc)
-        try:
-            stats = await self.storage.stats()
-        except StorageError:
-            return _error(503, "storage unavailable")
+        stats = await self._stats_for(request, admin_only=True)
+        if isinstance(stats, Response):
+            return stats
         return JSONResponse(
             {
                 "events": stats.events,
@@ -447,6 +449,18 @@ class RelayService:
                 "missing_stores": self.missing_stores(),
             }
         )
+
+    async def _stats_for(self, request: Request, *, admin_only: bool) -> Stats | Response:
+        """Storage counts for a caller, or the answer refusing it (or storage's failure)."""
+        try:
+            if admin_only:
+                self._authorize_admin(request)
+        except RequestRefused as exc:
+            return _auth_error(exc)
+        try:
+            return await self.storage.stats()
+        except StorageError:
+            return _error(503, "storage unavailable")
 
     def missing_stores(self) -> list[str]:
         """Configured stores that have not polled this replica within canary_window."""
@@ -475,15 +489,9 @@ class RelayService:
         """Prometheus text exposition: aggregates for anyone, per-store series only with the
         admin token (a wrong token is refused, so a misconfigured scraper notices)."""
         per_store = "authorization" in request.headers
-        try:
-            if per_store:
-                self._authorize_admin(request)
-        except RequestRefused as exc:
-            return _auth_error(exc)
-        try:
-            stats = await self.storage.stats()
-        except StorageError:
-            return _error(503, "storage unavailable")
+        stats = await self._stats_for(request, admin_only=per_store)
+        if isinstance(stats, Response):
+            return stats
         body = self.metrics.render(
             stats,
             self.clock(),

@@ -28,6 +28,7 @@ from pointd.relay.storage import (
     MAX_READ_LIMIT,
     UNROUTED_CONDITION,
     Incoming,
+    RouteCascade,
     Stats,
     StoredEvent,
     StoreStream,
@@ -459,30 +460,21 @@ def _reroute(
     """Route the events waiting for a key just taught, and those waiting for what they teach
     in turn, inside the caller's transaction; return (event id, the taught key it goes back
     to) for each, in the order appended."""
-    moved: list[tuple[int, str]] = []
-    root = {key: key for key in taught}
-    known = dict(taught)
-    pending = dict(taught)
-    while pending:
+    cascade = RouteCascade(taught)
+    while cascade.pending:
         rows = connection.execute(
             "SELECT id, asks, teaches FROM events "  # noqa: S608 - placeholders only
-            f"WHERE store IS NULL AND kind <> 'canary' AND asks IN ({_placeholders(len(pending))}) "
-            "ORDER BY id",
-            list(pending),
+            "WHERE store IS NULL AND kind <> 'canary' "
+            f"AND asks IN ({_placeholders(len(cascade.pending))}) ORDER BY id",
+            list(cascade.pending),
         ).fetchall()
-        learned: dict[str, str] = {}
         for event_id, asks, teaches in rows:
-            store = pending[asks]
+            store = cascade.route(int(event_id), asks, teaches)
             connection.execute("UPDATE events SET store = ? WHERE id = ?", (store, event_id))
             _append(connection, store, int(event_id), now)
-            moved.append((int(event_id), root[asks]))
-            for key in json.loads(teaches):
-                if key not in known:
-                    known[key] = learned[key] = store
-                    root[key] = root[asks]
-        _learn(connection, learned, now)
-        pending = learned
-    return moved
+        _learn(connection, cascade.learned, now)
+        cascade.advance()
+    return cascade.moved
 
 
 def _append(connection: sqlite3.Connection, store: str, event_id: int, now: float) -> int:

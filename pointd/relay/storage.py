@@ -169,6 +169,37 @@ class Storage(Protocol):
         """Call ``callback(store)`` when another replica appended to a store's stream."""
 
 
+class RouteCascade:
+    """The bookkeeping of routing waiting events, shared by both backends.
+
+    Starting from the route keys a commit taught, each round looks up the events waiting for
+    the ``pending`` keys; every event routed (``route``) may teach keys of its own, which
+    wait for the next round (``advance``). ``moved`` says, for each event routed, the taught
+    key it goes back to, so that the commit can say which of its items routed it.
+    """
+
+    def __init__(self, taught: dict[str, str]) -> None:
+        self.pending = dict(taught)
+        self.learned: dict[str, str] = {}
+        self.moved: list[tuple[int, str]] = []
+        self._root = {key: key for key in taught}
+        self._known = dict(taught)
+
+    def route(self, event_id: int, asks: str, teaches: str) -> str:
+        """Record one waiting event routed by ``asks``; return its store."""
+        store = self.pending[asks]
+        self.moved.append((event_id, self._root[asks]))
+        for key in json.loads(teaches):
+            if key not in self._known:
+                self._known[key] = self.learned[key] = store
+                self._root[key] = self._root[asks]
+        return store
+
+    def advance(self) -> None:
+        """Start the next round with the keys the last one learned."""
+        self.pending, self.learned = self.learned, {}
+
+
 def encode_mapping(mapping: dict[str, str]) -> str:
     """A query or header mapping as stored text."""
     return json.dumps(mapping, separators=(",", ":"), sort_keys=True)

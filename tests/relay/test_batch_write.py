@@ -196,33 +196,28 @@ async def test_a_new_sqlite_file_uses_small_pages_and_an_old_one_keeps_its_own(
 
 
 async def test_a_route_learned_without_rerouting_is_caught_up_by_route_waiting(
-    tmp_path: Path, backend: tuple[str, str | None]
+    storage: Storage, tmp_path: Path, backend: tuple[str, str | None]
 ) -> None:
     # Two PostgreSQL replicas racing can leave an event waiting for a key another commit
     # just learned; simulated here by writing the route row directly.
     name, dsn = backend
-    settings = make_settings(tmp_path, name, dsn)
-    storage = open_storage(settings)
-    await storage.open()
-    try:
-        (waiting,) = await storage.write_batch([item(1, store=None, asks=payment_key("p7"))])
-        (routed,) = await storage.write_batch([item(2, store="store-b")])
-        insert = "INSERT INTO routes(key, store, learned_at) VALUES ('payment:p7', 'store-b', 1)"
-        if name == "sqlite":
-            with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as connection:
-                connection.execute(insert)
-                connection.commit()
-        else:
-            import psycopg
+    (waiting,) = await storage.write_batch([item(1, store=None, asks=payment_key("p7"))])
+    (routed,) = await storage.write_batch([item(2, store="store-b")])
+    insert = "INSERT INTO routes(key, store, learned_at) VALUES ('payment:p7', 'store-b', 1)"
+    if name == "sqlite":
+        path = make_settings(tmp_path, name, dsn).sqlite_path
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute(insert)
+            connection.commit()
+    else:
+        import psycopg
 
-            assert dsn is not None
-            with psycopg.connect(dsn, autocommit=True) as connection:
-                connection.execute(insert)
-        assert await storage.route_waiting(1_763_000_100.0) == [(waiting.event_id, "store-b")]
-        assert await storage.route_waiting(1_763_000_101.0) == []
-        (after,) = await storage.write_batch([item(3, store="store-b")])
-        events = await storage.read("store-b", 0, 10)
-        assert [e.event_id for e in events] == [routed.event_id, waiting.event_id, after.event_id]
-        assert [e.position for e in events] == [1, 2, 3]
-    finally:
-        await storage.close()
+        assert dsn is not None
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(insert)
+    assert await storage.route_waiting(1_763_000_100.0) == [(waiting.event_id, "store-b")]
+    assert await storage.route_waiting(1_763_000_101.0) == []
+    (after,) = await storage.write_batch([item(3, store="store-b")])
+    events = await storage.read("store-b", 0, 10)
+    assert [e.event_id for e in events] == [routed.event_id, waiting.event_id, after.event_id]
+    assert [e.position for e in events] == [1, 2, 3]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pointd.cloud.signature import sign
-from pointd.relay.client import RelayConsumer, RelayEvent
+from pointd.relay.client import RelayConsumer
 from tests.relay.harness import (
     ADMIN_TOKEN,
     IO_TIMEOUT,
@@ -33,6 +32,8 @@ from tests.relay.harness import (
     REF_B,
     SECRET,
     TOKENS,
+    Journal,
+    MemoryCursor,
     seed,
     with_reference,
 )
@@ -98,38 +99,9 @@ class Sender:
         return answer.json() if path != "/metrics" else answer.text
 
 
-class Journal:
-    """What a store's daemon would journal, for one RelayConsumer."""
-
-    def __init__(self) -> None:
-        self.events: list[RelayEvent] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
-        self.events.extend(events)
-        self.changed.set()
-
-    async def until(self, count: int) -> list[RelayEvent]:
-        while len(self.events) < count:
-            self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), IO_TIMEOUT)
-        return self.events
-
-
-class Cursor:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self) -> int:
-        return self.value
-
-    def set(self, cursor: int) -> None:
-        self.value = cursor
-
-
 def consumer(url: str, store: str, journal: Journal) -> RelayConsumer:
     return RelayConsumer(
-        url, store, TOKENS[store], journal, Cursor(), webhook_secret=SECRET,
+        url, store, TOKENS[store], journal, MemoryCursor(), webhook_secret=SECRET,
         long_poll_wait=1.0, canary_interval=3600.0,
     )
 
@@ -213,8 +185,9 @@ async def test_events_that_arrive_before_their_route_reach_the_store_that_it_nam
         for body, query, signed_id in teachers:
             answer = await sender.post(body, query, signed_id)
             assert answer.status_code == 200, answer.text
-        got_a = await journals["store-a"].until(5)
-        got_b = await journals["store-b"].until(2)
+        await journals["store-a"].wait_for(5)
+        await journals["store-b"].wait_for(2)
+        got_a, got_b = journals["store-a"].events, journals["store-b"].events
         assert (await sender.admin("/admin/events", status="unrouted"))["events"] == []
         rerouted = await log.wait_for("events_rerouted")
         for c in consumers:
@@ -274,7 +247,8 @@ async def test_a_fraud_alert_left_unroutable_raises_an_alert_until_its_route_is_
         task = asyncio.create_task(running.run())
         taught = await sender.post(intent("i-9", 9001, REF_A), signed_id="i-9")
         assert taught.status_code == 200
-        got = await journal.until(2)
+        await journal.wait_for(2)
+        got = journal.events
         after = (await client.get("/metrics")).text
         still = (await sender.admin("/admin/events", status="alerted"))["events"]
         running.stop()

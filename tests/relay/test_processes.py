@@ -12,8 +12,16 @@ import httpx
 import pytest
 
 from pointd.cloud.signature import sign
-from pointd.relay.client import RelayConsumer, RelayEvent
-from tests.relay.harness import IO_TIMEOUT, SECRET, TOKENS, seed, with_reference
+from pointd.relay.client import RelayConsumer
+from tests.relay.harness import (
+    IO_TIMEOUT,
+    SECRET,
+    TOKENS,
+    Journal,
+    MemoryCursor,
+    seed,
+    with_reference,
+)
 from tests.relay.processes import relay_process, write_config
 
 pytestmark = pytest.mark.slow
@@ -111,27 +119,6 @@ async def test_sigkill_under_load_loses_nothing_answered_2xx(
     assert len(delivered) == len(events)  # stored once each
 
 
-class Collect:
-    """A handler that journals into a dict by event id."""
-
-    def __init__(self) -> None:
-        self.events: list[RelayEvent] = []
-
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
-        self.events.extend(events)
-
-
-class Cursor:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self) -> int:
-        return self.value
-
-    def set(self, cursor: int) -> None:
-        self.value = cursor
-
-
 @pytest.mark.postgres
 async def test_two_replicas_on_one_database_deliver_each_store_only_its_own(
     tmp_path: Path, postgres_dsn: str
@@ -140,14 +127,14 @@ async def test_two_replicas_on_one_database_deliver_each_store_only_its_own(
     answered: dict[str, str] = {}
     stop = asyncio.Event()
     async with relay_process(config) as (_p1, url1, _l1), relay_process(config) as (_p2, url2, _l2):
-        handlers = {"store-a": Collect(), "store-b": Collect()}
+        handlers = {"store-a": Journal(), "store-b": Journal()}
         consumers = [
             RelayConsumer(
                 url,
                 store,
                 TOKENS[store],
                 handlers[store],
-                Cursor(),
+                MemoryCursor(),
                 long_poll_wait=1.0,
                 canary_interval=3600.0,
             )
