@@ -61,7 +61,7 @@ async def _one_round(url: str, body: bytes, round_number: int, name: str) -> Non
     """Two hostile requests (a webhook, an IPN), then a genuine one right behind them."""
     async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
         hostile = [
-            asyncio.create_task(client.post("/mp/webhook", params=query, content=body))
+            asyncio.create_task(_refusal(client, query, body))
             for query in (
                 {"data.id": "1", "type": "stop_delivery_op_wh"},
                 {"topic": "delivery_cancellation", "id": "1"},
@@ -72,6 +72,17 @@ async def _one_round(url: str, body: bytes, round_number: int, name: str) -> Non
         assert answer.status_code == 200, (name, answer.text)
         assert (await client.get("/healthz")).status_code == 200
         unsigned, ipn = await asyncio.gather(*hostile)
-    assert unsigned.status_code == 401, (name, unsigned.text)
+    assert unsigned in {401, None}, name
     # Anyone may post IPN; a large one is refused before it is read.
-    assert ipn.status_code == 413, (name, ipn.text)
+    assert ipn in {413, None}, name
+
+
+async def _refusal(client: httpx.AsyncClient, query: dict[str, str], body: bytes) -> int | None:
+    """The status of a hostile request, or None when the relay reset the connection: it
+    closes a refused one without reading the rest of the body, and a client still sending
+    may see only the reset. A slow answer still fails the test (ReadTimeout)."""
+    try:
+        response = await client.post("/mp/webhook", params=query, content=body)
+    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+        return None
+    return response.status_code
