@@ -1195,6 +1195,15 @@ class DeliveryConfig:
         min=10,
         max=86400,
     )
+    unroutable_alert_after: float = option(
+        300.0,
+        "Seconds a fraud alert (stop_delivery_op_wh, IPN delivery_cancellation) may wait "
+        "for its route before the relay raises an alert: an error log line, the metric "
+        "pointd_relay_unroutable_fraud_alerts and GET /admin/events?status=alerted. Mercado "
+        "Pago never resends a fraud alert.",
+        min=1,
+        max=86400,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

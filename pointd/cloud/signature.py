@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,6 +62,7 @@ class Verified:
 
     id_source: IdSource
     ts_seconds: float
+    data_id: str | None  # the id the signature covers, as it entered the manifest
 
 
 def parse_header(value: str | None) -> SignatureHeader:
@@ -108,17 +110,18 @@ def sign(secret: str, *, data_id: str | None, request_id: str | None, ts: str) -
 
 
 def id_candidates(
-    query_data_id: str | None, body_id: str | None
+    query_data_id: str | None, body_ids: Sequence[str] = ()
 ) -> list[tuple[IdSource, str | None]]:
     """Every documented id reading, most specific first, without repeats."""
-    candidates: list[tuple[IdSource, str | None]] = []
-    seen: set[str | None] = set()
-    for source, value in (
+    readings: list[tuple[IdSource, str | None]] = [
         (IdSource.QUERY, query_data_id),
         (IdSource.QUERY_LOWER, query_data_id.lower() if query_data_id else None),
-        (IdSource.BODY, body_id),
-        (IdSource.BODY_LOWER, body_id.lower() if body_id else None),
-    ):
+    ]
+    for body_id in body_ids:
+        readings += [(IdSource.BODY, body_id), (IdSource.BODY_LOWER, body_id.lower())]
+    candidates: list[tuple[IdSource, str | None]] = []
+    seen: set[str | None] = set()
+    for source, value in readings:
         if value and value not in seen:
             seen.add(value)
             candidates.append((source, value))
@@ -127,31 +130,53 @@ def id_candidates(
     return candidates
 
 
+def checked_header(
+    header_value: str | None, *, now: float, window_seconds: float | None
+) -> SignatureHeader:
+    """The parsed header, once its ``ts`` is within ``window_seconds`` of ``now`` (None: no
+    bound); raise SignatureInvalid otherwise. Cheap: nothing about the body is needed."""
+    header = parse_header(header_value)
+    if window_seconds is not None and abs(now - ts_to_seconds(header.ts)) > window_seconds:
+        raise SignatureInvalid("x-signature ts is outside the accepted window")
+    return header
+
+
+def match(
+    secret: str,
+    header: SignatureHeader,
+    *,
+    request_id: str | None,
+    query_data_id: str | None,
+    body_ids: Sequence[str] = (),
+) -> Verified:
+    """Say which id reading the header's MAC covers; raise SignatureInvalid when none does.
+
+    ``body_ids`` are the body's id readings (a Point intent is signed with its ``id``).
+    Every candidate is computed before comparing, so the time taken does not reveal
+    which candidate came close.
+    """
+    matched: tuple[IdSource, str | None] | None = None
+    for source, data_id in id_candidates(query_data_id, body_ids):
+        expected = digest(secret, data_id=data_id, request_id=request_id, ts=header.ts)
+        if hmac.compare_digest(expected, header.v1) and matched is None:
+            matched = (source, data_id)
+    if matched is None:
+        raise SignatureInvalid("x-signature does not match")
+    return Verified(id_source=matched[0], ts_seconds=ts_to_seconds(header.ts), data_id=matched[1])
+
+
 def verify(
     secret: str,
     header_value: str | None,
     *,
     request_id: str | None,
     query_data_id: str | None,
-    body_id: str | None,
+    body_ids: Sequence[str] = (),
     now: float,
     window_seconds: float | None,
 ) -> Verified:
-    """Check a notification's signature; raise SignatureInvalid, or say which id matched.
-
-    ``window_seconds`` bounds how far ``ts`` may be from ``now`` (None: no bound).
-    Every candidate is computed before comparing, so the time taken does not reveal
-    which candidate came close.
-    """
-    header = parse_header(header_value)
-    ts_seconds = ts_to_seconds(header.ts)
-    if window_seconds is not None and abs(now - ts_seconds) > window_seconds:
-        raise SignatureInvalid("x-signature ts is outside the accepted window")
-    matched: IdSource | None = None
-    for source, data_id in id_candidates(query_data_id, body_id):
-        expected = digest(secret, data_id=data_id, request_id=request_id, ts=header.ts)
-        if hmac.compare_digest(expected, header.v1) and matched is None:
-            matched = source
-    if matched is None:
-        raise SignatureInvalid("x-signature does not match")
-    return Verified(id_source=matched, ts_seconds=ts_seconds)
+    """Check a notification's signature; raise SignatureInvalid, or say which id matched."""
+    header = checked_header(header_value, now=now, window_seconds=window_seconds)
+    return match(
+        secret, header, request_id=request_id, query_data_id=query_data_id, body_ids=body_ids
+    )

@@ -93,6 +93,9 @@ class RelayEvent:
     headers: dict[str, str]
     body: bytes
     verified: bool | None = None  # the daemon's own signature check; None when not checked
+    # The body field the relay found the signed id in (e.g. a fraud alert's
+    # "data.merchant_order"); None when unsigned or when the body names no resource.
+    signed_field: str | None = None
 
     def document(self) -> Any:
         """The body read as JSON (leniently, as the relay did), or None."""
@@ -131,6 +134,7 @@ def parse_event(raw: dict[str, Any]) -> RelayEvent:
             query={str(k): str(v) for k, v in dict(raw["query"]).items()},
             headers={str(k): str(v) for k, v in dict(raw["headers"]).items()},
             body=base64.b64decode(raw["body_b64"], validate=True),
+            signed_field=raw.get("signed_field"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed relay event: {exc}") from None
@@ -146,7 +150,7 @@ def check_signature(event: RelayEvent, secret: str) -> bool:
             event.headers.get("x-signature"),
             request_id=event.headers.get("x-request-id"),
             query_data_id=event.query.get("data.id"),
-            body_id=str(body_id) if isinstance(body_id, str | int) else None,
+            body_ids=(str(body_id),) if isinstance(body_id, str | int) else (),
             now=event.received_at,
             window_seconds=None,  # the relay applied the window when the event arrived
         )

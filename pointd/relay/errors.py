@@ -4,6 +4,7 @@
 
     RelayError
     ├── ConfigurationError        the settings cannot run a relay
+    ├── RequestRefused            the relay answers a request 4xx, saying why
     ├── StorageError              a backend could not do what was asked
     │   └── NotStored             a write was not committed; the caller must not answer 2xx
     └── RelayClientError          the store-side consumer's failures
@@ -20,6 +21,15 @@ class RelayError(Exception):
 
 class ConfigurationError(RelayError):
     """The relay settings are invalid or incomplete."""
+
+
+class RequestRefused(RelayError):
+    """A request the relay refuses; answered with ``status`` and ``{"error": reason}``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class StorageError(RelayError):

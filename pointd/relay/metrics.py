@@ -1,102 +1,197 @@
-"""The relay's Prometheus metrics, kept in process and rendered in the text exposition format.
+"""The relay's Prometheus metrics, kept with prometheus_client in a registry of the relay's own.
 
-Written by hand rather than with prometheus_client: the relay needs a handful of counters
-and one histogram, and stays free of another dependency.
+Theory of operation. Counters and the commit histogram are updated as the service works;
+the storage gauges are a snapshot taken by the service (an awaited read) just before each
+scrape is rendered, synchronously, so two scrapes never mix snapshots. ``/metrics`` is
+public, and anyone may read it: the public page names no store (aggregates only); the
+per-store series are rendered only for a caller holding the admin token (docs/relay.md,
+"Health and metrics").
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from pointd.relay.storage import Stats
 
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Commit latency buckets (seconds): a durable commit should take a few milliseconds.
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 1.0)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 @dataclass
-class RelayMetrics:
-    """Counters updated by the service; rendered on /metrics together with storage stats."""
+class _Snapshot:
+    """What storage said at the start of the scrape being rendered."""
 
-    intake: Counter[str] = field(default_factory=Counter)
-    commit_counts: list[int] = field(default_factory=lambda: [0] * len(COMMIT_BUCKETS))
-    commit_sum: float = 0.0
-    commit_total: int = 0
-    committed_items: int = 0
+    stats: Stats = field(default_factory=lambda: Stats(0, 0, 0, 0))
+    now: float = 0.0
+    missing: Sequence[str] = ()
+    stores: int = 0
+
+    def lags(self) -> Iterator[tuple[str, int, float]]:
+        """(store, unacknowledged events, age of the oldest of them) per stream."""
+        for stream in self.stats.streams:
+            oldest = stream.oldest_unacked_at
+            age = 0.0 if oldest is None else max(0.0, self.now - oldest)
+            yield stream.store, stream.head - stream.acked, age
+
+
+class _StorageGauges:
+    """Aggregate gauges, naming no store."""
+
+    def __init__(self, snapshot: _Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot
+        stats = snapshot.stats
+        lags = list(snapshot.lags())
+        yield from (
+            GaugeMetricFamily(name, text, value=value)
+            for name, text, value in (
+                ("pointd_relay_events", "Events held in storage.", stats.events),
+                (
+                    "pointd_relay_unrouted_events",
+                    "Events no store is known for yet (re-routed when a route is taught).",
+                    stats.unrouted,
+                ),
+                (
+                    "pointd_relay_quarantined_events",
+                    "Events whose body is not strict JSON.",
+                    stats.quarantined,
+                ),
+                (
+                    "pointd_relay_unroutable_fraud_alerts",
+                    "Fraud alerts still unrouted after delivery.unroutable_alert_after.",
+                    stats.alerted,
+                ),
+                ("pointd_relay_stores", "Stores configured.", snapshot.stores),
+                (
+                    "pointd_relay_stores_missing",
+                    "Configured stores that have not polled within canary_window.",
+                    len(snapshot.missing),
+                ),
+                (
+                    "pointd_relay_delivery_lag_events_max",
+                    "The most events any one store has not acknowledged yet.",
+                    max((lag for _store, lag, _age in lags), default=0),
+                ),
+                (
+                    "pointd_relay_delivery_lag_seconds_max",
+                    "Age of the oldest unacknowledged event of any store.",
+                    max((age for _store, _lag, age in lags), default=0.0),
+                ),
+            )
+        )
+
+
+class _StoreGauges:
+    """Per-store gauges: only for a caller holding the admin token."""
+
+    def __init__(self, snapshot: _Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        lag_events = GaugeMetricFamily(
+            "pointd_relay_delivery_lag_events",
+            "Events a store has not acknowledged yet.",
+            labels=["store"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "pointd_relay_delivery_lag_seconds",
+            "Age of a store's oldest unacknowledged event.",
+            labels=["store"],
+        )
+        for store, lag, age in self._snapshot.lags():
+            lag_events.add_metric([store], lag)
+            lag_seconds.add_metric([store], age)
+        missing = GaugeMetricFamily(
+            "pointd_relay_store_missing",
+            "1 when a store has not polled within canary_window.",
+            labels=["store"],
+        )
+        for store in self._snapshot.missing:
+            missing.add_metric([store], 1)
+        yield from (lag_events, lag_seconds, missing)
+
+
+class RelayMetrics:
+    """The relay's metrics: updated by the service, rendered on /metrics."""
+
+    def __init__(self) -> None:
+        self._snapshot = _Snapshot()
+        self.public = CollectorRegistry()
+        self._stores = CollectorRegistry()
+        self._intake = Counter(
+            "pointd_relay_intake",
+            "Intake answers by outcome.",
+            ["outcome"],
+            registry=self.public,
+        )
+        self._commit = Histogram(
+            "pointd_relay_commit_seconds",
+            "Duration of one durable group commit.",
+            buckets=COMMIT_BUCKETS,
+            registry=self.public,
+        )
+        self._committed = Counter(
+            "pointd_relay_committed_items",
+            "Notifications written by group commits.",
+            registry=self.public,
+        )
+        self._rerouted = Counter(
+            "pointd_relay_rerouted_events",
+            "Events routed after they were stored, when a later event taught their route.",
+            registry=self.public,
+        )
+        self._alerted = Counter(
+            "pointd_relay_fraud_alerts_alerted",
+            "Fraud alerts found still unrouted after delivery.unroutable_alert_after.",
+            registry=self.public,
+        )
+        self.public.register(_StorageGauges(self._snapshot))
+        self._stores.register(_StoreGauges(self._snapshot))
 
     def count_intake(self, outcome: str) -> None:
         """Count one intake answer by outcome (stored, duplicate, unauthorized, ...)."""
-        self.intake[outcome] += 1
+        self._intake.labels(outcome).inc()
 
     def observe_commit(self, items: int, seconds: float) -> None:
         """Record one group commit's size and duration."""
-        self.commit_total += 1
-        self.committed_items += items
-        self.commit_sum += seconds
-        for index, bound in enumerate(COMMIT_BUCKETS):
-            if seconds <= bound:
-                self.commit_counts[index] += 1
+        self._commit.observe(seconds)
+        self._committed.inc(items)
 
-    def render(self, stats: Stats, now: float, missing: Sequence[str] = ()) -> str:
-        """The text exposition of every metric."""
-        lines = [
-            "# HELP pointd_relay_intake_total Intake answers by outcome.",
-            "# TYPE pointd_relay_intake_total counter",
-        ]
-        for outcome, count in sorted(self.intake.items()):
-            lines.append(f'pointd_relay_intake_total{{outcome="{_label(outcome)}"}} {count}')
-        lines += [
-            "# HELP pointd_relay_commit_seconds Duration of one durable group commit.",
-            "# TYPE pointd_relay_commit_seconds histogram",
-        ]
-        for bound, count in zip(COMMIT_BUCKETS, self.commit_counts, strict=True):
-            lines.append(f'pointd_relay_commit_seconds_bucket{{le="{bound}"}} {count}')
-        lines += [
-            f'pointd_relay_commit_seconds_bucket{{le="+Inf"}} {self.commit_total}',
-            f"pointd_relay_commit_seconds_sum {self.commit_sum:.6f}",
-            f"pointd_relay_commit_seconds_count {self.commit_total}",
-            "# HELP pointd_relay_committed_items_total Notifications written by group commits.",
-            "# TYPE pointd_relay_committed_items_total counter",
-            f"pointd_relay_committed_items_total {self.committed_items}",
-            "# HELP pointd_relay_events Events held in storage.",
-            "# TYPE pointd_relay_events gauge",
-            f"pointd_relay_events {stats.events}",
-            "# HELP pointd_relay_unrouted_events Events waiting for an operator to assign a store.",
-            "# TYPE pointd_relay_unrouted_events gauge",
-            f"pointd_relay_unrouted_events {stats.unrouted}",
-            "# HELP pointd_relay_quarantined_events Events whose body is not strict JSON.",
-            "# TYPE pointd_relay_quarantined_events gauge",
-            f"pointd_relay_quarantined_events {stats.quarantined}",
-            "# HELP pointd_relay_delivery_lag_events Events a store has not acknowledged yet.",
-            "# TYPE pointd_relay_delivery_lag_events gauge",
-        ]
-        for stream in stats.streams:
-            lag = stream.head - stream.acked
-            lines.append(
-                f'pointd_relay_delivery_lag_events{{store="{_label(stream.store)}"}} {lag}'
-            )
-        lines += [
-            "# HELP pointd_relay_delivery_lag_seconds Age of the oldest unacknowledged event.",
-            "# TYPE pointd_relay_delivery_lag_seconds gauge",
-        ]
-        for stream in stats.streams:
-            age = (
-                0.0
-                if stream.oldest_unacked_at is None
-                else max(0.0, now - stream.oldest_unacked_at)
-            )
-            lines.append(
-                f'pointd_relay_delivery_lag_seconds{{store="{_label(stream.store)}"}} {age:.3f}'
-            )
-        lines += [
-            "# HELP pointd_relay_store_missing 1 when a store has not polled within canary_window.",
-            "# TYPE pointd_relay_store_missing gauge",
-        ]
-        lines += [f'pointd_relay_store_missing{{store="{_label(store)}"}} 1' for store in missing]
-        return "\n".join(lines) + "\n"
+    def count_rerouted(self, events: int) -> None:
+        """Count events routed after they were stored."""
+        self._rerouted.inc(events)
+
+    def count_alerted(self, events: int) -> None:
+        """Count fraud alerts newly found unroutable."""
+        self._alerted.inc(events)
+
+    def intake_counts(self) -> dict[str, int]:
+        """Intake answers so far, by outcome (for the admin API)."""
+        return {
+            sample.labels["outcome"]: int(sample.value)
+            for metric in self._intake.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+
+    def render(
+        self, stats: Stats, now: float, missing: Sequence[str], *, stores: int, per_store: bool
+    ) -> bytes:
+        """The text exposition; per-store series only when ``per_store``."""
+        self._snapshot.stats = stats
+        self._snapshot.now = now
+        self._snapshot.missing = missing
+        self._snapshot.stores = stores
+        text = generate_latest(self.public)
+        if per_store:
+            text += generate_latest(self._stores)
+        return text

@@ -7,6 +7,15 @@ on the unique keys), learn route keys, reserve each store's positions by bumping
 makes positions of one store commit in order), insert deliveries, and ``pg_notify`` the
 stores touched. LISTEN/NOTIFY is only a wake-up for long-polls on other replicas: a lost
 notification delays a read until the long-poll's periodic re-check, it never loses data.
+
+Re-routing across replicas: one replica may store an event waiting for a route key while
+another learns that key. Under READ COMMITTED neither would see the other's uncommitted
+row, and the event would wait; so each commit first takes a transaction-scoped advisory
+lock on every route key it asks for or teaches (in hash order, so two commits never
+deadlock), and the second of two such commits sees what the first committed. Keys taught
+by events re-routed in the same commit are not locked (taking a lock after the commit
+holds row locks could deadlock); ``route_waiting``, run periodically, routes whatever such
+a race left waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -24,8 +34,13 @@ import structlog
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
     EVENT_COLUMNS,
+    FRAUD_TOPICS_SQL,
+    KNOWN_WAITING,
+    LISTINGS,
     MAX_READ_LIMIT,
+    UNROUTED_CONDITION,
     Incoming,
+    RouteCascade,
     Stats,
     StoredEvent,
     StoreStream,
@@ -43,7 +58,7 @@ CONNECT_TIMEOUT = 10.0
 LISTEN_RETRY_DELAY = 1.0
 _SCHEMA_LOCK = 748_201_001
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at DOUBLE PRECISION NOT NULL,
@@ -54,6 +69,8 @@ CREATE TABLE IF NOT EXISTS events (
     parse TEXT NOT NULL,
     signed BOOLEAN NOT NULL,
     id_source TEXT,
+    signed_field TEXT,
+    alerted_at DOUBLE PRECISION,
     store TEXT,
     asks TEXT,
     teaches TEXT NOT NULL,
@@ -83,6 +100,11 @@ CREATE TABLE IF NOT EXISTS routes (
     store TEXT NOT NULL,
     learned_at DOUBLE PRECISION NOT NULL
 );
+ALTER TABLE events ADD COLUMN IF NOT EXISTS signed_field TEXT;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS alerted_at DOUBLE PRECISION;
+CREATE INDEX IF NOT EXISTS events_waiting ON events(asks) WHERE store IS NULL;
+CREATE INDEX IF NOT EXISTS events_unroutable ON events(received_at)
+    WHERE store IS NULL AND alerted_at IS NULL AND topic IN {FRAUD_TOPICS_SQL};
 """
 
 class PostgresStorage:
@@ -211,19 +233,24 @@ class PostgresStorage:
         return int(rows[0][0]) if rows else 0
 
     async def assign(self, event_id: int, store: str, now: float) -> WriteResult | None:
-        """Append an existing event to a store's stream and learn its route keys."""
+        """Append an existing event to a store's stream, learn its route keys and route
+        the events waiting for them."""
         async with self._write_lock:
             try:
                 connection = await self._writer_connection()
                 async with connection.transaction():
                     cursor = await connection.execute(
-                        "UPDATE events SET store = %s WHERE id = %s RETURNING teaches",
-                        (store, event_id),
+                        "SELECT teaches FROM events WHERE id = %s", (event_id,)
                     )
                     row = await cursor.fetchone()
                     if row is None:
                         return None
-                    await _learn(connection, [(key, store) for key in json.loads(row[0])], now)
+                    taught = {key: store for key in json.loads(row[0])}
+                    await _lock_keys(connection, list(taught))
+                    await connection.execute(
+                        "UPDATE events SET store = %s WHERE id = %s", (store, event_id)
+                    )
+                    await _learn(connection, list(taught.items()), now)
                     heads = await _reserve(connection, Counter({store: 1}))
                     position = heads[store]
                     await connection.execute(
@@ -231,41 +258,82 @@ class PostgresStorage:
                         "VALUES (%s, %s, %s, %s)",
                         (store, position, event_id, now),
                     )
+                    moved = await _reroute(connection, taught, now)
                     await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, store))
             except psycopg.Error as exc:
                 raise NotStored(f"postgres assign failed: {type(exc).__name__}") from exc
-        return WriteResult(event_id, duplicate=False, store=store, position=position)
+        return WriteResult(
+            event_id,
+            duplicate=False,
+            store=store,
+            position=position,
+            rerouted=tuple(event for event, _root in moved),
+        )
 
-    async def list_events(self, which: str, limit: int) -> list[StoredEvent]:
-        """Newest unrouted or quarantined events."""
-        condition = {
-            "unrouted": "e.store IS NULL AND e.kind <> 'canary'",
-            "quarantined": "e.parse IN ('lenient', 'unparseable')",
-        }[which]
+    async def list_events(self, which: str, after: int, limit: int) -> list[StoredEvent]:
+        """Unrouted, quarantined or alerted events after an event id, oldest first."""
         rows = await self._fetch(
             f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
-            f"WHERE {condition} ORDER BY e.id DESC LIMIT %s",
-            (max(1, min(limit, MAX_READ_LIMIT)),),
+            f"WHERE {LISTINGS[which]} AND e.id > %s ORDER BY e.id LIMIT %s",
+            (after, max(1, min(limit, MAX_READ_LIMIT))),
         )
         return [event_from_row(row[1:], None, row[0]) for row in rows]
+
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route the waiting events whose route key is known; with several replicas, an
+        event's row lock lets exactly one of them route it."""
+        async with self._write_lock:
+            try:
+                connection = await self._writer_connection()
+                async with connection.transaction():
+                    cursor = await connection.execute(KNOWN_WAITING)
+                    known = {str(key): str(store) for key, store in await cursor.fetchall()}
+                    moved = await _reroute(connection, known, now) if known else []
+                    for store in sorted({known[root] for _event, root in moved}):
+                        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, store))
+            except psycopg.Error as exc:
+                raise StorageError(f"postgres routing of waiting events failed: {exc}") from exc
+        return [(event_id, known[root]) for event_id, root in moved]
+
+    async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
+        """Mark the fraud alerts unrouted since before ``before`` as alerted; with several
+        replicas, the row lock lets exactly one of them mark (and report) each."""
+        async with self._write_lock:
+            try:
+                connection = await self._writer_connection()
+                cursor = await connection.execute(
+                    f"UPDATE events AS e SET alerted_at = %s WHERE {UNROUTED_CONDITION} "  # noqa: S608
+                    f"AND e.alerted_at IS NULL AND e.topic IN {FRAUD_TOPICS_SQL} "
+                    f"AND e.received_at < %s RETURNING e.store, {EVENT_COLUMNS}",
+                    (now, before),
+                )
+                rows = await cursor.fetchall()
+            except psycopg.Error as exc:
+                raise StorageError(f"postgres alert marking failed: {type(exc).__name__}") from exc
+        return sorted(
+            (event_from_row(row[1:], None, row[0]) for row in rows),
+            key=lambda event: event.event_id,
+        )
 
     async def stats(self) -> Stats:
         """Counts and per-store stream state."""
         counts = await self._fetch(
-            "SELECT COUNT(*), "
-            "COUNT(*) FILTER (WHERE store IS NULL AND kind <> 'canary'), "
-            "COUNT(*) FILTER (WHERE parse IN ('lenient', 'unparseable')) FROM events"
+            "SELECT COUNT(*), "  # noqa: S608 - fixed conditions
+            f"COUNT(*) FILTER (WHERE {LISTINGS['unrouted']}), "
+            f"COUNT(*) FILTER (WHERE {LISTINGS['quarantined']}), "
+            f"COUNT(*) FILTER (WHERE {LISTINGS['alerted']}) FROM events e"
         )
         streams = await self._fetch(
             "SELECT h.store, h.head, h.acked, (SELECT d.created_at FROM deliveries d "
             "WHERE d.store = h.store AND d.position > h.acked ORDER BY d.position LIMIT 1) "
             "FROM store_heads h ORDER BY h.store"
         )
-        events, unrouted, quarantined = counts[0]
+        events, unrouted, quarantined, alerted = counts[0]
         return Stats(
             int(events),
             int(unrouted),
             int(quarantined),
+            int(alerted),
             tuple(StoreStream(row[0], int(row[1]), int(row[2]), row[3]) for row in streams),
         )
 
@@ -314,6 +382,54 @@ async def _learn(
         )
 
 
+async def _lock_keys(connection: psycopg.AsyncConnection[Any], keys: Sequence[str]) -> None:
+    """Take this transaction's advisory lock on each route key, in hash order."""
+    if keys:
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+            "FROM unnest(%s::text[]) AS k) AS hashes ORDER BY h",
+            (sorted(set(keys)),),
+        )
+
+
+async def _reroute(
+    connection: psycopg.AsyncConnection[Any], taught: dict[str, str], now: float
+) -> list[tuple[int, str]]:
+    """Route the events waiting for a key just taught, and those waiting for what they teach
+    in turn, inside the caller's transaction; return (event id, the taught key it goes back
+    to) for each, in the order appended."""
+    cascade = RouteCascade(taught)
+    while cascade.pending:
+        cursor = await connection.execute(
+            "UPDATE events SET store = t.store "
+            "FROM unnest(%s::text[], %s::text[]) AS t(key, store) "
+            "WHERE events.store IS NULL AND events.kind <> 'canary' AND events.asks = t.key "
+            "RETURNING events.id, events.asks, events.teaches",
+            (list(cascade.pending), list(cascade.pending.values())),
+        )
+        stores = [
+            (int(event_id), cascade.route(int(event_id), asks, teaches))
+            for event_id, asks, teaches in sorted(await cursor.fetchall())
+        ]
+        if stores:
+            counts = Counter(store for _event, store in stores)
+            heads = await _reserve(connection, counts)
+            position = {store: heads[store] - counts[store] + 1 for store in counts}
+            deliveries: list[tuple[str, int, int, float]] = []
+            for event_id, store in stores:
+                deliveries.append((store, position[store], event_id, now))
+                position[store] += 1
+            async with connection.cursor() as insert:
+                await insert.executemany(
+                    "INSERT INTO deliveries(store, position, event_id, created_at) "
+                    "VALUES (%s, %s, %s, %s)",
+                    deliveries,
+                )
+        await _learn(connection, list(cascade.learned.items()), now)
+        cascade.advance()
+    return cascade.moved
+
+
 async def _reserve(
     connection: psycopg.AsyncConnection[Any], counts: Counter[str]
 ) -> dict[str, int]:
@@ -341,6 +457,7 @@ async def _write_batch(
     connection: psycopg.AsyncConnection[Any], items: Sequence[Incoming]
 ) -> list[WriteResult]:
     asks = sorted({item.asks for item in items if item.store is None and item.asks is not None})
+    await _lock_keys(connection, [*asks, *(key for item in items for key in item.teaches)])
     known: dict[str, str] = {}
     if asks:
         cursor = await connection.execute(
@@ -360,8 +477,8 @@ async def _write_batch(
     async with connection.cursor() as cursor:
         await cursor.executemany(
             "INSERT INTO events(received_at, request_id, content_key, kind, topic, parse, signed, "
-            "id_source, store, asks, teaches, query, headers, body) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "id_source, signed_field, store, asks, teaches, query, headers, body) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT DO NOTHING RETURNING id",
             [
                 (
@@ -373,6 +490,7 @@ async def _write_batch(
                     item.parse,
                     item.signed,
                     item.id_source,
+                    item.signed_field,
                     store,
                     item.asks,
                     json.dumps(list(item.teaches)),
@@ -402,16 +520,15 @@ async def _write_batch(
             duplicates[f"c:{content_key}"] = (int(event_id), store)
             if request_id is not None:
                 duplicates[f"r:{request_id}"] = (int(event_id), store)
-    await _learn(
-        connection,
-        [
-            (key, store)
-            for item, store, event_id in zip(items, stores, inserted, strict=True)
-            if event_id is not None and store is not None
-            for key in item.teaches
-        ],
-        items[0].received_at if items else 0.0,
-    )
+    taught: dict[str, str] = {}
+    taught_by: dict[str, int] = {}
+    for index, (item, store, event_id) in enumerate(zip(items, stores, inserted, strict=True)):
+        if event_id is not None and store is not None:
+            for key in item.teaches:
+                taught[key] = store
+                taught_by[key] = index
+    now = items[-1].received_at if items else 0.0
+    await _learn(connection, list(taught.items()), now)
     routed = Counter(
         store
         for store, event_id in zip(stores, inserted, strict=True)
@@ -443,6 +560,11 @@ async def _write_batch(
                 "VALUES (%s, %s, %s, %s)",
                 deliveries,
             )
-        for store in sorted(routed):
-            await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, store))
+    rerouted: dict[int, list[int]] = {}
+    for event_id, root in await _reroute(connection, taught, now) if taught else []:
+        rerouted.setdefault(taught_by[root], []).append(event_id)
+    for index, moved in rerouted.items():
+        results[index] = replace(results[index], rerouted=tuple(moved))
+    for store in sorted(routed):
+        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, store))
     return results

@@ -1,12 +1,17 @@
 """The relay's HTTP service: Mercado Pago intake, the store delivery API, the admin API, health.
 
-Theory of operation. Intake checks, in this order and before anything is stored: the
-declared and actual body size (read incrementally, never more than ``body_limit`` bytes
-buffered), the query and headers, then Mercado Pago's ``x-signature``. A notification
-that passes is written through the group committer and answered 200 only after its commit
-is durable; a failed commit answers 503 so that Mercado Pago retries. Legacy IPN cannot be
-verified, so it is stored flagged unsigned, as a hint that only makes a daemon ask Mercado
-Pago sooner.
+Theory of operation. Intake reads the query and headers, then the body incrementally
+(never more than ``body_limit`` bytes buffered), and hands them to pointd.relay.intake,
+which decides the signature before the body is parsed (the order of checks is there and in
+docs/relay.md). A notification that passes is written through the group committer and
+answered 200 only after its commit is durable; a failed commit answers 503 so that Mercado
+Pago retries. Legacy IPN cannot be verified, so it is stored flagged unsigned, as a hint
+that only makes a daemon ask Mercado Pago sooner. Every request's work on the event loop
+is bounded, whatever its body: no request can hold up another's answer.
+
+An event stored before its route is known waits, and is routed by the commit that teaches
+its route. A fraud alert still waiting after ``delivery.unroutable_alert_after`` raises an
+alert once: an error log line, a metric and the admin listing ``?status=alerted``.
 
 Stores read their own stream by long-poll with a cursor and acknowledge positions; each
 bearer token is bound to one store id, and a token that does not fit the store in the path
@@ -27,7 +32,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import structlog
 from starlette.applications import Starlette
@@ -36,13 +40,20 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pointd.cloud.signature import IdSource, SignatureInvalid, verify
-from pointd.relay.errors import NotStored, StorageError
+from pointd.relay import intake
+from pointd.relay.errors import NotStored, RequestRefused, StorageError
 from pointd.relay.group_commit import GroupCommitter
-from pointd.relay.metrics import RelayMetrics
-from pointd.relay.notification import Classified, Kind, classify
+from pointd.relay.metrics import CONTENT_TYPE, RelayMetrics
+from pointd.relay.notification import ID_SCAN_LIMIT, Kind
 from pointd.relay.settings import RelaySettings
-from pointd.relay.storage import MAX_READ_LIMIT, Incoming, Storage, WriteResult
+from pointd.relay.storage import (
+    LISTINGS,
+    MAX_READ_LIMIT,
+    Incoming,
+    Stats,
+    Storage,
+    WriteResult,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +64,11 @@ WAKE_RECHECK_INTERVAL = 2.0
 REFUSAL_LOG_INTERVAL = 10.0
 # How often the retention job runs; retention is in days, so hourly is plenty.
 CLEANUP_INTERVAL = 3600.0
+# The unroutable-alert check runs this fraction of delivery.unroutable_alert_after apart
+# (within the bounds below), so an alert is raised at most a quarter late.
+ALERT_CHECK_FRACTION = 0.25
+ALERT_CHECK_BOUNDS = (0.5, 60.0)
 DEFAULT_READ_LIMIT = 100
-MAX_QUERY_LENGTH = 2048
-MAX_HEADER_VALUE = 256
-# Headers that may carry credentials are never stored; x-signature is a MAC, not a secret.
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-_SIGNIFICANT_QUERY = ("data.id", "type", "topic", "id")
 _DUMMY_DIGEST = hashlib.sha256(b"pointd-relay-no-such-store").digest()
 
 
@@ -66,22 +76,8 @@ class ClientGone(Exception):
     """The sender disconnected before its request was read; there is no one to answer."""
 
 
-class BadRequest(Exception):
-    """The request is malformed; answered 4xx with the reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 def _error(status: int, reason: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
-
-
-def _printable(value: str) -> bool:
-    # For ASCII text, isprintable() is exactly the range " " to "~".
-    return value.isascii() and value.isprintable()
 
 
 async def _send_json(
@@ -131,6 +127,12 @@ class RelayService:
             if settings.admin_token is not None
             else None
         )
+        self._policy = intake.IntakePolicy(
+            secret=settings.webhook_secret.reveal() if settings.webhook_secret else None,
+            signature_required=settings.signature_required,
+            window_seconds=settings.window_seconds,
+            stores=frozenset(self._store_digests),
+        )
         self._wakers: dict[str, asyncio.Event] = {}
         self._closing = False
         self._last_poll: dict[str, float] = {}
@@ -164,14 +166,17 @@ class RelayService:
         await self.storage.open()
         self.storage.on_remote_write(self._wake)
         self.committer.start()
-        cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop(), name="retention")
+        loop = asyncio.get_running_loop()
+        cleanup = loop.create_task(self._cleanup_loop(), name="retention")
+        alerts = loop.create_task(self._alert_loop(), name="unroutable-alerts")
         log.info("relay_started", backend=self.settings.backend, stores=len(self._store_digests))
         try:
             yield
         finally:
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
+            for task in (cleanup, alerts):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.committer.stop()
             await self.storage.close()
 
@@ -206,11 +211,14 @@ class RelayService:
         except ClientGone:
             self.metrics.count_intake("client_gone")
             return
-        except BadRequest as exc:
+        except RequestRefused as exc:
             outcome = {401: "unauthorized", 413: "too_large"}.get(exc.status, "bad_request")
             self.metrics.count_intake(outcome)
             self._log_refusal(exc)
-            headers = [(b"www-authenticate", b"x-signature")] if exc.status == 401 else []
+            # Closed: the rest of a refused body is never read.
+            headers = [(b"connection", b"close")]
+            if exc.status == 401:
+                headers.append((b"www-authenticate", b"x-signature"))
             await _send_json(send, exc.status, {"error": exc.reason}, headers)
             return
         try:
@@ -228,9 +236,20 @@ class RelayService:
         self.metrics.count_intake(outcome)
         if result.store is not None and result.position is not None:
             self._wake(result.store)
+        self._note_rerouted(result)
         await _send_json(send, 200, {"status": outcome, "event": result.event_id})
 
-    def _log_refusal(self, exc: BadRequest) -> None:
+    def _note_rerouted(self, result: WriteResult) -> None:
+        if result.rerouted:
+            self.metrics.count_rerouted(len(result.rerouted))
+            log.info(
+                "events_rerouted",
+                events=list(result.rerouted),
+                store=result.store,
+                by_event=result.event_id,
+            )
+
+    def _log_refusal(self, exc: RequestRefused) -> None:
         """Log refusals at most once per REFUSAL_LOG_INTERVAL, with how many were not logged,
         so that a flood of bad requests cannot flood the log."""
         now = self.clock()
@@ -246,121 +265,23 @@ class RelayService:
         self._refusal_logged_at = now
         self._refusals_unlogged = 0
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        limit = self.settings.body_limit
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise BadRequest(400, "content-length is not a number")
-            if int(declared) > limit:
-                raise BadRequest(413, f"body larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _read_query(self, scope: Scope) -> dict[str, str]:
-        raw: bytes = scope.get("query_string", b"")
-        if len(raw) > MAX_QUERY_LENGTH:
-            raise BadRequest(414, "query string too long")
-        query: dict[str, str] = {}
-        if not raw:
-            return query
-        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
-            if key in query:
-                raise BadRequest(400, f"query parameter {key[:40]!r} is repeated")
-            if key in _SIGNIFICANT_QUERY and (
-                not value or len(value) > MAX_HEADER_VALUE or not _printable(value)
-            ):
-                raise BadRequest(400, f"query parameter {key!r} is empty or not printable")
-            query[key] = value
-        return query
-
-    def _read_headers(self, scope: Scope) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            if name in _SECRET_HEADERS:
-                continue
-            headers[name] = raw_value.decode("latin-1")
-        request_id = headers.get("x-request-id")
-        if request_id is not None and (
-            not request_id or len(request_id) > MAX_HEADER_VALUE or not _printable(request_id)
-        ):
-            raise BadRequest(400, "x-request-id is empty, too long or not printable")
-        return headers
-
     async def _admit(self, scope: Scope, receive: Receive) -> Incoming:
-        query = self._read_query(scope)
-        headers = self._read_headers(scope)
-        body = await self._read_body(headers, receive)
+        query = intake.read_query(scope.get("query_string", b""))
+        headers = intake.read_headers(scope["headers"])
         now = self.clock()
-        classified = classify(body, query)
-        signed, id_source = self._check_signature(
-            classified.kind, classified.body_id, query, headers, now
+        if intake.unsigned_before_reading(query, headers, self._policy):
+            limit, too_large = intake.UNSIGNED_BODY_LIMIT, intake.UNSIGNED_TOO_LARGE
+        else:
+            limit = self.settings.body_limit
+            too_large = f"body larger than {limit} bytes"
+        body = _Body(receive, headers, limit, too_large)
+        # The signature is decided on the body's first bytes: a request it refuses is
+        # answered (and its connection closed) without the rest of its body being read.
+        prefix = await body.read(ID_SCAN_LIMIT)
+        verified = intake.decide_signature(query, headers, prefix, now, self._policy)
+        return intake.admit(
+            query, headers, await body.read(), now, self._policy, verified=verified
         )
-        if signed:
-            _require_signed_resource(classified, id_source, query)
-        store = classified.store if classified.store in self._store_digests else None
-        significant = "".join(f"{key}={query.get(key, '')}\n" for key in _SIGNIFICANT_QUERY)
-        return Incoming(
-            received_at=now,
-            # Only a signed notification may claim its request id for deduplication: an
-            # unsigned one (IPN) reusing a request id must not make the signed webhook that
-            # carries it look like a duplicate. The header itself is kept either way.
-            request_id=headers.get("x-request-id") if signed else None,
-            content_key=hashlib.sha256(significant.encode() + body).hexdigest(),
-            kind=classified.kind,
-            topic=classified.topic,
-            parse=classified.parse,
-            signed=signed,
-            id_source=id_source,
-            store=store,
-            asks=classified.asks,
-            teaches=classified.teaches,
-            query=query,
-            headers=headers,
-            body=body,
-        )
-
-    def _check_signature(
-        self,
-        kind: Kind,
-        body_id: str | None,
-        query: dict[str, str],
-        headers: dict[str, str],
-        now: float,
-    ) -> tuple[bool, str | None]:
-        secret = self.settings.webhook_secret
-        header = headers.get("x-signature")
-        # IPN cannot be verified with the secret (seed 003); keep it as an unsigned hint.
-        required = self.settings.signature_required and kind != Kind.IPN
-        if secret is None or (header is None and not required):
-            return False, None
-        try:
-            verified = verify(
-                secret.reveal(),
-                header,
-                request_id=headers.get("x-request-id"),
-                query_data_id=query.get("data.id"),
-                body_id=body_id,
-                now=now,
-                window_seconds=self.settings.window_seconds,
-            )
-        except SignatureInvalid as exc:
-            if required:
-                raise BadRequest(401, exc.reason) from None
-            return False, None
-        return True, str(verified.id_source)
 
     # ---- store delivery -----------------------------------------------------------------
 
@@ -374,7 +295,7 @@ class RelayService:
         token = _bearer(request)
         expected = self._store_digests.get(store, _DUMMY_DIGEST)
         if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), expected):
-            raise BadRequest(404, "not found")
+            raise RequestRefused(404, "not found")
         return store
 
     async def store_events(self, request: Request) -> Response:
@@ -384,7 +305,7 @@ class RelayService:
             after = _int_param(request, "after", None, minimum=0)
             wait = _float_param(request, "wait", 0.0, maximum=self.settings.long_poll_timeout)
             limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1)
-        except BadRequest as exc:
+        except RequestRefused as exc:
             return _auth_error(exc)
         self._last_poll[store] = self.clock()
         try:
@@ -412,8 +333,8 @@ class RelayService:
             payload = await _json_body(request)
             cursor = payload.get("cursor")
             if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
-                raise BadRequest(400, "cursor must be a non-negative integer")
-        except BadRequest as exc:
+                raise RequestRefused(400, "cursor must be a non-negative integer")
+        except RequestRefused as exc:
             return _auth_error(exc)
         try:
             acked = await self.storage.ack(store, cursor, self.clock())
@@ -425,7 +346,7 @@ class RelayService:
         """Put a canary event through intake storage into the store's own stream."""
         try:
             store = self._authorize_store(request)
-        except BadRequest as exc:
+        except RequestRefused as exc:
             return _auth_error(exc)
         now = self.clock()
         item = Incoming(
@@ -437,6 +358,7 @@ class RelayService:
             parse="json",
             signed=False,
             id_source=None,
+            signed_field=None,
             store=store,
             asks=None,
             teaches=(),
@@ -455,23 +377,29 @@ class RelayService:
 
     def _authorize_admin(self, request: Request) -> None:
         if self._admin_digest is None:
-            raise BadRequest(404, "not found")
+            raise RequestRefused(404, "not found")
         token = _bearer(request)
         if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin_digest):
-            raise BadRequest(403, "forbidden")
+            raise RequestRefused(403, "forbidden")
 
     async def admin_events(self, request: Request) -> Response:
-        """List unrouted or quarantined events, newest first."""
+        """List unrouted, quarantined or alerted events after a cursor (an event id), oldest
+        first: paging on from the returned cursor reaches every event, whatever the volume."""
         try:
             self._authorize_admin(request)
             which = request.query_params.get("status", "unrouted")
-            if which not in {"unrouted", "quarantined"}:
-                raise BadRequest(400, "status must be unrouted or quarantined")
+            if which not in LISTINGS:
+                raise RequestRefused(400, f"status must be one of {', '.join(LISTINGS)}")
+            after = _int_param(request, "after", 0, minimum=0) or 0
             limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1) or 1
-        except BadRequest as exc:
+        except RequestRefused as exc:
             return _auth_error(exc)
-        events = await self.storage.list_events(which, limit)
-        return JSONResponse({"events": [event.to_json() for event in events]})
+        try:
+            events = await self.storage.list_events(which, after, limit)
+        except StorageError:
+            return _error(503, "storage unavailable")
+        cursor = events[-1].event_id if events else after
+        return JSONResponse({"events": [event.to_json() for event in events], "cursor": cursor})
 
     async def admin_assign(self, request: Request) -> Response:
         """Assign an event to a store and append it to that store's stream (replay)."""
@@ -479,33 +407,36 @@ class RelayService:
             self._authorize_admin(request)
             raw_id = str(request.path_params["event_id"])
             if not raw_id.isdigit():
-                raise BadRequest(400, "event id must be a number")
+                raise RequestRefused(400, "event id must be a number")
             payload = await _json_body(request)
             store = payload.get("store")
             if not isinstance(store, str) or store not in self._store_digests:
-                raise BadRequest(400, "store must be a configured store id")
-        except BadRequest as exc:
+                raise RequestRefused(400, "store must be a configured store id")
+        except RequestRefused as exc:
             return _auth_error(exc)
-        result = await self.storage.assign(int(raw_id), store, self.clock())
+        try:
+            result = await self.storage.assign(int(raw_id), store, self.clock())
+        except StorageError:
+            return _error(503, "storage unavailable")
         if result is None:
             return _error(404, "no such event")
         self._wake(store)
         log.info("event_assigned", event_id=result.event_id, store=store, position=result.position)
+        self._note_rerouted(result)
         return JSONResponse({"event": result.event_id, "store": store, "cursor": result.position})
 
     async def admin_stats(self, request: Request) -> Response:
         """Counts and per-store stream state."""
-        try:
-            self._authorize_admin(request)
-        except BadRequest as exc:
-            return _auth_error(exc)
-        stats = await self.storage.stats()
+        stats = await self._stats_for(request, admin_only=True)
+        if isinstance(stats, Response):
+            return stats
         return JSONResponse(
             {
                 "events": stats.events,
                 "unrouted": stats.unrouted,
                 "quarantined": stats.quarantined,
-                "intake": dict(self.metrics.intake),
+                "alerted": stats.alerted,
+                "intake": self.metrics.intake_counts(),
                 "stores": [
                     {
                         "store": s.store,
@@ -518,6 +449,18 @@ class RelayService:
                 "missing_stores": self.missing_stores(),
             }
         )
+
+    async def _stats_for(self, request: Request, *, admin_only: bool) -> Stats | Response:
+        """Storage counts for a caller, or the answer refusing it (or storage's failure)."""
+        try:
+            if admin_only:
+                self._authorize_admin(request)
+        except RequestRefused as exc:
+            return _auth_error(exc)
+        try:
+            return await self.storage.stats()
+        except StorageError:
+            return _error(503, "storage unavailable")
 
     def missing_stores(self) -> list[str]:
         """Configured stores that have not polled this replica within canary_window."""
@@ -542,13 +485,21 @@ class RelayService:
             return PlainTextResponse(f"storage not writable: {exc}\n", status_code=503)
         return PlainTextResponse("ready\n")
 
-    async def metrics_page(self, _request: Request) -> Response:
-        """Prometheus text exposition."""
-        stats = await self.storage.stats()
-        return PlainTextResponse(
-            self.metrics.render(stats, self.clock(), self.missing_stores()),
-            media_type="text/plain; version=0.0.4",
+    async def metrics_page(self, request: Request) -> Response:
+        """Prometheus text exposition: aggregates for anyone, per-store series only with the
+        admin token (a wrong token is refused, so a misconfigured scraper notices)."""
+        per_store = "authorization" in request.headers
+        stats = await self._stats_for(request, admin_only=per_store)
+        if isinstance(stats, Response):
+            return stats
+        body = self.metrics.render(
+            stats,
+            self.clock(),
+            self.missing_stores(),
+            stores=len(self._store_digests),
+            per_store=per_store,
         )
+        return Response(body, media_type=CONTENT_TYPE)
 
     async def run_cleanup(self) -> int:
         """Delete what is older than the retention period; return events deleted."""
@@ -556,6 +507,46 @@ class RelayService:
         deleted = await self.storage.purge(cutoff)
         log.info("retention_purged", events=deleted, before=cutoff)
         return deleted
+
+    async def run_alert_check(self) -> list[int]:
+        """Route waiting events whose route is known by now, then raise the alert for fraud
+        alerts unrouted for longer than unroutable_alert_after; return the event ids newly
+        alerted."""
+        now = self.clock()
+        moved = await self.storage.route_waiting(now)
+        if moved:
+            self.metrics.count_rerouted(len(moved))
+            for store in {store for _event, store in moved}:
+                self._wake(store)
+            log.info("events_rerouted", events=[event for event, _store in moved], by="sweep")
+        after = self.settings.config.delivery.unroutable_alert_after
+        alerted = await self.storage.alert_unroutable(now - after, now)
+        if alerted:
+            self.metrics.count_alerted(len(alerted))
+        for event in alerted:
+            # A fraud alert is never resent: an operator must find its store (or its sale)
+            # by hand, so this is an error, not a warning.
+            log.error(
+                "fraud_alert_unroutable",
+                event_id=event.event_id,
+                topic=event.topic,
+                received_at=event.received_at,
+                waited_seconds=round(now - event.received_at, 1),
+                waits_for=event.asks,
+                hint="GET /admin/events?status=alerted, then POST /admin/events/{id}/assign",
+            )
+        return [event.event_id for event in alerted]
+
+    async def _alert_loop(self) -> None:
+        after = self.settings.config.delivery.unroutable_alert_after
+        low, high = ALERT_CHECK_BOUNDS
+        interval = min(max(after * ALERT_CHECK_FRACTION, low), high)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.run_alert_check()
+            except StorageError as exc:
+                log.warning("unroutable_check_failed", error=str(exc))
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -566,38 +557,48 @@ class RelayService:
             await asyncio.sleep(CLEANUP_INTERVAL)
 
 
+class _Body:
+    """A request body read incrementally, never more than ``limit`` bytes buffered."""
+
+    def __init__(self, receive: Receive, headers: dict[str, str], limit: int, too_large: str):
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestRefused(400, "content-length is not a number")
+            if int(declared) > limit:
+                raise RequestRefused(413, too_large)
+        self._receive = receive
+        self._limit = limit
+        self._too_large = too_large
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._complete = False
+
+    async def read(self, at_least: int | None = None) -> bytes:
+        """The body read so far once it holds ``at_least`` bytes (None: all of it)."""
+        while not self._complete and (at_least is None or self._size < at_least):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise RequestRefused(413, self._too_large)
+            self._chunks.append(chunk)
+            self._complete = not message.get("more_body", False)
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+
 def _bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise BadRequest(401, "bearer token required")
+        raise RequestRefused(401, "bearer token required")
     return token.strip()
 
 
-def _require_signed_resource(
-    classified: Classified, id_source: str | None, query: dict[str, str]
-) -> None:
-    """Refuse a signature that names one resource on a body about another.
-
-    The signature covers an id, not the body: without this check a captured signature for
-    payment 111 could carry a body about payment 222 (or another store's intent) and the
-    relay would route, and teach routes, by the body. Whichever id was signed (the query's
-    data.id, or the body's id as Point intents are signed) must be the resource's id when
-    the body names one.
-    """
-    resource = classified.resource_id
-    if resource is None:
-        return
-    if id_source in {IdSource.QUERY, IdSource.QUERY_LOWER}:
-        signed_id: str | None = query.get("data.id")
-    elif id_source in {IdSource.BODY, IdSource.BODY_LOWER}:
-        signed_id = classified.body_id
-    else:
-        return
-    if signed_id is None or resource.lower() != signed_id.lower():
-        raise BadRequest(401, "x-signature names another resource than the body")
-
-
-def _auth_error(exc: BadRequest) -> JSONResponse:
+def _auth_error(exc: RequestRefused) -> JSONResponse:
     if exc.status == 401:
         return _error(401, exc.reason, **{"WWW-Authenticate": "Bearer"})
     return _error(exc.status, exc.reason)
@@ -608,7 +609,7 @@ def _int_param(request: Request, name: str, default: int | None, *, minimum: int
     if raw is None:
         return default
     if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
-        raise BadRequest(400, f"{name} must be an integer >= {minimum}")
+        raise RequestRefused(400, f"{name} must be an integer >= {minimum}")
     return int(raw)
 
 
@@ -619,20 +620,20 @@ def _float_param(request: Request, name: str, default: float, *, maximum: float)
     try:
         value = float(raw)
     except ValueError:
-        raise BadRequest(400, f"{name} must be a number of seconds") from None
+        raise RequestRefused(400, f"{name} must be a number of seconds") from None
     if not 0 <= value <= maximum:
-        raise BadRequest(400, f"{name} must be between 0 and {maximum:g} seconds")
+        raise RequestRefused(400, f"{name} must be between 0 and {maximum:g} seconds")
     return value
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
     body = await request.body()
     if len(body) > 4096:
-        raise BadRequest(413, "body too large")
+        raise RequestRefused(413, "body too large")
     try:
         payload = json.loads(body or b"{}")
     except ValueError:
-        raise BadRequest(400, "body must be a JSON object") from None
+        raise RequestRefused(400, "body must be a JSON object") from None
     if not isinstance(payload, dict):
-        raise BadRequest(400, "body must be a JSON object")
+        raise RequestRefused(400, "body must be a JSON object")
     return payload

@@ -60,6 +60,9 @@ class RelaySettings:
     canary_window: float = 300.0
     admin_token: Secret | None = None
     stores: tuple[StoreCredential, ...] = field(default_factory=tuple)
+    # The loaded file itself: keys added since this flat value was made are read from here
+    # only (pointd.config's RelayConfig is their one definition).
+    config: RelayConfig = field(default_factory=RelayConfig)
 
     def __post_init__(self) -> None:
         if self.backend not in {"sqlite", "postgres"}:
@@ -118,6 +121,7 @@ def settings_from_config(config: RelayConfig) -> RelaySettings:
         canary_window=config.delivery.canary_window,
         admin_token=config.admin.read_admin_token(),
         stores=tuple(StoreCredential(s.id, s.token_sha256) for s in config.stores),
+        config=config,
     )
 
 

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +22,13 @@ import structlog
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.storage import (
     EVENT_COLUMNS,
+    FRAUD_TOPICS_SQL,
+    KNOWN_WAITING,
+    LISTINGS,
     MAX_READ_LIMIT,
+    UNROUTED_CONDITION,
     Incoming,
+    RouteCascade,
     Stats,
     StoredEvent,
     StoreStream,
@@ -59,6 +64,8 @@ CREATE TABLE IF NOT EXISTS events (
     parse TEXT NOT NULL,
     signed INTEGER NOT NULL,
     id_source TEXT,
+    signed_field TEXT,
+    alerted_at REAL,
     store TEXT,
     asks TEXT,
     teaches TEXT NOT NULL,
@@ -89,6 +96,23 @@ CREATE TABLE IF NOT EXISTS routes (
     learned_at REAL NOT NULL
 );
 """
+# Columns added after the first release: (name, type) added to an older file on open.
+ADDED_COLUMNS = (("signed_field", "TEXT"), ("alerted_at", "REAL"))
+# Created after ADDED_COLUMNS exist: an older file has none of these columns at first.
+INDEXES = f"""
+CREATE INDEX IF NOT EXISTS events_waiting ON events(asks) WHERE store IS NULL;
+CREATE INDEX IF NOT EXISTS events_unroutable ON events(received_at)
+    WHERE store IS NULL AND alerted_at IS NULL AND topic IN {FRAUD_TOPICS_SQL};
+"""
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    connection.executescript(SCHEMA)
+    present = {str(row[1]) for row in connection.execute("PRAGMA table_info(events)")}
+    for name, kind in ADDED_COLUMNS:
+        if name not in present:
+            connection.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+    connection.executescript(INDEXES)
+
 
 class SqliteStorage:
     """Storage in one SQLite file; safe against power loss once a commit returned."""
@@ -139,7 +163,7 @@ class SqliteStorage:
         loop = asyncio.get_running_loop()
         try:
             self._writer = await loop.run_in_executor(self._writer_pool, self._connect)
-            await self._on_writer(lambda c: c.executescript(SCHEMA))
+            await self._on_writer(_create_schema)
             await self._on_writer(lambda c: c.execute("PRAGMA wal_autocheckpoint=0"))
             self._reader = await loop.run_in_executor(self._reader_pool, self._connect)
         except sqlite3.Error as exc:
@@ -263,7 +287,8 @@ class SqliteStorage:
         return await self._read(work)
 
     async def assign(self, event_id: int, store: str, now: float) -> WriteResult | None:
-        """Append an existing event to a store's stream and learn its route keys."""
+        """Append an existing event to a store's stream, learn its route keys and route
+        the events waiting for them."""
 
         def work(connection: sqlite3.Connection) -> WriteResult | None:
             connection.execute("BEGIN IMMEDIATE")
@@ -276,48 +301,98 @@ class SqliteStorage:
                     connection.execute("ROLLBACK")
                     return None
                 connection.execute("UPDATE events SET store = ? WHERE id = ?", (store, event_id))
-                _learn(connection, json.loads(row[0]), store, now)
+                taught = {key: store for key in json.loads(row[0])}
+                _learn(connection, taught, now)
                 position = _append(connection, store, event_id, now)
+                rerouted = [event for event, _root in _reroute(connection, taught, now)]
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
-            return WriteResult(event_id, duplicate=False, store=store, position=position)
+            return WriteResult(
+                event_id, duplicate=False, store=store, position=position,
+                rerouted=tuple(rerouted),
+            )
 
         try:
             return await self._on_writer(work)
         except sqlite3.Error as exc:
             raise NotStored(f"sqlite assign failed: {exc}") from exc
 
-    async def list_events(self, which: str, limit: int) -> list[StoredEvent]:
-        """Newest unrouted or quarantined events."""
-        condition = {
-            "unrouted": "e.store IS NULL AND e.kind <> 'canary'",
-            "quarantined": "e.parse IN ('lenient', 'unparseable')",
-        }[which]
+    async def list_events(self, which: str, after: int, limit: int) -> list[StoredEvent]:
+        """Unrouted, quarantined or alerted events after an event id, oldest first."""
+        condition = LISTINGS[which]
         limit = max(1, min(limit, MAX_READ_LIMIT))
 
         def work(connection: sqlite3.Connection) -> list[StoredEvent]:
             rows = connection.execute(
                 f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
-                f"WHERE {condition} ORDER BY e.id DESC LIMIT ?",
-                (limit,),
+                f"WHERE {condition} AND e.id > ? ORDER BY e.id LIMIT ?",
+                (after, limit),
             ).fetchall()
             return [event_from_row(row[1:], None, row[0]) for row in rows]
 
         return await self._read(work)
+
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route the waiting events whose route key is known."""
+
+        def work(connection: sqlite3.Connection) -> list[tuple[int, str]]:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                known = dict(connection.execute(KNOWN_WAITING).fetchall())
+                moved = _reroute(connection, known, now) if known else []
+                if moved:
+                    self._counters = None  # heads moved; reloaded by the next batch
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return [(event_id, known[root]) for event_id, root in moved]
+
+        try:
+            return await self._on_writer(work)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite routing of waiting events failed: {exc}") from exc
+
+    async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
+        """Mark the fraud alerts unrouted since before ``before`` as alerted."""
+
+        def work(connection: sqlite3.Connection) -> list[StoredEvent]:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                rows = connection.execute(
+                    f"SELECT e.store, {EVENT_COLUMNS} FROM events e "  # noqa: S608
+                    f"WHERE {UNROUTED_CONDITION} AND e.alerted_at IS NULL "
+                    f"AND e.topic IN {FRAUD_TOPICS_SQL} AND e.received_at < ? ORDER BY e.id",
+                    (before,),
+                ).fetchall()
+                connection.executemany(
+                    "UPDATE events SET alerted_at = ? WHERE id = ?",
+                    [(now, row[1]) for row in rows],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return [replace(event_from_row(row[1:], None, row[0]), alerted_at=now) for row in rows]
+
+        try:
+            return await self._on_writer(work)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite alert marking failed: {exc}") from exc
 
     async def stats(self) -> Stats:
         """Counts and per-store stream state."""
 
         def work(connection: sqlite3.Connection) -> Stats:
             events = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            unrouted = connection.execute(
-                "SELECT COUNT(*) FROM events WHERE store IS NULL AND kind <> 'canary'"
-            ).fetchone()[0]
-            quarantined = connection.execute(
-                "SELECT COUNT(*) FROM events WHERE parse IN ('lenient', 'unparseable')"
-            ).fetchone()[0]
+            unrouted, quarantined, alerted = (
+                connection.execute(
+                    f"SELECT COUNT(*) FROM events e WHERE {LISTINGS[which]}"  # noqa: S608
+                ).fetchone()[0]
+                for which in ("unrouted", "quarantined", "alerted")
+            )
             streams = []
             for store, head, acked in connection.execute(
                 "SELECT store, head, acked FROM store_heads ORDER BY store"
@@ -328,7 +403,7 @@ class SqliteStorage:
                     (store, acked),
                 ).fetchone()
                 streams.append(StoreStream(store, head, acked, oldest[0] if oldest else None))
-            return Stats(events, unrouted, quarantined, tuple(streams))
+            return Stats(events, unrouted, quarantined, alerted, tuple(streams))
 
         return await self._read(work)
 
@@ -369,14 +444,37 @@ class SqliteStorage:
             raise StorageError(f"sqlite is not writable: {exc}") from exc
 
 
-def _learn(connection: sqlite3.Connection, keys: Sequence[str], store: str, now: float) -> None:
-    for key in keys:
-        connection.execute(
-            "INSERT INTO routes(key, store, learned_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET "
-            "store = excluded.store, learned_at = excluded.learned_at",
-            (key, store, now),
-        )
+_LEARN = (
+    "INSERT INTO routes(key, store, learned_at) VALUES (?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET store = excluded.store, learned_at = excluded.learned_at"
+)
+
+
+def _learn(connection: sqlite3.Connection, taught: dict[str, str], now: float) -> None:
+    connection.executemany(_LEARN, [(key, store, now) for key, store in taught.items()])
+
+
+def _reroute(
+    connection: sqlite3.Connection, taught: dict[str, str], now: float
+) -> list[tuple[int, str]]:
+    """Route the events waiting for a key just taught, and those waiting for what they teach
+    in turn, inside the caller's transaction; return (event id, the taught key it goes back
+    to) for each, in the order appended."""
+    cascade = RouteCascade(taught)
+    while cascade.pending:
+        rows = connection.execute(
+            "SELECT id, asks, teaches FROM events "  # noqa: S608 - placeholders only
+            "WHERE store IS NULL AND kind <> 'canary' "
+            f"AND asks IN ({_placeholders(len(cascade.pending))}) ORDER BY id",
+            list(cascade.pending),
+        ).fetchall()
+        for event_id, asks, teaches in rows:
+            store = cascade.route(int(event_id), asks, teaches)
+            connection.execute("UPDATE events SET store = ? WHERE id = ?", (store, event_id))
+            _append(connection, store, int(event_id), now)
+        _learn(connection, cascade.learned, now)
+        cascade.advance()
+    return cascade.moved
 
 
 def _append(connection: sqlite3.Connection, store: str, event_id: int, now: float) -> int:
@@ -394,8 +492,8 @@ def _append(connection: sqlite3.Connection, store: str, event_id: int, now: floa
 
 
 _EVENT_INSERT_COLUMNS = (
-    "id, received_at, request_id, content_key, kind, topic, parse, signed, id_source, store, "
-    "asks, teaches, query, headers, body"
+    "id, received_at, request_id, content_key, kind, topic, parse, signed, id_source, "
+    "signed_field, store, asks, teaches, query, headers, body"
 )
 
 
@@ -482,10 +580,11 @@ def _write_items(
 
     Sequential semantics are kept: an item is a duplicate of an earlier one (stored or in
     this batch) with the same request id or content key, and a route taught by an earlier
-    item of the batch routes a later one. Event ids and stream positions are handed out
-    here from ``counters``, which is safe because the caller holds the write lock (BEGIN
-    IMMEDIATE); the next id and the heads this batch moved are returned, for the caller to
-    keep once the commit succeeded.
+    item of the batch routes a later one; a route taught by any item also routes the events
+    (stored, or earlier in this batch) that wait for it. Event ids and stream positions are
+    handed out here from ``counters``, which is safe because the caller holds the write
+    lock (BEGIN IMMEDIATE); the next id and the heads this batch moved are returned, for the
+    caller to keep once the commit succeeded.
     """
     existing = _existing(connection, items)
     routes = _routes(
@@ -495,6 +594,7 @@ def _write_items(
     heads: dict[str, int] = {}
     event_rows: list[tuple[Any, ...]] = []
     route_rows: dict[str, tuple[str, str, float]] = {}
+    taught_by: dict[str, int] = {}  # route key -> index in results of the item teaching it
     delivery_rows: list[tuple[str, int, int, float]] = []
     results: list[WriteResult] = []
     for item in items:
@@ -521,6 +621,7 @@ def _write_items(
                 item.parse,
                 int(item.signed),
                 item.id_source,
+                item.signed_field,
                 store,
                 item.asks,
                 json.dumps(list(item.teaches)),
@@ -535,6 +636,7 @@ def _write_items(
         for key in item.teaches:
             routes[key] = store
             route_rows[key] = (key, store, item.received_at)
+            taught_by[key] = len(results)
         heads[store] = heads.get(store, counters.heads.get(store, 0)) + 1
         delivery_rows.append((store, heads[store], event_id, item.received_at))
         results.append(WriteResult(event_id, duplicate=False, store=store, position=heads[store]))
@@ -554,4 +656,18 @@ def _write_items(
         list(heads.items()),
         "ON CONFLICT(store) DO UPDATE SET head = excluded.head",
     )
+    if route_rows:
+        now = items[-1].received_at
+        moved = _reroute(connection, {key: row[1] for key, row in route_rows.items()}, now)
+        for event_id, root in moved:
+            index = taught_by[root]
+            results[index] = replace(
+                results[index], rerouted=(*results[index].rerouted, event_id)
+            )
+        for store in {route_rows[root][1] for _event, root in moved}:
+            heads[store] = int(
+                connection.execute(
+                    "SELECT head FROM store_heads WHERE store = ?", (store,)
+                ).fetchone()[0]
+            )
     return results, next_id, heads

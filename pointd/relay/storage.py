@@ -6,8 +6,11 @@ same transaction appends it to its store's stream in ``deliveries`` at the store
 *position*; the position is the store's cursor. Positions are handed out under a per-store
 row lock (``store_heads``), so a reader that has seen position N can never later find a
 committed N-1: a cursor is safe to advance even with several replicas writing. Route keys
-(payment and intent ids) learned from routed notifications live in ``routes``; an unrouted
-event waits in ``events`` until an operator assigns it, which appends it to a stream then.
+(payment and intent ids) learned from routed notifications live in ``routes``. An unrouted
+event waits in ``events`` with the key it ``asks`` for: the commit that first teaches that
+key (a later notification, or an operator's assignment) routes it too, in the same
+transaction, and what it teaches in turn. A fraud alert still waiting after
+``delivery.unroutable_alert_after`` is marked ``alerted_at`` once, for the alert.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pointd.relay.notification import FRAUD_TOPICS
 
 MAX_READ_LIMIT = 500
 
@@ -33,6 +38,7 @@ class Incoming:
     parse: str
     signed: bool
     id_source: str | None
+    signed_field: str | None  # the body field the signed id named (docs/relay.md)
     store: str | None
     asks: str | None
     teaches: tuple[str, ...]
@@ -43,12 +49,14 @@ class Incoming:
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What became of one Incoming: its event id, whether it was a duplicate, its store."""
+    """What became of one Incoming: its event id, whether it was a duplicate, its store, and
+    the waiting events its route keys routed to that store."""
 
     event_id: int
     duplicate: bool
     store: str | None
     position: int | None
+    rerouted: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,9 @@ class StoredEvent:
     parse: str
     signed: bool
     id_source: str | None
+    signed_field: str | None
+    asks: str | None  # the route key an unrouted event waits for
+    alerted_at: float | None
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
@@ -80,6 +91,9 @@ class StoredEvent:
             "parse": self.parse,
             "signed": self.signed,
             "id_source": self.id_source,
+            "signed_field": self.signed_field,
+            "asks": self.asks,
+            "alerted_at": self.alerted_at,
             "query": self.query,
             "headers": self.headers,
             "body_b64": base64.b64encode(self.body).decode("ascii"),
@@ -103,6 +117,7 @@ class Stats:
     events: int
     unrouted: int
     quarantined: int
+    alerted: int  # fraud alerts still unrouted after delivery.unroutable_alert_after
     streams: tuple[StoreStream, ...] = field(default_factory=tuple)
 
 
@@ -130,8 +145,16 @@ class Storage(Protocol):
     async def assign(self, event_id: int, store: str, now: float) -> WriteResult | None:
         """Append an existing event to a store's stream; None when there is no such event."""
 
-    async def list_events(self, which: str, limit: int) -> list[StoredEvent]:
-        """Newest ``unrouted`` or ``quarantined`` events."""
+    async def list_events(self, which: str, after: int, limit: int) -> list[StoredEvent]:
+        """``unrouted``, ``quarantined`` or ``alerted`` events with id > after, oldest first."""
+
+    async def route_waiting(self, now: float) -> list[tuple[int, str]]:
+        """Route every waiting event whose route key is known by now (a safety net behind
+        the re-routing each commit does); return (event id, store) of each."""
+
+    async def alert_unroutable(self, before: float, now: float) -> list[StoredEvent]:
+        """Mark fraud alerts received before ``before`` and still unrouted as alerted at
+        ``now``; return those this call marked (each is marked once, by one replica)."""
 
     async def stats(self) -> Stats:
         """Counts and per-store stream state."""
@@ -144,6 +167,37 @@ class Storage(Protocol):
 
     def on_remote_write(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(store)`` when another replica appended to a store's stream."""
+
+
+class RouteCascade:
+    """The bookkeeping of routing waiting events, shared by both backends.
+
+    Starting from the route keys a commit taught, each round looks up the events waiting for
+    the ``pending`` keys; every event routed (``route``) may teach keys of its own, which
+    wait for the next round (``advance``). ``moved`` says, for each event routed, the taught
+    key it goes back to, so that the commit can say which of its items routed it.
+    """
+
+    def __init__(self, taught: dict[str, str]) -> None:
+        self.pending = dict(taught)
+        self.learned: dict[str, str] = {}
+        self.moved: list[tuple[int, str]] = []
+        self._root = {key: key for key in taught}
+        self._known = dict(taught)
+
+    def route(self, event_id: int, asks: str, teaches: str) -> str:
+        """Record one waiting event routed by ``asks``; return its store."""
+        store = self.pending[asks]
+        self.moved.append((event_id, self._root[asks]))
+        for key in json.loads(teaches):
+            if key not in self._known:
+                self._known[key] = self.learned[key] = store
+                self._root[key] = self._root[asks]
+        return store
+
+    def advance(self) -> None:
+        """Start the next round with the keys the last one learned."""
+        self.pending, self.learned = self.learned, {}
 
 
 def encode_mapping(mapping: dict[str, str]) -> str:
@@ -159,9 +213,22 @@ def decode_mapping(text: str) -> dict[str, str]:
 
 # The columns event_from_row reads, in its order, from the events table aliased ``e``.
 EVENT_COLUMNS = (
-    "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.query, e.headers, "
-    "e.body"
+    "e.id, e.received_at, e.kind, e.topic, e.parse, e.signed, e.id_source, e.signed_field, "
+    "e.asks, e.alerted_at, e.query, e.headers, e.body"
 )
+# Waiting events whose route is known, as (key, store): what route_waiting routes.
+KNOWN_WAITING = (
+    "SELECT DISTINCT e.asks, r.store FROM events e JOIN routes r ON r.key = e.asks "
+    "WHERE e.store IS NULL AND e.kind <> 'canary'"
+)
+# The admin listings, as conditions on the events table aliased ``e`` (both backends).
+FRAUD_TOPICS_SQL = "({})".format(", ".join(f"'{topic}'" for topic in sorted(FRAUD_TOPICS)))
+UNROUTED_CONDITION = "e.store IS NULL AND e.kind <> 'canary'"
+LISTINGS = {
+    "unrouted": UNROUTED_CONDITION,
+    "quarantined": "e.parse IN ('lenient', 'unparseable')",
+    "alerted": f"{UNROUTED_CONDITION} AND e.alerted_at IS NOT NULL",
+}
 
 
 def event_from_row(row: Sequence[Any], position: int | None, store: str | None) -> StoredEvent:
@@ -176,7 +243,10 @@ def event_from_row(row: Sequence[Any], position: int | None, store: str | None) 
         parse=str(row[4]),
         signed=bool(row[5]),
         id_source=row[6],
-        query=decode_mapping(row[7]),
-        headers=decode_mapping(row[8]),
-        body=bytes(row[9]),
+        signed_field=row[7],
+        asks=row[8],
+        alerted_at=None if row[9] is None else float(row[9]),
+        query=decode_mapping(row[10]),
+        headers=decode_mapping(row[11]),
+        body=bytes(row[12]),
     )

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import uvicorn
 
 from pointd.cloud.signature import sign
 from pointd.config import Secret
+from pointd.relay.client import RelayEvent
 from pointd.relay.service import INTAKE_PATH, RelayService
 from pointd.relay.settings import RelaySettings, StoreCredential
 from pointd.relay.storage import Storage
@@ -168,6 +169,40 @@ async def running_relay(
         url = f"http://127.0.0.1:{bound}"
         async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
             yield RunningRelay(service=service, url=url, port=bound, client=client, clock=clock)
+
+
+class MemoryCursor:
+    """A cursor store standing in for the daemon's journal."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def get(self) -> int:
+        return self.value
+
+    def set(self, cursor: int) -> None:
+        self.value = cursor
+
+
+class Journal:
+    """A RelayConsumer handler standing in for the daemon's journal, optionally failing first."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.events: list[RelayEvent] = []
+        self.failures = failures
+        self.changed = asyncio.Event()
+
+    async def __call__(self, events: Sequence[RelayEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("journal disk full")
+        self.events.extend(events)
+        self.changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.events) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), IO_TIMEOUT)
 
 
 def seed(name: str) -> bytes:

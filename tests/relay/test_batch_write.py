@@ -39,6 +39,7 @@ def item(
         parse="json",
         signed=True,
         id_source="body",
+        signed_field="id",
         store=store,
         asks=asks,
         teaches=teaches,
@@ -82,20 +83,28 @@ async def test_a_repeat_of_a_stored_event_is_a_duplicate(storage: Storage) -> No
     ]
 
 
-async def test_a_route_taught_earlier_in_the_batch_routes_a_later_item(storage: Storage) -> None:
+async def test_a_route_taught_in_a_batch_routes_its_items_before_and_after(
+    storage: Storage,
+) -> None:
     teacher = item(1, store="store-b", teaches=(intent_key("i1"), payment_key("p1")))
     asker = item(2, store=None, asks=payment_key("p1"))
     stranger = item(3, store=None, asks=payment_key("unknown"))
     asker_again = replace(asker, request_id="rq-2b", content_key="later")
     results = await storage.write_batch([asker, teacher, asker_again, stranger])
-    assert results[0].store is None  # asked before anything taught the route
+    assert results[0].store is None  # asked before anything taught the route ...
     assert results[1].store == "store-b"
+    assert results[1].rerouted == (results[0].event_id,)  # ... and routed by the teacher
     assert results[2].store == "store-b"
     assert results[2].position == 2
     assert results[3].store is None
     assert results[3].position is None
+    events = await storage.read("store-b", 0, 10)
+    assert [e.event_id for e in events] == [r.event_id for r in results[1:3]] + [
+        results[0].event_id
+    ]
+    assert [e.position for e in events] == [1, 2, 3]
     (later,) = await storage.write_batch([item(4, store=None, asks=intent_key("i1"))])
-    assert (later.store, later.position) == ("store-b", 3)
+    assert (later.store, later.position) == ("store-b", 4)
 
 
 async def test_positions_and_ids_continue_across_batches_assignments_and_restarts(
@@ -184,3 +193,31 @@ async def test_a_new_sqlite_file_uses_small_pages_and_an_old_one_keeps_its_own(
                 assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
             await storage.close()
+
+
+async def test_a_route_learned_without_rerouting_is_caught_up_by_route_waiting(
+    storage: Storage, tmp_path: Path, backend: tuple[str, str | None]
+) -> None:
+    # Two PostgreSQL replicas racing can leave an event waiting for a key another commit
+    # just learned; simulated here by writing the route row directly.
+    name, dsn = backend
+    (waiting,) = await storage.write_batch([item(1, store=None, asks=payment_key("p7"))])
+    (routed,) = await storage.write_batch([item(2, store="store-b")])
+    insert = "INSERT INTO routes(key, store, learned_at) VALUES ('payment:p7', 'store-b', 1)"
+    if name == "sqlite":
+        path = make_settings(tmp_path, name, dsn).sqlite_path
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute(insert)
+            connection.commit()
+    else:
+        import psycopg
+
+        assert dsn is not None
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(insert)
+    assert await storage.route_waiting(1_763_000_100.0) == [(waiting.event_id, "store-b")]
+    assert await storage.route_waiting(1_763_000_101.0) == []
+    (after,) = await storage.write_batch([item(3, store="store-b")])
+    events = await storage.read("store-b", 0, 10)
+    assert [e.event_id for e in events] == [routed.event_id, waiting.event_id, after.event_id]
+    assert [e.position for e in events] == [1, 2, 3]

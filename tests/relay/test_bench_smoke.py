@@ -1,4 +1,4 @@
-"""The relay benchmark runs end to end (``--quick``); no timing is asserted."""
+"""The relay benchmarks run end to end (``--quick``); no timing is asserted."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Two relay processes and a journal on a loaded 2-core machine; the run itself is ~3 s.
+# Relay processes, load generators and a journal on a loaded 2-core machine; each run
+# itself is a few seconds.
 BENCH_TIMEOUT = 120.0
 
 
-def test_quick_benchmark_runs_and_loses_nothing() -> None:
+def quick_run(script: str) -> str:
+    """The output of ``bench/<script> --quick``, which must exit 0."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "relay_intake.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -21,10 +23,25 @@ def test_quick_benchmark_runs_and_loses_nothing() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
+    return result.stdout
+
+
+def test_quick_benchmark_runs_and_loses_nothing() -> None:
+    output = quick_run("relay_intake.py")
+    lines = output.splitlines()
     assert any(line.startswith("machine: ") and "fsync p99 ms" in line for line in lines)
     names = ("intake sqlite fast", "intake sqlite portable", "POST→200", "POST→journal", "away")
     for name in names:
         (line,) = [line for line in lines if name in line]
         assert "lost 0" in line or "lost" not in line, line
-    assert "journaled twice 0" in result.stdout
+    assert "journaled twice 0" in output
+
+
+def test_quick_hostile_load_benchmark_runs_and_loses_nothing() -> None:
+    lines = quick_run("relay_hostile.py").splitlines()
+    assert any(line.startswith("calibration: ") for line in lines)
+    assert any(line.strip().startswith("command: ") for line in lines)
+    for name in ("genuine alone (reference)", "genuine under hostile load", "hostile requests"):
+        (line,) = [line for line in lines if line.startswith(name)]
+        assert "failed 0" in line or "failed" not in line, line
+    assert lines[-1].endswith("lost 0"), lines[-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,6 @@ from pointd.relay.client import (
     BACKOFF_CAP,
     HealthState,
     RelayConsumer,
-    RelayEvent,
     RelayHealth,
 )
 from tests.relay.harness import (
@@ -22,6 +20,8 @@ from tests.relay.harness import (
     REF_A,
     TOKENS,
     FakeClock,
+    Journal,
+    MemoryCursor,
     RunningRelay,
     make_settings,
     running_relay,
@@ -29,40 +29,6 @@ from tests.relay.harness import (
     webhook,
     with_reference,
 )
-
-
-class MemoryCursor:
-    """A cursor store standing in for the daemon's journal."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self) -> int:
-        return self.value
-
-    def set(self, cursor: int) -> None:
-        self.value = cursor
-
-
-class Journal:
-    """A handler that journals events, optionally failing first."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.events: list[RelayEvent] = []
-        self.failures = failures
-        self.changed = asyncio.Event()
-
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise OSError("journal disk full")
-        self.events.extend(events)
-        self.changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        while len(self.events) < count:
-            self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), IO_TIMEOUT)
 
 
 def consumer_for(

@@ -48,7 +48,7 @@ async def test_refusals_are_counted_and_logged_at_most_once_per_interval(
     refusals = [entry for entry in logs if entry["event"] == "intake_refused"]
     assert [entry["refusals_since_last_line"] for entry in refusals] == [1, 5]
     assert all("bad" not in str(entry) for entry in refusals)  # the secret never shows
-    assert sqlite_relay.service.metrics.intake["unauthorized"] == 6
+    assert sqlite_relay.service.metrics.intake_counts()["unauthorized"] == 6
 
 
 async def test_a_sender_that_goes_away_mid_body_stores_nothing(
@@ -75,7 +75,7 @@ async def test_a_sender_that_goes_away_mid_body_stores_nothing(
     }
     await asyncio.wait_for(sqlite_relay.service.app(scope, receive, send), 10)
     assert sent == []
-    assert sqlite_relay.service.metrics.intake["client_gone"] == 1
+    assert sqlite_relay.service.metrics.intake_counts()["client_gone"] == 1
     assert (await sqlite_relay.service.storage.stats()).events == 0
 
 

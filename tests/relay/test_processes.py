@@ -3,92 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
-import re
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
 from pointd.cloud.signature import sign
-from pointd.relay.client import RelayConsumer, RelayEvent
-from tests.relay.harness import ADMIN_TOKEN, IO_TIMEOUT, SECRET, TOKENS, seed, with_reference
+from pointd.relay.client import RelayConsumer
+from tests.relay.harness import (
+    IO_TIMEOUT,
+    SECRET,
+    TOKENS,
+    Journal,
+    MemoryCursor,
+    seed,
+    with_reference,
+)
+from tests.relay.processes import relay_process, write_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 INTENT = seed("000_intent_finished_mla.json")
 # Long enough for a stream of several hundred notifications on a loaded 2-core machine.
 STREAM_TIMEOUT = 30.0
-
-
-def write_config(tmp_path: Path, backend: str, dsn: str | None) -> Path:
-    """A relay.toml with secrets in their own 0600 files."""
-    for name, value in (("secret", SECRET), ("admin", ADMIN_TOKEN), ("dsn", dsn or "unused")):
-        path = tmp_path / name
-        path.write_text(value)
-        path.chmod(0o600)
-    stores = "".join(
-        f'[[stores]]\nid = "{store}"\ntoken_sha256 = "{hashlib.sha256(t.encode()).hexdigest()}"\n'
-        for store, t in TOKENS.items()
-    )
-    storage = (
-        'backend = "postgres"\npostgres_dsn_file = "./dsn"\n'
-        if backend == "postgres"
-        else 'backend = "sqlite"\nsqlite_path = "relay.sqlite3"\n'
-    )
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        '[server]\nhost = "127.0.0.1"\nport = 8080\n'
-        '[intake]\nwebhook_secret_file = "./secret"\n'
-        f"[storage]\n{storage}batch_wait = 0.001\n"
-        '[admin]\ntoken_file = "./admin"\n' + stores
-    )
-    return config
-
-
-@contextlib.asynccontextmanager
-async def relay_process(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """Run ``python -m pointd.relay``; yield it and its base URL once it listens."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pointd.relay",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=None,  # a relay that fails to start says why in the test output
-    )
-    assert process.stdout is not None
-    try:
-        url = None
-        while url is None:
-            line = await asyncio.wait_for(process.stdout.readline(), IO_TIMEOUT)
-            if not line:
-                raise RuntimeError("relay exited before listening")
-            found = re.search(rb"listening on (http://[0-9.:]+)/", line)
-            url = found.group(1).decode() if found else None
-        drain = asyncio.create_task(_drain(process.stdout))
-        yield process, url
-        drain.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 def signed_intent(store: str, n: int) -> tuple[bytes, dict[str, str]]:
@@ -161,7 +101,7 @@ async def test_sigkill_under_load_loses_nothing_answered_2xx(
     config = write_config(tmp_path, backend_name, dsn)
     answered: dict[str, str] = {}
     stop = asyncio.Event()
-    async with relay_process(config) as (process, url):
+    async with relay_process(config) as (process, url, _log):
         sending = asyncio.create_task(stream([url], ["store-a"], answered, stop))
         deadline = time.monotonic() + STREAM_TIMEOUT
         while len(answered) < 200 and time.monotonic() < deadline:  # noqa: ASYNC110 - counts filled by sender tasks
@@ -171,33 +111,12 @@ async def test_sigkill_under_load_loses_nothing_answered_2xx(
         stop.set()
         await asyncio.wait_for(sending, IO_TIMEOUT)
     assert len(answered) >= 200
-    async with relay_process(config) as (_process, url):
+    async with relay_process(config) as (_process, url, _log):
         events = await read_all(url, "store-a")
     delivered = {e["headers"]["x-request-id"] for e in events}  # type: ignore[index]
     lost = set(answered) - delivered
     assert lost == set(), f"{len(lost)} of {len(answered)} answered notifications lost"
     assert len(delivered) == len(events)  # stored once each
-
-
-class Collect:
-    """A handler that journals into a dict by event id."""
-
-    def __init__(self) -> None:
-        self.events: list[RelayEvent] = []
-
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
-        self.events.extend(events)
-
-
-class Cursor:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self) -> int:
-        return self.value
-
-    def set(self, cursor: int) -> None:
-        self.value = cursor
 
 
 @pytest.mark.postgres
@@ -207,15 +126,15 @@ async def test_two_replicas_on_one_database_deliver_each_store_only_its_own(
     config = write_config(tmp_path, "postgres", postgres_dsn)
     answered: dict[str, str] = {}
     stop = asyncio.Event()
-    async with relay_process(config) as (_p1, url1), relay_process(config) as (_p2, url2):
-        handlers = {"store-a": Collect(), "store-b": Collect()}
+    async with relay_process(config) as (_p1, url1, _l1), relay_process(config) as (_p2, url2, _l2):
+        handlers = {"store-a": Journal(), "store-b": Journal()}
         consumers = [
             RelayConsumer(
                 url,
                 store,
                 TOKENS[store],
                 handlers[store],
-                Cursor(),
+                MemoryCursor(),
                 long_poll_wait=1.0,
                 canary_interval=3600.0,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.relay.harness import (
     ADMIN_TOKEN,
@@ -186,6 +187,15 @@ async def test_retention_purges_old_events_and_cursors_keep_counting(relay: Runn
     assert (await relay.admin("GET", "/admin/events")).json()["events"] == []
 
 
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def test_health_ready_and_metrics(relay: RunningRelay) -> None:
     assert (await relay.client.get("/healthz")).text == "ok\n"
     assert (await relay.client.get("/readyz")).status_code == 200
@@ -193,19 +203,37 @@ async def test_health_ready_and_metrics(relay: RunningRelay) -> None:
     await relay.post_signed(intent(REF_A, 1))
     await relay.post_signed(webhook("payment", {"id": "1"}), signature=None)
     await relay.post_signed(seed("003_fraud_alert_fragment.txt"), request_id="frag")
-    text = (await relay.client.get("/metrics")).text
-    for line in [
-        'pointd_relay_intake_total{outcome="stored"} 2',
-        'pointd_relay_intake_total{outcome="duplicate"} 1',
-        'pointd_relay_intake_total{outcome="unauthorized"} 1',
-        "pointd_relay_unrouted_events 1",
-        "pointd_relay_quarantined_events 2",
-        'pointd_relay_delivery_lag_events{store="store-a"} 1',
-        "pointd_relay_commit_seconds_count ",
-        'pointd_relay_store_missing{store="store-b"} 1',
+    public = await relay.client.get("/metrics")
+    assert public.status_code == 200
+    assert public.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found = samples(public.text)
+    for name, labels, value in [
+        ("pointd_relay_intake_total", (("outcome", "stored"),), 2),
+        ("pointd_relay_intake_total", (("outcome", "duplicate"),), 1),
+        ("pointd_relay_intake_total", (("outcome", "unauthorized"),), 1),
+        ("pointd_relay_unrouted_events", (), 1),
+        ("pointd_relay_quarantined_events", (), 2),
+        ("pointd_relay_unroutable_fraud_alerts", (), 0),
+        ("pointd_relay_stores", (), 2),
+        ("pointd_relay_stores_missing", (), 2),
+        ("pointd_relay_delivery_lag_events_max", (), 1),
+        ("pointd_relay_commit_seconds_count", (), 3),
     ]:
-        assert line in text, line
-    assert "x-signature" not in text
+        assert found[(name, labels)] == value, (name, labels)
+    assert "x-signature" not in public.text
+    # Without the admin token nothing names a store.
+    for store in TOKENS:
+        assert store not in public.text
+    assert all(("store", s) not in labels for _n, labels in found for s in TOKENS)
+    admin = await relay.admin("GET", "/metrics")
+    assert admin.status_code == 200
+    per_store = samples(admin.text)
+    assert per_store[("pointd_relay_delivery_lag_events", (("store", "store-a"),))] == 1
+    assert per_store[("pointd_relay_store_missing", (("store", "store-b"),))] == 1
+    assert per_store[("pointd_relay_events", ())] == 2
+    wrong = await relay.client.get("/metrics", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert all(store not in wrong.text for store in TOKENS)
 
 
 async def test_admin_api_is_off_without_a_token(tmp_path, backend) -> None:
@@ -215,3 +243,35 @@ async def test_admin_api_is_off_without_a_token(tmp_path, backend) -> None:
     async with running_relay(make_settings(tmp_path, name, dsn, admin_token=None)) as relay:
         answer = await relay.admin("GET", "/admin/stats")
         assert answer.status_code == 404
+
+
+async def test_admin_listing_pages_by_cursor_so_volume_hides_nothing(relay: RunningRelay) -> None:
+    async def post_unrouted(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            body = webhook("payment", {"id": f"9{n}"}, n)
+            query = {"data.id": f"9{n}", "type": "payment"}
+            answer = await relay.post_signed(body, query=query, request_id=f"u-{n}")
+            assert answer.status_code == 200
+
+    await post_unrouted(0, 7)
+    seen: list[int] = []
+    cursor = 0
+    for page_number in range(10):
+        params = {"after": cursor, "limit": 3}
+        page = (await relay.admin("GET", "/admin/events", params=params)).json()
+        if not page["events"]:
+            break
+        seen += [event["id"] for event in page["events"]]
+        cursor = page["cursor"]
+        if page_number == 0:
+            await post_unrouted(100, 5)  # a burst between two pages pushes nothing out of view
+    assert len(seen) == 12
+    assert seen == sorted(seen)
+    assert len(set(seen)) == 12
+    empty = (await relay.admin("GET", "/admin/events", params={"after": seen[-1]})).json()
+    assert empty == {"events": [], "cursor": seen[-1]}
+    bad = await relay.admin("GET", "/admin/events", params={"after": "-1"})
+    assert bad.status_code == 400
+    status = await relay.admin("GET", "/admin/events", params={"status": "nope"})
+    assert status.status_code == 400
+    assert "alerted" in status.json()["error"]

@@ -232,7 +232,6 @@ async def test_order_notifications_are_signed_and_carry_the_reference(
             hook.headers["x-signature"],
             request_id=hook.headers["x-request-id"],
             query_data_id=hook.query["data.id"],
-            body_id=None,
             now=time.time(),
             window_seconds=None,
         )
