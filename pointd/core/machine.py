@@ -27,8 +27,11 @@ The money-safety rules (architecture.md §2) are kept here as follows:
 4. Admission refuses a lane with an unfinished sale and a terminal held by another sale.
 5. Intent states are ranked; a lower or equal rank is stale or a duplicate and changes
    nothing; final sale states have no outgoing transitions.
-6. A notification that would end a sale without a payment (CANCELED, ERROR, ABANDONED)
-   only triggers a ``FetchIntent``: the API's answer decides.
+6. Truth from the API: no notification reaches the table. The engine turns a relayed
+   notification into a fetch (``GET`` intent or order, then ``/v1/payments``), so every
+   ``IntentObserved`` the core acts on is an API answer, and the payment a sale verifies
+   is the one that answer names. An ``IntentObserved`` from a notification (only journals
+   older than schema 4 hold them; see ``pointd.journal.upgrades``) is rejected unread.
 
 Forgetting settled sales
 ------------------------
@@ -856,15 +859,10 @@ def _on_intent_observed(tx: _Tx, event: IntentObserved) -> None:
     if known is not None and INTENT_RANK[observed] <= INTENT_RANK[known]:
         tx.reject(f"stale intent state {observed} after {known}")
         return
-    if observed in _ENDED_WITHOUT_PAYMENT and event.source is ObservationSource.NOTIFICATION:
-        # A notification may be late, replayed or forged: ask the API before ending a sale.
-        assert s.intent_id is not None
-        tx.emit(FetchIntent(s.sale_id, s.intent_id))
-        return
     tx.update(intent_state=observed)
     if event.payment_id and s.payment_id is None and observed in _PAID_INTENT_STATES:
         _claim_payment(tx, event.payment_id)
-    _advance_to(tx, observed, event.source)
+    _advance_to(tx, observed)
 
 
 def _claim_payment(tx: _Tx, payment_id: str) -> bool:
@@ -894,7 +892,7 @@ def _may_adopt(tx: _Tx, event: IntentObserved) -> bool:
     return True
 
 
-def _advance_to(tx: _Tx, observed: IntentState, source: ObservationSource) -> None:
+def _advance_to(tx: _Tx, observed: IntentState) -> None:
     s = tx.sale
     if observed in _ENDED_WITHOUT_PAYMENT:
         tx.update(detail=f"intent {observed}")
@@ -909,7 +907,7 @@ def _advance_to(tx: _Tx, observed: IntentState, source: ObservationSource) -> No
         notice = Notice.CANCEL_ON_TERMINAL if s.cancel_requested else None
         if target is not s.state:
             tx.move(target, notice=notice)
-        if source is ObservationSource.NOTIFICATION or s.timer_due(TimerKind.POLL) is None:
+        if s.timer_due(TimerKind.POLL) is None:
             tx.schedule(TimerKind.POLL, tx.policy.poll_fallback_after)
 
 
@@ -1118,8 +1116,7 @@ def _after_end_observed(tx: _Tx, event: IntentObserved) -> None:
     s = tx.sale
     tx.reject(f"sale already ended {s.state}")
     state = event.state.strip().upper()
-    if (state == IntentState.OPEN and event.intent_id == s.intent_id
-            and event.source is not ObservationSource.NOTIFICATION):
+    if state == IntentState.OPEN and event.intent_id == s.intent_id:
         # The API still shows the ended sale's intent waiting on the terminal: clear it.
         tx.emit(CancelIntent(s.sale_id, s.terminal_id, event.intent_id))
     elif (state in (IntentState.FINISHED, IntentState.CONFIRMATION_REQUIRED)
@@ -1224,6 +1221,8 @@ TRANSITIONS: Mapping[tuple[SaleState, type[Any]], Transition] = MappingProxyType
 
 # --- routing and commit ------------------------------------------------------------------
 
+_NOT_A_FACT = "a notification is a hint, not a fact: only the API's answer about it counts"
+
 
 def _route(core: CoreState, event: Event) -> str | None:
     if isinstance(event, CancelRequested):
@@ -1325,6 +1324,8 @@ def step(state: CoreState, event: Event, *, now: float, policy: Policy) -> Step:
         # Recorded even before the payment is linked to a sale: the gate reads it later.
         core = dataclasses.replace(state, fraud_alerts=state.fraud_alerts | {event.payment_id})
     sale_id = _route(core, event)
+    if isinstance(event, IntentObserved) and event.source is ObservationSource.NOTIFICATION:
+        return Step(state, (), Rejection(_NOT_A_FACT, event), sale_id)
     if sale_id is None:
         if core is not state:
             return Step(core, (), None, None)

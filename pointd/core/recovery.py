@@ -107,23 +107,30 @@ def orphan_decision(intent: IntentObserved, known: CoreState) -> OrphanDecision:
     sale_id = known.intents.get(intent.intent_id)
     if sale_id is not None and not known.sales[sale_id].is_final:
         return OrphanDecision.IGNORE  # not an orphan: its sale is alive and knows it
-    if sale_id is None and _is_current_attempt_of_creating_sale(intent, known):
+    if sale_id is None and awaiting_intent(known, intent.external_reference) is not None:
         return OrphanDecision.ADOPT
     if intent.state.strip().upper() == IntentState.OPEN:
         return OrphanDecision.CANCEL
     return OrphanDecision.IGNORE
 
 
-def _is_current_attempt_of_creating_sale(intent: IntentObserved, known: CoreState) -> bool:
+def awaiting_intent(known: CoreState, external_reference: str | None) -> Sale | None:
+    """The sale still creating whose current attempt is exactly this reference, if any.
+
+    Only such a sale may learn an intent id it did not get from its own create: the one
+    its attempt's create may have made.
+    """
     try:
-        ref = ExternalReference.parse(intent.external_reference or "")
+        ref = ExternalReference.parse(external_reference or "")
     except ExternalReferenceError:
-        return False
+        return None
     sale = known.sales.get(ref.sale) if ref.store == known.store_id else None
-    return (
+    if (
         sale is not None
         and sale.state in (S.CREATING, S.CREATE_UNKNOWN)
         and sale.intent_id is None
         and sale.attempt == ref.attempt
         and str(ref) == sale.reference
-    )
+    ):
+        return sale
+    return None
