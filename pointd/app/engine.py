@@ -229,6 +229,10 @@ class Engine:
         """The journal this engine writes."""
         return self._journal
 
+    def now(self) -> float:
+        """The wall clock the engine decides with."""
+        return self._clock()
+
     async def submit(self, event: Event, *, notification_key: str | None = None) -> Step:
         """Decide, journal, then run the effects of one event."""
         async with self._lock:

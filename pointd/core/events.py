@@ -58,6 +58,7 @@ class TimerKind(StrEnum):
     ABANDON = "abandon"  # intent still OPEN long after creation: fetch the intent
     VERIFY = "verify"  # fetch the payment again (exponential back-off)
     ESCALATE = "escalate"  # verification took too long: call a supervisor
+    HANDOVER = "handover"  # approved, and the register has not confirmed the goods left
 
 
 class OverrideDecision(StrEnum):

@@ -15,8 +15,13 @@ the register each sale's standing (a hold survives the restart):
 - OPEN, ON_TERMINAL, PROCESSING, CANCELING: ``FetchIntent`` and re-arm polling;
 - VERIFYING, HELD, ESCALATED: ``FetchPayment`` (or ``FetchIntent`` while the payment id is
   unknown) and re-arm verification and escalation;
-- APPROVED, BLOCKED: only re-tell the register (the goods wait for a handover or a
-  supervisor).
+- APPROVED: re-tell the register and re-arm the wait for its HANDOVER_DONE (a journal
+  from before that timer existed gets the full wait from now);
+- BLOCKED: only re-tell the register (the goods wait for a supervisor).
+
+Every re-tell carries what the register must still hear: an approval withdrawn while the
+handover was unconfirmed, and the escalation of a create still unresolved after
+``create_reconcile_attempts`` rounds.
 
 ``orphan_decision`` judges an intent found on a lane's terminal that the journal does not
 tie to a live sale: adopt it when it is exactly the current attempt of a sale still
@@ -33,6 +38,7 @@ from pointd.core.effects import (
     Effect,
     FetchIntent,
     FetchPayment,
+    Notice,
     ReconcileAttempt,
     ScheduleTimer,
     TellRegister,
@@ -62,14 +68,18 @@ def recover(state: CoreState, now: float, policy: Policy) -> tuple[Effect, ...]:
     return tuple(effects)
 
 
-def _tell(sale: Sale) -> TellRegister:
+def _tell(sale: Sale, policy: Policy) -> TellRegister:
+    unresolved = (sale.state is S.CREATE_UNKNOWN
+                  and sale.reconcile_round >= policy.create_reconcile_attempts)
     return TellRegister(lane=sale.lane, correlation_id=sale.correlation_id,
                         sale_id=sale.sale_id, state=sale.state, refusal=sale.refusal,
-                        payment_id=sale.payment_id, amount_cents=sale.amount_cents)
+                        payment_id=sale.payment_id, amount_cents=sale.amount_cents,
+                        notice=Notice.CREATE_UNRESOLVED if unresolved else None,
+                        approval_withdrawn=sale.approval_withdrawn)
 
 
 def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
-    effects: list[Effect] = [_tell(sale)]
+    effects: list[Effect] = [_tell(sale, policy)]
     if sale.state in (S.CREATING, S.CREATE_UNKNOWN):
         assert sale.reference is not None
         effects.append(ReconcileAttempt(sale.sale_id, sale.attempt, sale.reference,
@@ -89,6 +99,8 @@ def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
         due = {TimerKind.VERIFY: now + policy.verify_initial_backoff}
     elif sale.state is S.REQUESTED:
         due = {TimerKind.CREATE_RETRY: now + policy.create_retry_after}
+    elif sale.state is S.APPROVED:
+        due = {TimerKind.HANDOVER: now + policy.handover_confirm_after}
     else:
         due = {}
     # Timers keep their journaled due time (escalation and abandon are measured from
