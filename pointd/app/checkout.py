@@ -149,8 +149,12 @@ class Checkout:
 
     # --- engine → register -----------------------------------------------------------------
 
-    async def tell(self, effect: TellRegister) -> None:
-        """Show one sale's standing on its lane's register."""
+    async def tell(self, effect: TellRegister, *, repeated_sale: bool = False) -> None:
+        """Show one sale's standing on its lane's register.
+
+        ``repeated_sale``: the register asked for this sale again, so it also gets the
+        RESULT of a sale whose goods already left.
+        """
         session = self._sessions.get(effect.lane)
         if session is None:
             log.warning("checkout.no_register_for_lane", lane=effect.lane)
@@ -165,6 +169,7 @@ class Checkout:
             amount_cents=effect.amount_cents,
             notice=effect.notice,
             approval_withdrawn=effect.approval_withdrawn,
+            repeated_sale=repeated_sale,
         )
 
     async def tell_refund(self, effect: TellRefund) -> None:
@@ -263,7 +268,7 @@ class Checkout:
                     f"this correlation id names a sale that ended more than {minutes:g} "
                     "minutes ago; a new purchase needs a new id (STATUS still answers it)",
                 )
-            await self.tell(_standing(known))
+            await self.tell(_standing(known), repeated_sale=True)
             return None
         if request.repeated:
             # The register used this id earlier and the journal no longer holds its sale

@@ -71,6 +71,8 @@ log = structlog.get_logger(__name__)
 SALE_MEMORY = 256
 
 _HOLD_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
+# Approved sales closed without a RESULT of their own: the approved one was their last.
+_CLOSED_APPROVED = frozenset({SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED})
 # States in which an approval the register was told still stands.
 _STANDING_APPROVALS = HANDOVER_ALLOWED_STATES | {SaleState.HANDED_OVER}
 _OUTCOMES = {
@@ -315,13 +317,15 @@ class RegisterSession:
         card_last4: str | None = None,
         notice: Notice | None = None,
         approval_withdrawn: bool = False,
+        repeated_sale: bool = False,
     ) -> None:
         """Show the sale's state and send the RESULT, HOLD, RELEASE or WITHDRAW it implies.
 
         A ``notice`` (advice that replaces the state's screen) changes only the screen; the
         messages the state implies are sent all the same. ``approval_withdrawn`` (the sale
         was approved, then not, before the register confirmed the handover) sends WITHDRAW
-        before them.
+        before them. ``repeated_sale`` (the register sent this SALE again) also repeats the
+        approved RESULT of a sale whose goods already left.
         """
         screen: Subject = notice if notice is not None else state
         messages: list[msg.DaemonMessage] = [self._display(screen, correlation_id)]
@@ -348,6 +352,12 @@ class RegisterSession:
                     payment_id,
                     card_last4,
                     reason="override",
+                )
+            )
+        elif repeated_sale and state in _CLOSED_APPROVED:
+            messages.append(
+                msg.Result(
+                    correlation_id, msg.Outcome.APPROVED, amount_cents, payment_id, card_last4
                 )
             )
         elif state in _OUTCOMES:

@@ -230,3 +230,17 @@ async def test_an_unconfirmed_handover_closes_the_sale_without_a_second_result(
     (display,) = link.take()
     assert isinstance(display, m.Display)
     assert display.lines == ("SALE CLOSED", "HANDOVER UNCONFIRMED", "TELL THE TECHNICIAN")
+
+
+@pytest.mark.parametrize("state", [SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED])
+async def test_a_repeated_sale_whose_goods_left_gets_its_approved_result_again(
+    running: tuple[RegisterSession, RecordingLink], state: SaleState
+) -> None:
+    session, link = running
+    await session.show_state("X-13", state, payment_id="P9", amount_cents=900)
+    assert [type(x) for x in link.take()] == [m.Display]  # told as it happens: no 2nd RESULT
+    await session.show_state("X-13", state, payment_id="P9", amount_cents=900,
+                             repeated_sale=True)
+    display, result = link.take()
+    assert isinstance(display, m.Display)
+    assert result == m.Result("X-13", m.Outcome.APPROVED, 900, "P9")

@@ -150,6 +150,7 @@ class RegisterEmulator:
         self.handed_over: set[str] = set()
         self.received: list[msg.Message] = []
         self.errors: list[msg.Error] = []
+        self.hellos_sent = 0
         self.device_path = ""
         # pty mode
         self._link_path: Path | None = None
@@ -256,7 +257,8 @@ class RegisterEmulator:
         asyncio.get_running_loop().call_soon(self._reconnect_same_port)
 
     def _reconnect_same_port(self) -> None:
-        if self._port is not None and not self._closed:
+        current = self._connection
+        if self._port is not None and not self._closed and not (current and current.is_open):
             self._connect()
 
     # --- fault knobs ------------------------------------------------------------------
@@ -268,8 +270,19 @@ class RegisterEmulator:
 
     def drop_next_ack_received(self) -> None:
         """Lose the daemon's next ACK, so our frame is retransmitted."""
+        self.drop_acks_received(1)
+
+    def drop_acks_received(self, count: int) -> None:
+        """Lose the daemon's next ``count`` ACKs (MAX_SEND_ATTEMPTS of them: link down)."""
         if self._port is not None:
-            self._port.drop_next_ack_received = True
+            self._port.acks_to_drop_received = count
+
+    def restart_link(self) -> None:
+        """Start the link again as a register does after declaring it down: SEQ from 01."""
+        if self._connection is None:
+            raise EmulatorError("the register is not connected")
+        self._connection.close("the register restarted its link")
+        self._connect()
 
     def corrupt_next_frame(self) -> None:
         """Send our next message frame with a wrong CRC."""
@@ -420,8 +433,11 @@ class RegisterEmulator:
                     raise EmulatorError("no HELLO_REPLY from the daemon")
                 future = self._expect(msg.MessageType.HELLO_REPLY, "")
                 try:
+                    self.hellos_sent += 1
                     await self.send_message(msg.Hello(self._versions, self._register_name))
-                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                    # The protocol's HELLO_REPLY_TIMEOUT: no answer, say HELLO again.
+                    await asyncio.wait_for(
+                        future, max(0.0, min(HELLO_REPLY_TIMEOUT, deadline - loop.time())))
                 except (LinkError, EmulatorError, TimeoutError) as exc:
                     if isinstance(exc, DaemonRejected):
                         raise
