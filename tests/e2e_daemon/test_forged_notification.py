@@ -4,18 +4,17 @@ Architecture rule 6 through the real processes: ``pointd relay`` and ``pointd ru
 subprocesses, the cloud simulator and a register emulator on a pty in this test. The
 attacker holds the webhook secret (or the relay runs with ``intake.signature_required =
 false``) and knows the account has another approved payment of the same amount that carries
-no ``external_reference`` (here another integration's Point intent on a second terminal;
-a QR or link payment looks the same to ``/v1/payments``). It posts a FINISHED notification
-for the store's sale naming that payment while the sale's real intent is still OPEN. The
-daemon may only ask Mercado Pago sooner: the sale stays open, and when the customer really
-pays, the RESULT names the real payment.
+no ``external_reference`` (here another integration's Point intent; a QR or link payment
+looks the same to ``/v1/payments``). It posts a FINISHED notification for the store's sale
+naming that payment while the sale's real intent is still OPEN. The daemon may only ask
+Mercado Pago sooner: the sale stays open, and when the customer really pays, the RESULT
+names the real payment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 import sys
@@ -33,10 +32,9 @@ from pointd.core.states import SaleState
 from pointd.register import messages as msg
 from pointd.relay.service import INTAKE_PATH
 from pointd.relay.settings import token_digest
-from pointd.sim.cloud import CloudSimulator, SimDevice
-from pointd.sim.register.emulator import RegisterEmulator
 from tests.e2e_daemon.harness import (
     APPROVED_CENTS,
+    DEVICE,
     EVENT_TIMEOUT,
     LANE,
     PROJECT_ROOT,
@@ -45,20 +43,16 @@ from tests.e2e_daemon.harness import (
     STORE_ID,
     TOKEN,
     WEBHOOK_SECRET,
-    NotifySocket,
     Store,
     child_environment,
     daemon_toml,
     eventually_async,
-    sim_config,
     write_token,
 )
 
 pytestmark = pytest.mark.slow
 
 RELAY_STORE_TOKEN = "e2e-forged-relay-store-token-91c2"
-# A second terminal of the same account, run by some other program.
-OTHER_DEVICE = "GERTEC_MP35P__8701016695109435"
 
 
 @contextlib.asynccontextmanager
@@ -111,44 +105,31 @@ async def _copy(stream: asyncio.StreamReader, path: Path) -> None:
 
 
 @pytest.fixture
-async def relayed(tmp_path: Path) -> AsyncIterator[tuple[Store, str]]:
-    """A store whose daemon reads its notifications from a real relay; yield it and the relay."""
-    notify = NotifySocket(tmp_path / "notify.sock")
-    notify.start()
-    devices = (*sim_config().devices,
-               SimDevice(id=OTHER_DEVICE, store_id="1000001", pos_id=9, external_pos_id="BAR"))
-    running: Store | None = None
-    try:
-        async with pointd_relay(tmp_path) as relay_url, \
-                CloudSimulator(dataclasses.replace(sim_config(), devices=devices)) as sim:
-            register = await RegisterEmulator.open_pty(tmp_path / "register")
-            store_token = tmp_path / "relay_store_token"
-            store_token.write_text(RELAY_STORE_TOKEN + "\n", encoding="utf-8")
-            store_token.chmod(0o600)
-            config = tmp_path / "pointd.toml"
-            config.write_text(daemon_toml(
-                tmp=tmp_path, base_url=sim.base_url, register=register.device_path,
-                token_file=write_token(tmp_path / "mp_access_token"),
-                extra=f'[relay]\nurl = "{relay_url}"\nstore_token_file = "{store_token}"\n',
-            ), encoding="utf-8")
-            running = Store(tmp_path, sim, register, notify, config, tmp_path / "control.sock")
-            try:
-                yield running, relay_url
-            finally:
-                await running.close()
-    finally:
-        await notify.close()
-    if running is not None:
-        failures = [(run.pid, entry) for run in running.runs for entry in run.failures()]
-        assert failures == [], "the daemon logged errors"
+async def relayed(store: Store, tmp_path: Path) -> AsyncIterator[tuple[Store, str]]:
+    """The e2e store, its daemon reading its notifications from a real relay."""
+    async with pointd_relay(tmp_path) as relay_url:
+        store_token = tmp_path / "relay_store_token"
+        store_token.write_text(RELAY_STORE_TOKEN + "\n", encoding="utf-8")
+        store_token.chmod(0o600)
+        store.config_path.write_text(daemon_toml(
+            tmp=tmp_path, base_url=store.sim.base_url, register=store.register.device_path,
+            token_file=write_token(tmp_path / "mp_access_token"),
+            extra=f'[relay]\nurl = "{relay_url}"\nstore_token_file = "{store_token}"\n',
+        ), encoding="utf-8")
+        yield store, relay_url
+        await store.close()  # the daemon must be gone before its relay is
 
 
 async def approved_payment_without_reference(store: Store) -> dict[str, Any]:
-    """Another program's approved payment of the sale's amount, with no external_reference."""
+    """Another program's approved payment of the sale's amount, with no external_reference.
+
+    It is taken on the store's own terminal before the daemon's sale (a second program on
+    the same account; a QR or link payment would look the same to /v1/payments).
+    """
     async with httpx.AsyncClient(base_url=store.sim.base_url,
                                  headers={"authorization": f"Bearer {TOKEN}"}) as http:
         created = await http.post(
-            f"/point/integration-api/devices/{OTHER_DEVICE}/payment-intents",
+            f"/point/integration-api/devices/{DEVICE}/payment-intents",
             json={"amount": APPROVED_CENTS, "additional_info": {"ticket_number": "BAR-0042"}},
         )
     assert created.status_code in (200, 201), created.text
