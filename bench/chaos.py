@@ -913,7 +913,8 @@ class ChaosRun:
                 note.error = f"handover: {type(exc).__name__}: {exc}"
                 await asyncio.sleep(LOOK_INTERVAL)
                 continue
-            if status.state in (SaleState.HANDED_OVER.value, SaleState.OVERRIDDEN.value):
+            if status.state in (SaleState.HANDED_OVER.value, SaleState.OVERRIDDEN.value,
+                                SaleState.HANDOVER_UNCONFIRMED.value):
                 note.handed_over = True
                 return
             await asyncio.sleep(LOOK_INTERVAL)
@@ -1148,6 +1149,7 @@ def _register_outcome(state: str) -> str:
         SaleState.APPROVED.value: "approved",
         SaleState.HANDED_OVER.value: "approved",
         SaleState.OVERRIDDEN.value: "approved",
+        SaleState.HANDOVER_UNCONFIRMED.value: "approved",
         SaleState.DECLINED.value: "declined",
         SaleState.CANCELED.value: "canceled",
         SaleState.FAILED.value: "error",

@@ -36,13 +36,15 @@ from pointd.core.reference import ExternalReference, ExternalReferenceError
 from pointd.core.states import FINAL_STATES, SaleState
 
 # Where goods may have left (or may now leave) the store.
-RELEASED = frozenset({SaleState.APPROVED, SaleState.HANDED_OVER})
+RELEASED = frozenset({SaleState.APPROVED, SaleState.HANDED_OVER,
+                      SaleState.HANDOVER_UNCONFIRMED})
 # The states that keep goods at the checkout and show it, which a run may end in.
 VISIBLY_HELD = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
 # What the register must have been told for each final journal state.
 REGISTER_OUTCOME = {
     SaleState.HANDED_OVER: "approved",
     SaleState.OVERRIDDEN: "approved",
+    SaleState.HANDOVER_UNCONFIRMED: "approved",
     SaleState.APPROVED: "approved",
     SaleState.DECLINED: "declined",
     SaleState.CANCELED: "canceled",

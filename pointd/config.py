@@ -974,9 +974,26 @@ class TimersConfig:
     create_reconcile_attempts: int = option(
         5,
         "How many times an unknown create outcome is reconciled against the API before the "
-        "lane is escalated; a new attempt is made only on proven non-payment.",
+        "register shows a supervisor call and the technician is alerted; the daemon keeps "
+        "reconciling, and a new attempt is made only on proven non-payment.",
         min=1,
         max=20,
+    )
+    handover_confirm_after: float = option(
+        120.0,
+        "Seconds an approved sale keeps its lane waiting for the register's HANDOVER_DONE; "
+        "then the sale is closed as handover_unconfirmed, the lane is free and the "
+        "technician is alerted (a register must confirm every handover).",
+        min=10,
+        max=3600,
+    )
+    sale_retry_window: float = option(
+        3600.0,
+        "Seconds after a sale ended during which a SALE repeating its correlation id and "
+        "amount is a retry and gets that sale's RESULT again; later it is refused as a "
+        "reused id (error id_reused).",
+        min=60,
+        max=86400,
     )
 
     def validate(self) -> Iterator[tuple[str, str]]:

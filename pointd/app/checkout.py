@@ -9,7 +9,10 @@ effects and is shown through the lane's session.
 
 A register that repeats a SALE with a correlation id the lane already knows (after a
 reconnect, or after the daemon restarted) gets that sale's current standing again, never a
-second sale: the same correlation id with another amount is refused as a reused id.
+second sale — while that sale is in progress, or for ``Policy.sale_retry_window`` after it
+ended (``pointd.core.machine.is_retry``). Later, and with another amount at any time, the
+id is refused as reused: an old sale's RESULT never answers a new purchase, and no new sale
+starts under an id the journal already gave to one.
 
 A REFUND names its sale by the sale's correlation id on the same lane; the engine decides
 it (``pointd.core.refunds``) under the key ``lane<N>:<refund correlation id>``, so a repeated
@@ -27,7 +30,8 @@ import structlog
 
 from pointd.core.effects import TellRegister
 from pointd.core.events import CancelRequested, HandoverConfirmed, SaleRequested
-from pointd.core.machine import CoreState, Sale
+from pointd.core.machine import CoreState, Sale, is_retry
+from pointd.core.policy import Policy
 from pointd.core.refunds import TellRefund
 from pointd.core.states import LaneCondition, Refusal
 from pointd.register import messages as msg
@@ -70,6 +74,15 @@ class Submitter(Protocol):
     @property
     def state(self) -> CoreState:
         """The current core state."""
+        ...
+
+    @property
+    def policy(self) -> Policy:
+        """The decision parameters in force."""
+        ...
+
+    def now(self) -> float:
+        """The wall clock the engine decides with."""
         ...
 
     async def submit(self, event: SaleRequested | CancelRequested | HandoverConfirmed) -> object:
@@ -136,8 +149,12 @@ class Checkout:
 
     # --- engine → register -----------------------------------------------------------------
 
-    async def tell(self, effect: TellRegister) -> None:
-        """Show one sale's standing on its lane's register."""
+    async def tell(self, effect: TellRegister, *, repeated_sale: bool = False) -> None:
+        """Show one sale's standing on its lane's register.
+
+        ``repeated_sale``: the register asked for this sale again, so it also gets the
+        RESULT of a sale whose goods already left.
+        """
         session = self._sessions.get(effect.lane)
         if session is None:
             log.warning("checkout.no_register_for_lane", lane=effect.lane)
@@ -151,6 +168,8 @@ class Checkout:
             payment_id=effect.payment_id,
             amount_cents=effect.amount_cents,
             notice=effect.notice,
+            approval_withdrawn=effect.approval_withdrawn,
+            repeated_sale=repeated_sale,
         )
 
     async def tell_refund(self, effect: TellRefund) -> None:
@@ -241,8 +260,24 @@ class Checkout:
                     msg.ErrorCode.ID_REUSED,
                     "this correlation id names a sale of another amount",
                 )
-            await self.tell(_standing(known))
+            if not is_retry(known, engine.now(), engine.policy):
+                minutes = engine.policy.sale_retry_window / 60
+                return RequestRejected(
+                    request.correlation_id,
+                    msg.ErrorCode.ID_REUSED,
+                    f"this correlation id names a sale that ended more than {minutes:g} "
+                    "minutes ago; a new purchase needs a new id (STATUS still answers it)",
+                )
+            await self.tell(_standing(known), repeated_sale=True)
             return None
+        if request.repeated:
+            # The register used this id earlier and the journal no longer holds its sale
+            # in memory: whatever it was, a new sale must not start under it.
+            return RequestRejected(
+                request.correlation_id,
+                msg.ErrorCode.ID_REUSED,
+                "this correlation id names an earlier sale; a new purchase needs a new id",
+            )
         terminal_id, refusal = self._terminals.check(lane)
         if request.terminal_id is not None and terminal_id not in {None, request.terminal_id}:
             refusal = refusal or Refusal.INVALID_REQUEST
@@ -278,6 +313,7 @@ def _standing(sale: Sale) -> TellRegister:
         refusal=sale.refusal,
         payment_id=sale.payment_id,
         amount_cents=sale.amount_cents,
+        approval_withdrawn=sale.approval_withdrawn,
     )
 
 

@@ -98,6 +98,7 @@ from pointd.core.events import (
 )
 from pointd.core.machine import CoreState, Step, step
 from pointd.core.policy import Policy
+from pointd.core.recovery import awaiting_intent
 from pointd.journal.store import Journal
 
 log = structlog.get_logger(__name__)
@@ -204,6 +205,8 @@ class Engine:
         self._refund_timers: dict[str, TimerHandle] = {}
         self._new_refund_id = new_refund_id or (lambda: new_sale_id(wall_clock()))
         self._register_workers: dict[int, asyncio.Task[None]] = {}
+        # Hinted fetches in flight, and whether another hint came meanwhile.
+        self._hinted: dict[tuple[str, str], bool] = {}
         self._stopping = False
         self.healthy = True
         self.last_step_at: float | None = None
@@ -222,6 +225,10 @@ class Engine:
     def journal(self) -> Journal:
         """The journal this engine writes."""
         return self._journal
+
+    def now(self) -> float:
+        """The wall clock the engine decides with."""
+        return self._clock()
 
     async def submit(self, event: Event, *, notification_key: str | None = None) -> Step:
         """Decide, journal, then run the effects of one event."""
@@ -345,16 +352,25 @@ class Engine:
         for worker in self._register_workers.values():
             worker.cancel()
 
-    def hint_intent(self, intent_id: str) -> bool:
+    def hint_intent(self, intent_id: str, external_reference: str | None = None) -> bool:
         """A notification named this intent: fetch it now if it is one of our sales'.
 
-        Fetching is read-only and its answer still goes through the core, so a hint can
-        only make the daemon learn the truth sooner. Unknown ids are ignored, so forged
-        notifications cannot make the daemon spend its request budget.
+        The fetch is read-only and its answer goes through the core, so a hint can only make
+        the daemon learn the truth sooner; nothing in the notification itself is used. An
+        intent id we do not know is fetched only when the notification's reference is the
+        current attempt of a sale still reconciling its create (the API's answer must then
+        carry that reference for the sale to adopt it); other ids are ignored, so forged
+        notifications cannot spend the request budget. Hints for one intent coalesce: while
+        its fetch is in flight, any number of hints cost one more fetch after it.
         """
-        if intent_id not in self._state.intents or self._stopping:
+        if self._stopping:
             return False
-        self._spawn(self._observe(intent_id, ObservationSource.POLL))
+        if intent_id not in self._state.intents and (
+            awaiting_intent(self._state, external_reference) is None
+        ):
+            return False
+        self._coalesced(("intent", intent_id),
+                        lambda: self._observe(intent_id, ObservationSource.POLL))
         return True
 
     def hint_payment(self, payment_id: str) -> bool:
@@ -362,8 +378,27 @@ class Engine:
         sale_id = self._state.payments.get(payment_id)
         if sale_id is None or self._stopping:
             return False
-        self._spawn(self._fetch_payment(FetchPayment(sale_id=sale_id, payment_id=payment_id)))
+        self._coalesced(("payment", payment_id), lambda: self._fetch_payment(
+            FetchPayment(sale_id=sale_id, payment_id=payment_id)))
         return True
+
+    def _coalesced(self, key: tuple[str, str], fetch: Callable[[], Awaitable[None]]) -> None:
+        if key in self._hinted:
+            self._hinted[key] = True  # the answer in flight may predate this hint: ask again
+            return
+        self._hinted[key] = False
+
+        async def run() -> None:
+            try:
+                while True:
+                    await fetch()
+                    if not self._hinted.get(key):
+                        return
+                    self._hinted[key] = False
+            finally:
+                self._hinted.pop(key, None)
+
+        self._spawn(run())
 
     def pending_timers(self) -> list[tuple[str, TimerKind]]:
         """The armed timers, for diagnostics."""

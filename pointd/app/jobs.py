@@ -14,8 +14,9 @@ tasks) and the journal's connection belong to the loop's thread.
   dropped), so the core's own restart recovery (``pointd.core.recovery.recover``) is run
   for that sale alone: it re-asks Mercado Pago and re-arms its timers. Each sale is swept
   at most once per ``stale_after``, so a sale that stays stuck costs one fetch per period.
-  Sales waiting for a person (APPROVED, BLOCKED) own no timers and are left alone; a
-  CREATING sale waits longer (``CREATING_STALE_AFTER``), since its create may be in flight.
+  Sales waiting for a person (BLOCKED) own no timers and are left alone; a CREATING sale
+  waits longer (``CREATING_STALE_AFTER``), since its create may be in flight, and an
+  APPROVED one its register's ``handover_confirm_after`` longer (its one timer is that).
 - **Device-list refresh** and **relay health** (intervals) call what the runtime injects.
 - **Journal retention** (interval) calls ``prune(before)`` on a ``RetentionTarget`` (the
   runtime passes the ``Journal``); events are append-only, so only the notification dedupe
@@ -139,7 +140,7 @@ COMPACTION_CATCH_UP_JOB = "core-compaction-catch-up"
 EXPORT_CATCH_UP_JOB = "reconciliation-export-catch-up"
 
 # Sales whose goods may have left: Mercado Pago must show exactly one approved payment.
-_RELEASED_STATES = frozenset({S.APPROVED, S.HANDED_OVER, S.OVERRIDDEN})
+_RELEASED_STATES = frozenset({S.APPROVED, S.HANDED_OVER, S.OVERRIDDEN, S.HANDOVER_UNCONFIRMED})
 # Sales that ended without goods leaving: no payment of theirs may be approved.
 _ENDED_UNPAID_STATES = frozenset({S.DECLINED, S.CANCELED, S.FAILED, S.ABANDONED})
 _HOLD_STATES = frozenset({S.HELD, S.ESCALATED})
@@ -199,16 +200,20 @@ class RetentionTarget(Protocol):
 
 
 def stale_sales(state: CoreState, now: float, stale_after: float,
-                swept: Mapping[str, float] | None = None) -> tuple[Sale, ...]:
+                swept: Mapping[str, float] | None = None,
+                handover_wait: float = 0.0) -> tuple[Sale, ...]:
     """Unfinished sales with timers, unchanged (and unswept) for more than ``stale_after``.
 
     CREATING sales wait at least CREATING_STALE_AFTER: their create may still be in flight.
+    APPROVED sales wait ``handover_wait`` more: their register may take that long.
     """
     swept = swept or {}
 
     def threshold(sale: Sale) -> float:
         if sale.state is S.CREATING:
             return max(stale_after, CREATING_STALE_AFTER)
+        if sale.state is S.APPROVED:
+            return stale_after + handover_wait
         return stale_after
 
     return tuple(
@@ -860,7 +865,8 @@ class DaemonJobs:
         """Re-run recovery for live sales unchanged for longer than ``stale_after``."""
         now = self._clock()
         state = self._engine.state
-        stale = stale_sales(state, now, self._stale_after, self._swept)
+        stale = stale_sales(state, now, self._stale_after, self._swept,
+                            self._engine.policy.handover_confirm_after)
         live = {sale.sale_id for sale in state.unfinished()}
         self._swept = {sid: at for sid, at in self._swept.items() if sid in live}
         if stale:

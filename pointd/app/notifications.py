@@ -1,16 +1,21 @@
-"""Relayed notifications become core events or fetch hints; nothing in them decides a sale.
+"""Relayed notifications become fetches; the only core event one can make is a fraud alert.
 
 Theory of operation
 -------------------
-A notification is a hint (architecture.md §2, rule 6). A bare Point intent body becomes an
-``IntentObserved`` with source *notification*, which the core answers with a fetch of the
-intent; a wrapper or IPN that only names an intent or a payment becomes a fetch hint; an
-Orders-API ``order`` notification (any ``action``: its status is not trusted either) becomes
-a fetch hint for the order id, which is the intent id the core knows with that backend; a
-fraud alert (``stop_delivery_op_wh``) becomes ``FraudAlerted``, which can only stop goods
-from leaving. Each relayed event is journaled (as the event it became, or as seen) before
-the relay is acknowledged, and an event already seen is skipped, so a redelivery after a
-crash changes nothing.
+A notification is a hint (architecture.md §2, rule 6), and nothing in its body moves a
+sale or names its payment: a bare Point intent body, a ``point_integration_wh`` wrapper, an
+IPN (``point_integration_ipn``) and an Orders-API ``order`` notification (any ``action``)
+all become a fetch of the intent or order they name — the engine asks
+``GET payment-intents/{id}`` or ``GET /v1/orders/{id}``, and the core reads the state, the
+payment id and the reference from that answer, then verifies the payment with
+``/v1/payments/{id}``. The body's ``external_reference`` is passed along only so that the
+engine may fetch an intent it does not know yet when the reference is exactly the current
+attempt of one of its sales still reconciling a create. Payment topics (``payment``,
+chargebacks, claims) become a fetch of a payment one of our sales already has. A fraud
+alert (``stop_delivery_op_wh``, or IPN ``delivery_cancellation``) becomes ``FraudAlerted``:
+it can only keep goods in the store. Each relayed event is journaled (as the fraud alert,
+or as seen) before the relay is acknowledged, and an event already seen is skipped, so a
+redelivery after a crash changes nothing.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ from typing import Any, Protocol
 
 import structlog
 
-from pointd.core.events import Event, FraudAlerted, IntentObserved, ObservationSource
+from pointd.core.events import Event, FraudAlerted
 from pointd.relay.client import RelayEvent
 
 log = structlog.get_logger(__name__)
 
 INTENT_TOPICS = frozenset({"point_integration_wh", "point_integration_ipn"})
 PAYMENT_TOPICS = frozenset({"payment", "topic_chargebacks_wh", "topic_claims_integration_wh"})
-FRAUD_ALERT_TOPIC = "stop_delivery_op_wh"
+# Webhooks' fraud alert, and IPN's (seed 003): both name the payment whose goods must stay.
+FRAUD_ALERT_TOPICS = frozenset({"stop_delivery_op_wh", "delivery_cancellation"})
 ORDER_TOPIC = "order"
+# /v1/payments ids are decimal numbers; anything else cannot name a payment of ours.
+_MAX_PAYMENT_ID_DIGITS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,8 @@ class Reading:
     events: tuple[Event, ...] = ()
     intent_hints: tuple[str, ...] = ()
     payment_hints: tuple[str, ...] = ()
+    # The external_reference the body claims for the intent: a hint about a hint.
+    reference: str | None = None
     note: str = ""
 
 
@@ -49,7 +59,7 @@ class EngineLike(Protocol):
         """Journal and decide one event."""
         ...
 
-    def hint_intent(self, intent_id: str) -> bool:
+    def hint_intent(self, intent_id: str, external_reference: str | None = None) -> bool:
         """Fetch an intent of ours now."""
         ...
 
@@ -78,14 +88,14 @@ def read_notification(event: RelayEvent) -> Reading:
     topic = event.topic or event.query.get("topic") or event.query.get("type")
     data = document.get("data") if isinstance(document, dict) else None
     data = data if isinstance(data, dict) else {}
-    if topic == FRAUD_ALERT_TOPIC:
-        payment_id = _text(data.get("payment_id")) or _text(data.get("id"))
-        if payment_id is None:
-            return Reading(note="fraud alert without a payment id")
-        return Reading(events=(FraudAlerted(payment_id=payment_id),))
     resource = _text(data.get("id")) or event.query.get("data.id") or event.query.get("id")
+    if topic in FRAUD_ALERT_TOPICS:
+        payment_id = _text(data.get("payment_id")) or resource
+        if payment_id is None or not _is_payment_id(payment_id):
+            return Reading(note=f"fraud alert ({topic}) without a payment id")
+        return Reading(events=(FraudAlerted(payment_id=payment_id),))
     if (topic in INTENT_TOPICS or topic == ORDER_TOPIC) and resource:
-        return Reading(intent_hints=(resource,))
+        return Reading(intent_hints=(resource,), reference=_text(data.get("external_reference")))
     if topic in PAYMENT_TOPICS:
         payment_id = _text(data.get("payment_id")) or resource
         if payment_id:
@@ -94,25 +104,17 @@ def read_notification(event: RelayEvent) -> Reading:
 
 
 def _intent_body(document: dict[str, Any]) -> Reading:
-    intent_id, state = _text(document.get("id")), _text(document.get("state"))
-    if intent_id is None or state is None:
-        return Reading(note="intent notification without id or state")
-    payment = document.get("payment")
-    payment = payment if isinstance(payment, dict) else {}
+    # Its state and payment are not read at all: the API's answer to the fetch has them.
+    intent_id = _text(document.get("id"))
+    if intent_id is None:
+        return Reading(note="intent notification without an id")
     info = document.get("additional_info")
     info = info if isinstance(info, dict) else {}
-    return Reading(
-        events=(
-            IntentObserved(
-                intent_id=intent_id,
-                state=state.upper(),
-                payment_id=_text(payment.get("id")),
-                payment_state=_text(payment.get("state")),
-                source=ObservationSource.NOTIFICATION,
-                external_reference=_text(info.get("external_reference")),
-            ),
-        )
-    )
+    return Reading(intent_hints=(intent_id,), reference=_text(info.get("external_reference")))
+
+
+def _is_payment_id(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) <= _MAX_PAYMENT_ID_DIGITS
 
 
 def _text(value: object) -> str | None:
@@ -150,7 +152,7 @@ class NotificationHandler:
             else:
                 self.journal.mark_notification_seen(key)
             for intent_id in reading.intent_hints:
-                self.engine.hint_intent(intent_id)
+                self.engine.hint_intent(intent_id, reading.reference)
             for payment_id in reading.payment_hints:
                 self.engine.hint_payment(payment_id)
             self._count(event.kind)

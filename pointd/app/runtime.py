@@ -64,6 +64,7 @@ from pointd.journal.errors import JournalError
 from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
 from pointd.logging import configure_logging
+from pointd.register.messages import FRESH_START_TYPES
 from pointd.register.session import RegisterSession
 from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
 from pointd.terminal import (
@@ -104,6 +105,8 @@ def policy_from(config: DaemonConfig) -> Policy:
         abandon_after=timers.abandon_after,
         create_reconcile_attempts=timers.create_reconcile_attempts,
         tips_allowed=config.store.tips_allowed,
+        handover_confirm_after=timers.handover_confirm_after,
+        sale_retry_window=timers.sale_retry_window,
     )
 
 
@@ -263,7 +266,8 @@ class Daemon:
             engine.run_effects(recover(engine.state, self._clock(), policy))
             engine.resume_refunds()
             for lane in config.lanes:
-                link = LinkDriver(lane.register, baudrate=lane.baud)
+                link = LinkDriver(lane.register, baudrate=lane.baud,
+                                  fresh_start_types=FRESH_START_TYPES)
                 self.links[lane.number] = link
                 self._spawn(self.sessions[lane.number].run(link), f"register-{lane.number}")
             watch = self._watch

@@ -23,10 +23,13 @@ from pointd.core.states import Refusal, SaleState
 
 
 class Notice(StrEnum):
-    """Extra advice to the cashier alongside a sale's state, after a refused cancel."""
+    """Advice to the cashier that replaces the state's screen; the sale goes on as it is."""
 
     CANCEL_ON_TERMINAL = "cancel_on_terminal"  # the terminal took the intent: cancel there
     CANCEL_TOO_LATE = "cancel_too_late"  # a payment exists or may exist: refund, not cancel
+    # create_reconcile_attempts rounds could not tell whether the create reached Mercado
+    # Pago: a supervisor checks the terminal; the daemon keeps asking
+    CREATE_UNRESOLVED = "create_unresolved"
 
 
 class Severity(StrEnum):
@@ -96,6 +99,9 @@ class TellRegister:
     payment_id: str | None
     amount_cents: int
     notice: Notice | None = None
+    # The sale was approved, then not any more, and the register never confirmed the goods
+    # left: an approval it was told must be withdrawn.
+    approval_withdrawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)

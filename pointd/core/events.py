@@ -39,10 +39,12 @@ class IntentState(StrEnum):
 
 
 class ObservationSource(StrEnum):
-    """Where an intent observation came from; only notifications are mere hints."""
+    """Where an intent observation came from: always an API answer, nowadays."""
 
-    NOTIFICATION = "notification"  # relayed webhook: triggers a fetch, never ends a sale
-    POLL = "poll"  # GET payment-intents/{id} answered
+    # A relayed notification body. Only journals older than schema 4 hold these (the
+    # daemon now fetches what a notification names); the core rejects them unread.
+    NOTIFICATION = "notification"
+    POLL = "poll"  # GET payment-intents/{id} (or the order) answered
     RECONCILIATION = "reconciliation"  # found while reconciling an unknown create
     RECOVERY = "recovery"  # fetched after a daemon restart
 
@@ -56,6 +58,7 @@ class TimerKind(StrEnum):
     ABANDON = "abandon"  # intent still OPEN long after creation: fetch the intent
     VERIFY = "verify"  # fetch the payment again (exponential back-off)
     ESCALATE = "escalate"  # verification took too long: call a supervisor
+    HANDOVER = "handover"  # approved, and the register has not confirmed the goods left
 
 
 class OverrideDecision(StrEnum):
@@ -150,7 +153,7 @@ class CreateRejected(CoreEvent):
 
 @dataclass(frozen=True, slots=True)
 class IntentObserved(CoreEvent):
-    """An intent's state as seen by a notification, a fetch or reconciliation."""
+    """An intent's (or order's) state as the API answered a fetch or reconciliation."""
 
     intent_id: str
     state: str
@@ -199,7 +202,10 @@ class AttemptNotFound(CoreEvent):
 
 @dataclass(frozen=True, slots=True)
 class FraudAlerted(CoreEvent):
-    """A ``stop_delivery_op_wh`` fraud alert named this payment."""
+    """A fraud alert (``stop_delivery_op_wh``, IPN ``delivery_cancellation``) named this payment.
+
+    The one notification the core hears of: it can only keep goods in the store.
+    """
 
     payment_id: str
 

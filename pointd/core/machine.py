@@ -27,8 +27,11 @@ The money-safety rules (architecture.md §2) are kept here as follows:
 4. Admission refuses a lane with an unfinished sale and a terminal held by another sale.
 5. Intent states are ranked; a lower or equal rank is stale or a duplicate and changes
    nothing; final sale states have no outgoing transitions.
-6. A notification that would end a sale without a payment (CANCELED, ERROR, ABANDONED)
-   only triggers a ``FetchIntent``: the API's answer decides.
+6. Truth from the API: no notification reaches the table. The engine turns a relayed
+   notification into a fetch (``GET`` intent or order, then ``/v1/payments``), so every
+   ``IntentObserved`` the core acts on is an API answer, and the payment a sale verifies
+   is the one that answer names. An ``IntentObserved`` from a notification (only journals
+   older than schema 4 hold them; see ``pointd.journal.upgrades``) is rejected unread.
 
 Forgetting settled sales
 ------------------------
@@ -108,7 +111,13 @@ from pointd.core.reference import (
     ExternalReference,
     ExternalReferenceError,
 )
-from pointd.core.states import FINAL_STATES, HANDOVER_ALLOWED_STATES, Refusal, SaleState
+from pointd.core.states import (
+    FINAL_STATES,
+    GOODS_RELEASED_STATES,
+    HANDOVER_ALLOWED_STATES,
+    Refusal,
+    SaleState,
+)
 
 __all__ = [
     "STATE_FORMAT",
@@ -122,13 +131,16 @@ __all__ = [
     "Transition",
     "forget_settled",
     "forgettable",
+    "is_retry",
     "step",
 ]
 
 S = SaleState
 
-# The JSON layout of ``CoreState.to_json``; a reader refuses any other.
-STATE_FORMAT = "pointd-core-state/1"
+# The JSON layout of ``CoreState.to_json``; a reader refuses any other but the older ones.
+STATE_FORMAT = "pointd-core-state/2"
+# /1 lacked Sale.approval_withdrawn (added with the WITHDRAW message; False before it).
+_OLDER_FORMATS = {"pointd-core-state/1": {"approval_withdrawn": False}}
 
 # Intent states by progress; equal or lower rank than what a sale has seen is stale.
 INTENT_RANK: Mapping[IntentState, int] = {
@@ -167,6 +179,7 @@ OWNED_TIMERS: Mapping[SaleState, frozenset[TimerKind]] = {
     S.VERIFYING: frozenset({TimerKind.VERIFY, TimerKind.ESCALATE}),
     S.HELD: frozenset({TimerKind.VERIFY, TimerKind.ESCALATE}),
     S.ESCALATED: frozenset({TimerKind.VERIFY}),
+    S.APPROVED: frozenset({TimerKind.HANDOVER}),
 }
 # Where a supervisor's override is accepted: the sale cannot settle without the API.
 OVERRIDABLE_STATES = frozenset({S.CREATE_UNKNOWN, S.VERIFYING, S.HELD, S.ESCALATED, S.BLOCKED})
@@ -220,6 +233,8 @@ class Sale:
     verify_started_at: float | None = None
     reconcile_round: int = 0
     cancel_requested: bool = False
+    # Left APPROVED other than by handover: the register must hear the approval withdrawn.
+    approval_withdrawn: bool = False
     override: Override | None = None
     detail: str = ""  # the last reason worth showing a technician
     timers: tuple[tuple[TimerKind, float], ...] = ()  # pending timers and their due times
@@ -259,8 +274,14 @@ class Sale:
         return body
 
     @classmethod
-    def from_dict(cls, body: object, where: str = "sale") -> Sale:
-        """Rebuild a sale from ``to_dict``; raise StateDecodeError when malformed."""
+    def from_dict(cls, body: object, where: str = "sale",
+                  defaults: Mapping[str, Any] | None = None) -> Sale:
+        """Rebuild a sale from ``to_dict``; raise StateDecodeError when malformed.
+
+        ``defaults`` fills fields an older state format did not have.
+        """
+        if defaults and isinstance(body, dict):
+            body = {**defaults, **body}
         f = _Fields(body, where, _SALE_FIELDS)
         timers = []
         for index, item in enumerate(f.items("timers")):
@@ -288,6 +309,7 @@ class Sale:
             verify_started_at=f.optional_number("verify_started_at"),
             reconcile_round=f.integer("reconcile_round"),
             cancel_requested=f.boolean("cancel_requested"),
+            approval_withdrawn=f.boolean("approval_withdrawn"),
             override=None if override is None else Override.from_dict(override,
                                                                        f"{where}.override"),
             detail=f.text("detail"), timers=tuple(timers),
@@ -357,15 +379,17 @@ class CoreState:
         f = _Fields(body, "state", ("format", "store_id", "forgotten_through", "sales",
                                     "lanes", "terminals", "intents", "payments",
                                     "fraud_alerts", "overrides"))
-        if f.raw("format") != STATE_FORMAT:
-            raise StateDecodeError(f"state format {str(f.raw('format'))[:40]!r} is not "
+        document_format = f.raw("format")
+        if document_format != STATE_FORMAT and document_format not in _OLDER_FORMATS:
+            raise StateDecodeError(f"state format {str(document_format)[:40]!r} is not "
                                    f"{STATE_FORMAT}")
+        defaults = _OLDER_FORMATS.get(document_format)
         store_id = f.text("store_id")
         if not STORE_ID_PATTERN.fullmatch(store_id):
             raise StateDecodeError(f"state.store_id {store_id[:40]!r} is not a store id")
         sales: dict[str, Sale] = {}
         for index, item in enumerate(f.items("sales")):
-            sale = Sale.from_dict(item, f"state.sales[{index}]")
+            sale = Sale.from_dict(item, f"state.sales[{index}]", defaults)
             if sale.sale_id in sales:
                 raise StateDecodeError(f"state.sales: sale {sale.sale_id} appears twice")
             sales[sale.sale_id] = sale
@@ -541,7 +565,12 @@ class _Tx:
             if kind not in kept:
                 self.effects.append(CancelTimer(self.sale.sale_id, kind))
         timers = tuple((k, at) for k, at in self.sale.timers if k in kept)
-        self.update(state=state, refusal=refusal, timers=timers)
+        withdrawn = self.sale.approval_withdrawn
+        if state in HANDOVER_ALLOWED_STATES:
+            withdrawn = False
+        elif self.sale.state is S.APPROVED and state is not S.HANDED_OVER:
+            withdrawn = True  # the register was told "approved", and may still hold the goods
+        self.update(state=state, refusal=refusal, timers=timers, approval_withdrawn=withdrawn)
         self.tell(notice)
 
     def tell(self, notice: Notice | None = None) -> None:
@@ -549,7 +578,7 @@ class _Tx:
         self.effects.append(TellRegister(
             lane=s.lane, correlation_id=s.correlation_id, sale_id=s.sale_id, state=s.state,
             refusal=s.refusal, payment_id=s.payment_id, amount_cents=s.amount_cents,
-            notice=notice,
+            notice=notice, approval_withdrawn=s.approval_withdrawn,
         ))
 
     def schedule_at(self, kind: TimerKind, at: float) -> None:
@@ -646,6 +675,17 @@ def _admit(core: CoreState, event: SaleRequested, now: float, policy: Policy) ->
         CreateIntent(sale.sale_id, 1, sale.terminal_id, sale.amount_cents, reference),
     )
     return Step(_commit(core, None, sale), effects, None, sale.sale_id)
+
+
+def is_retry(sale: Sale, now: float, policy: Policy) -> bool:
+    """Whether a SALE naming ``sale`` again (same lane, correlation id, amount) is a retry.
+
+    A sale in progress is always the same purchase. One that ended is the same purchase only
+    for ``policy.sale_retry_window`` after it last changed (the register lost its RESULT);
+    later the register is reusing the id for a new purchase, which must never be answered
+    with the old sale's RESULT.
+    """
+    return not sale.is_final or now - sale.updated_at <= policy.sale_retry_window
 
 
 # --- create outcomes ---------------------------------------------------------------------
@@ -813,8 +853,13 @@ def _on_reconcile_due(tx: _Tx) -> None:
         # After a restart a CREATING sale is an unknown outcome: the send may have happened.
         tx.move(S.CREATE_UNKNOWN)
     if rounds == tx.policy.create_reconcile_attempts:
+        tx.update(detail=f"create outcome still unknown after {rounds} rounds: supervisor "
+                         "needed")
         tx.alert(Severity.WARNING, f"create outcome still unknown after {rounds} "
-                                   "reconciliation rounds; Mercado Pago may be unreachable")
+                                   "reconciliation rounds; Mercado Pago may be unreachable; "
+                                   f"check terminal {tx.sale.terminal_id}, or void or release "
+                                   f"sale {tx.sale.sale_id}")
+        tx.tell(Notice.CREATE_UNRESOLVED)
     _reconcile(tx)
 
 
@@ -856,15 +901,10 @@ def _on_intent_observed(tx: _Tx, event: IntentObserved) -> None:
     if known is not None and INTENT_RANK[observed] <= INTENT_RANK[known]:
         tx.reject(f"stale intent state {observed} after {known}")
         return
-    if observed in _ENDED_WITHOUT_PAYMENT and event.source is ObservationSource.NOTIFICATION:
-        # A notification may be late, replayed or forged: ask the API before ending a sale.
-        assert s.intent_id is not None
-        tx.emit(FetchIntent(s.sale_id, s.intent_id))
-        return
     tx.update(intent_state=observed)
     if event.payment_id and s.payment_id is None and observed in _PAID_INTENT_STATES:
         _claim_payment(tx, event.payment_id)
-    _advance_to(tx, observed, event.source)
+    _advance_to(tx, observed)
 
 
 def _claim_payment(tx: _Tx, payment_id: str) -> bool:
@@ -894,7 +934,7 @@ def _may_adopt(tx: _Tx, event: IntentObserved) -> bool:
     return True
 
 
-def _advance_to(tx: _Tx, observed: IntentState, source: ObservationSource) -> None:
+def _advance_to(tx: _Tx, observed: IntentState) -> None:
     s = tx.sale
     if observed in _ENDED_WITHOUT_PAYMENT:
         tx.update(detail=f"intent {observed}")
@@ -909,7 +949,7 @@ def _advance_to(tx: _Tx, observed: IntentState, source: ObservationSource) -> No
         notice = Notice.CANCEL_ON_TERMINAL if s.cancel_requested else None
         if target is not s.state:
             tx.move(target, notice=notice)
-        if source is ObservationSource.NOTIFICATION or s.timer_due(TimerKind.POLL) is None:
+        if s.timer_due(TimerKind.POLL) is None:
             tx.schedule(TimerKind.POLL, tx.policy.poll_fallback_after)
 
 
@@ -988,6 +1028,7 @@ def _on_payment_verified(tx: _Tx, event: PaymentVerified) -> None:
             return
         tx.update(approved_payment_id=event.payment_id, detail=judgement.reason)
         tx.move(S.APPROVED)
+        tx.schedule(TimerKind.HANDOVER, tx.policy.handover_confirm_after)
     elif verdict is Verdict.DECLINE:
         tx.update(approved_payment_id=None, detail=judgement.reason)
         tx.move(S.DECLINED)
@@ -1021,17 +1062,19 @@ def _on_payment_not_found(tx: _Tx, event: PaymentNotFound) -> None:
 
 
 def _on_fraud_alert(tx: _Tx, event: FraudAlerted) -> None:
-    s = tx.sale
-    if s.state is S.HANDED_OVER or (s.state is S.OVERRIDDEN):
-        tx.alert(Severity.CRITICAL, f"fraud alert for payment {event.payment_id} after the "
-                                    f"goods of sale {s.sale_id} left")
-        return
-    if s.is_final:
-        tx.reject(f"sale already ended {s.state}")
-        return
     tx.update(approved_payment_id=None, detail="fraud alert names the payment")
     tx.move(S.BLOCKED)
     tx.alert(Severity.CRITICAL, f"fraud alert for payment {event.payment_id}: do not hand over")
+
+
+def _on_fraud_after_goods_left(tx: _Tx, event: FraudAlerted) -> None:
+    tx.alert(Severity.CRITICAL, f"fraud alert for payment {event.payment_id} after the "
+                                f"goods of sale {tx.sale.sale_id} may have left "
+                                f"({tx.sale.state})")
+
+
+def _on_fraud_after_end(tx: _Tx, event: FraudAlerted) -> None:
+    tx.reject(f"sale already ended {tx.sale.state}")
 
 
 # --- register, supervisor, cancel --------------------------------------------------------
@@ -1049,6 +1092,23 @@ def _on_handover(tx: _Tx, event: HandoverConfirmed) -> None:
     tx.alert(Severity.CRITICAL, f"register on lane {s.lane} reports goods left for sale "
                                 f"{s.sale_id}, which is {s.state}: not paid")
     tx.tell()
+
+
+def _on_late_handover(tx: _Tx, event: HandoverConfirmed) -> None:
+    tx.reject("handover confirmed after handover_confirm_after: the sale was already closed "
+              "unconfirmed")
+    tx.alert(Severity.INFO, f"register on lane {tx.sale.lane} confirmed the handover of sale "
+                            f"{tx.sale.sale_id} after the sale was closed unconfirmed")
+
+
+def _on_handover_due(tx: _Tx) -> None:
+    s = tx.sale
+    tx.update(detail="approved; the register did not confirm the handover in time")
+    tx.move(S.HANDOVER_UNCONFIRMED)
+    tx.alert(Severity.WARNING, f"register on lane {s.lane} did not confirm the handover of "
+                               f"sale {s.sale_id} within {tx.policy.handover_confirm_after:g} "
+                               "s; the lane is free again. A register must send HANDOVER_DONE "
+                               "(docs/register-protocol.md section 7)")
 
 
 def _on_override(tx: _Tx, event: OverrideGiven) -> None:
@@ -1109,6 +1169,7 @@ _TIMER_HANDLERS: Mapping[TimerKind, Callable[[_Tx], None]] = {
     TimerKind.ABANDON: _on_abandon_due,
     TimerKind.VERIFY: _on_verify_due,
     TimerKind.ESCALATE: _on_escalate_due,
+    TimerKind.HANDOVER: _on_handover_due,
 }
 
 
@@ -1119,8 +1180,7 @@ def _after_end_observed(tx: _Tx, event: IntentObserved) -> None:
     s = tx.sale
     tx.reject(f"sale already ended {s.state}")
     state = event.state.strip().upper()
-    if (state == IntentState.OPEN and event.intent_id == s.intent_id
-            and event.source is not ObservationSource.NOTIFICATION):
+    if state == IntentState.OPEN and event.intent_id == s.intent_id:
         # The API still shows the ended sale's intent waiting on the terminal: clear it.
         tx.emit(CancelIntent(s.sale_id, s.terminal_id, event.intent_id))
     elif (state in (IntentState.FINISHED, IntentState.CONFIRMATION_REQUIRED)
@@ -1133,7 +1193,7 @@ def _after_end_verified(tx: _Tx, event: PaymentVerified) -> None:
     s = tx.sale
     tx.reject(f"sale already ended {s.state}")
     paid = event.status.strip().lower() == APPROVED_STATUS
-    if paid and s.state not in (S.HANDED_OVER, S.OVERRIDDEN):
+    if paid and s.state not in GOODS_RELEASED_STATES:
         tx.alert(Severity.CRITICAL, f"approved payment {event.payment_id} for sale "
                                     f"{s.sale_id}, which ended {s.state} without handover; "
                                     "refund it")
@@ -1189,6 +1249,7 @@ def _build_table() -> dict[tuple[SaleState, type[Any]], Transition]:
     table |= _rows(LIVE_INTENT, TimerExpired, _on_timer, [])
     table |= _rows([S.VERIFYING, S.HELD], TimerExpired, _on_timer, [S.ESCALATED])
     table |= _rows([S.ESCALATED], TimerExpired, _on_timer, [])
+    table |= _rows([S.APPROVED], TimerExpired, _on_timer, [S.HANDOVER_UNCONFIRMED])
 
     verdicts = {S.APPROVED, S.DECLINED, S.BLOCKED}
     table |= _rows([S.VERIFYING], PaymentVerified, _on_payment_verified,
@@ -1203,7 +1264,8 @@ def _build_table() -> dict[tuple[SaleState, type[Any]], Transition]:
     table |= _rows([S.HELD, S.ESCALATED], PaymentNotFound, _on_payment_not_found, [])
 
     table |= _rows([*VERIFYING_STATES, S.APPROVED], FraudAlerted, _on_fraud_alert, [S.BLOCKED])
-    table |= _rows(FINAL_STATES, FraudAlerted, _on_fraud_alert, [])
+    table |= _rows(GOODS_RELEASED_STATES, FraudAlerted, _on_fraud_after_goods_left, [])
+    table |= _rows(FINAL_STATES - GOODS_RELEASED_STATES, FraudAlerted, _on_fraud_after_end, [])
 
     table |= _rows([S.REQUESTED], CancelRequested, _on_cancel, [S.CANCELED])
     table |= _rows([S.OPEN], CancelRequested, _on_cancel, [S.CANCELING])
@@ -1212,6 +1274,7 @@ def _build_table() -> dict[tuple[SaleState, type[Any]], Transition]:
     table |= _rows([S.CANCELING], CancelRefused, _on_cancel_refused, [S.ON_TERMINAL])
 
     table |= _rows([S.APPROVED], HandoverConfirmed, _on_handover, [S.HANDED_OVER])
+    table |= _rows([S.HANDOVER_UNCONFIRMED], HandoverConfirmed, _on_late_handover, [])
     for key, row in _rows(SaleState, HandoverConfirmed, _on_handover, []).items():
         table.setdefault(key, row)  # elsewhere the register is wrong: alert, change nothing
     table |= _rows(OVERRIDABLE_STATES, OverrideGiven, _on_override, [S.OVERRIDDEN, S.DECLINED])
@@ -1224,6 +1287,8 @@ TRANSITIONS: Mapping[tuple[SaleState, type[Any]], Transition] = MappingProxyType
 
 
 # --- routing and commit ------------------------------------------------------------------
+
+_NOT_A_FACT = "a notification is a hint, not a fact: only the API's answer about it counts"
 
 
 def _route(core: CoreState, event: Event) -> str | None:
@@ -1326,6 +1391,8 @@ def step(state: CoreState, event: Event, *, now: float, policy: Policy) -> Step:
         # Recorded even before the payment is linked to a sale: the gate reads it later.
         core = dataclasses.replace(state, fraud_alerts=state.fraud_alerts | {event.payment_id})
     sale_id = _route(core, event)
+    if isinstance(event, IntentObserved) and event.source is ObservationSource.NOTIFICATION:
+        return Step(state, (), Rejection(_NOT_A_FACT, event), sale_id)
     if sale_id is None:
         if core is not state:
             return Step(core, (), None, None)

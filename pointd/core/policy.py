@@ -46,6 +46,14 @@ class Policy:
     max_create_attempts: int = 3
     # Whether a payment above the sale's amount (a tip added on the terminal) releases.
     tips_allowed: bool = False
+    # An approved sale keeps its lane until the register's HANDOVER_DONE, at most this long:
+    # a register confirms within seconds of handing over; two minutes cover bagging and a
+    # receipt. Then the sale is closed unconfirmed and a technician is alerted.
+    handover_confirm_after: float = 120.0
+    # A SALE repeating the correlation id and amount of a sale that ended less than this
+    # long ago is a retry (the register lost the RESULT); later it is a reused id. Longer
+    # than the register's 20-minute SALE_RESULT_TIMEOUT plus a reboot.
+    sale_retry_window: float = 3600.0
 
     def __post_init__(self) -> None:
         if not _CURRENCY.fullmatch(self.currency):
@@ -65,7 +73,8 @@ class Policy:
             raise PolicyError("max_create_attempts must be at most 99 (external_reference)")
         for name in ("poll_fallback_after", "verify_initial_backoff", "verify_max_backoff",
                      "confirmation_escalate_after", "abandon_after", "reconcile_initial_backoff",
-                     "reconcile_max_backoff", "create_retry_after"):
+                     "reconcile_max_backoff", "create_retry_after", "handover_confirm_after",
+                     "sale_retry_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise PolicyError(f"{name} must be a number of seconds")

@@ -15,8 +15,13 @@ the register each sale's standing (a hold survives the restart):
 - OPEN, ON_TERMINAL, PROCESSING, CANCELING: ``FetchIntent`` and re-arm polling;
 - VERIFYING, HELD, ESCALATED: ``FetchPayment`` (or ``FetchIntent`` while the payment id is
   unknown) and re-arm verification and escalation;
-- APPROVED, BLOCKED: only re-tell the register (the goods wait for a handover or a
-  supervisor).
+- APPROVED: re-tell the register and re-arm the wait for its HANDOVER_DONE (a journal
+  from before that timer existed gets the full wait from now);
+- BLOCKED: only re-tell the register (the goods wait for a supervisor).
+
+Every re-tell carries what the register must still hear: an approval withdrawn while the
+handover was unconfirmed, and the escalation of a create still unresolved after
+``create_reconcile_attempts`` rounds.
 
 ``orphan_decision`` judges an intent found on a lane's terminal that the journal does not
 tie to a live sale: adopt it when it is exactly the current attempt of a sale still
@@ -33,6 +38,7 @@ from pointd.core.effects import (
     Effect,
     FetchIntent,
     FetchPayment,
+    Notice,
     ReconcileAttempt,
     ScheduleTimer,
     TellRegister,
@@ -62,14 +68,18 @@ def recover(state: CoreState, now: float, policy: Policy) -> tuple[Effect, ...]:
     return tuple(effects)
 
 
-def _tell(sale: Sale) -> TellRegister:
+def _tell(sale: Sale, policy: Policy) -> TellRegister:
+    unresolved = (sale.state is S.CREATE_UNKNOWN
+                  and sale.reconcile_round >= policy.create_reconcile_attempts)
     return TellRegister(lane=sale.lane, correlation_id=sale.correlation_id,
                         sale_id=sale.sale_id, state=sale.state, refusal=sale.refusal,
-                        payment_id=sale.payment_id, amount_cents=sale.amount_cents)
+                        payment_id=sale.payment_id, amount_cents=sale.amount_cents,
+                        notice=Notice.CREATE_UNRESOLVED if unresolved else None,
+                        approval_withdrawn=sale.approval_withdrawn)
 
 
 def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
-    effects: list[Effect] = [_tell(sale)]
+    effects: list[Effect] = [_tell(sale, policy)]
     if sale.state in (S.CREATING, S.CREATE_UNKNOWN):
         assert sale.reference is not None
         effects.append(ReconcileAttempt(sale.sale_id, sale.attempt, sale.reference,
@@ -89,6 +99,8 @@ def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
         due = {TimerKind.VERIFY: now + policy.verify_initial_backoff}
     elif sale.state is S.REQUESTED:
         due = {TimerKind.CREATE_RETRY: now + policy.create_retry_after}
+    elif sale.state is S.APPROVED:
+        due = {TimerKind.HANDOVER: now + policy.handover_confirm_after}
     else:
         due = {}
     # Timers keep their journaled due time (escalation and abandon are measured from
@@ -107,23 +119,30 @@ def orphan_decision(intent: IntentObserved, known: CoreState) -> OrphanDecision:
     sale_id = known.intents.get(intent.intent_id)
     if sale_id is not None and not known.sales[sale_id].is_final:
         return OrphanDecision.IGNORE  # not an orphan: its sale is alive and knows it
-    if sale_id is None and _is_current_attempt_of_creating_sale(intent, known):
+    if sale_id is None and awaiting_intent(known, intent.external_reference) is not None:
         return OrphanDecision.ADOPT
     if intent.state.strip().upper() == IntentState.OPEN:
         return OrphanDecision.CANCEL
     return OrphanDecision.IGNORE
 
 
-def _is_current_attempt_of_creating_sale(intent: IntentObserved, known: CoreState) -> bool:
+def awaiting_intent(known: CoreState, external_reference: str | None) -> Sale | None:
+    """The sale still creating whose current attempt is exactly this reference, if any.
+
+    Only such a sale may learn an intent id it did not get from its own create: the one
+    its attempt's create may have made.
+    """
     try:
-        ref = ExternalReference.parse(intent.external_reference or "")
+        ref = ExternalReference.parse(external_reference or "")
     except ExternalReferenceError:
-        return False
+        return None
     sale = known.sales.get(ref.sale) if ref.store == known.store_id else None
-    return (
+    if (
         sale is not None
         and sale.state in (S.CREATING, S.CREATE_UNKNOWN)
         and sale.intent_id is None
         and sale.attempt == ref.attempt
         and str(ref) == sale.reference
-    )
+    ):
+        return sale
+    return None

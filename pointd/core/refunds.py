@@ -12,8 +12,8 @@ exists yet. The engine puts into the event what it read of the sale (``Refundabl
 so that replaying the journal decides exactly as the live daemon did, whatever the sale
 table looks like by then. Admission keeps the money rules:
 
-* only a sale that is HANDED_OVER, APPROVED or OVERRIDDEN with a verified approved payment
-  (and the intent or order it came through) may be refunded;
+* only a sale that is HANDED_OVER, HANDOVER_UNCONFIRMED, APPROVED or OVERRIDDEN with a
+  verified approved payment (and the intent or order it came through) may be refunded;
 * the amount (None: all that is left) may not exceed what was paid minus every refund of
   the sale that is done or may still happen (sending, unknown, pending): over-amount is
   refused before anything is sent;
@@ -65,7 +65,8 @@ REFUND_RESEND_AFTER = 5.0
 
 # Sales whose payment may be refunded (the payment was verified or a supervisor released).
 REFUNDABLE_SALE_STATES = frozenset(
-    {SaleState.HANDED_OVER, SaleState.APPROVED, SaleState.OVERRIDDEN}
+    {SaleState.HANDED_OVER, SaleState.APPROVED, SaleState.OVERRIDDEN,
+     SaleState.HANDOVER_UNCONFIRMED}
 )
 
 

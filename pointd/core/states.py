@@ -32,6 +32,9 @@ class SaleState(StrEnum):
     FAILED = "failed"  # final: the intent ended in ERROR or the create was refused
     ABANDONED = "abandoned"  # final: the terminal never took the intent in time
     OVERRIDDEN = "overridden"  # final: a supervisor released the goods; journaled with who
+    # final: approved, but the register never confirmed the goods left within
+    # handover_confirm_after; the lane was freed and a technician alerted
+    HANDOVER_UNCONFIRMED = "handover_unconfirmed"
 
 
 FINAL_STATES = frozenset(
@@ -42,11 +45,20 @@ FINAL_STATES = frozenset(
         SaleState.FAILED,
         SaleState.ABANDONED,
         SaleState.OVERRIDDEN,
+        SaleState.HANDOVER_UNCONFIRMED,
     }
 )
 
-# Goods may leave the store only in these states (architecture.md §2, rule 1).
-HANDOVER_ALLOWED_STATES = frozenset({SaleState.APPROVED, SaleState.OVERRIDDEN})
+# Goods may leave the store only in these states (architecture.md §2, rule 1). After
+# HANDOVER_UNCONFIRMED they may still: the payment was verified, only the register's word
+# that they left is missing.
+HANDOVER_ALLOWED_STATES = frozenset(
+    {SaleState.APPROVED, SaleState.OVERRIDDEN, SaleState.HANDOVER_UNCONFIRMED}
+)
+# Final states in which the goods may already have left the store.
+GOODS_RELEASED_STATES = frozenset(
+    {SaleState.HANDED_OVER, SaleState.OVERRIDDEN, SaleState.HANDOVER_UNCONFIRMED}
+)
 
 
 class Refusal(StrEnum):

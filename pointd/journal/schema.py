@@ -80,6 +80,18 @@ MIGRATIONS: tuple[str, ...] = (
         json TEXT NOT NULL
     );
     """,
+    # 3 → 4: from here on a relayed notification is never a core event (the daemon only
+    # fetches what it names); the events journaled before this step keep the meaning the
+    # daemon gave them then, and ``pointd.journal.upgrades`` reads them that way. The row
+    # says up to which seq that is (0 for a journal created with this schema).
+    """
+    CREATE TABLE event_upgrades (
+        name TEXT PRIMARY KEY,
+        through_seq INTEGER NOT NULL
+    );
+    INSERT INTO event_upgrades (name, through_seq)
+        SELECT 'notification_observations', COALESCE(MAX(seq), 0) FROM events;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -22,6 +22,10 @@ store id or lies past the last event is skipped (logged) and an older one, or th
 log, is replayed instead. The state stays small because the core forgets settled sales
 through a journaled event (``SettledSalesForgotten``), which a replay repeats exactly.
 
+Events keep the meaning the daemon gave them when they were journaled: when the core's
+rules change, ``rebuild`` reads older events through ``pointd.journal.upgrades`` (bounded
+by the seqs in ``event_upgrades``) so that a replay still decides as that daemon did.
+
 ``prune`` is the retention hook: it deletes notification dedupe keys older than a time and
 nothing else; events, the ``sales`` projection (every sale ever, for views and exports),
 the audit trail and the policies are kept for good.
@@ -59,6 +63,7 @@ from pointd.journal.errors import (
     JournalWriteFailed,
 )
 from pointd.journal.schema import LATEST_VERSION, MIGRATIONS
+from pointd.journal.upgrades import NOTIFICATION_OBSERVATIONS, notification_observation_as_decided
 
 log = structlog.get_logger(__name__)
 
@@ -249,12 +254,20 @@ class Journal:
         in_force, next_policy = policy, 0
         start = self._snapshot_start(store_id) if from_snapshot else None
         after_seq, state = start if start is not None else (0, CoreState.empty(store_id))
+        old_notifications_through = self._upgrade_through(NOTIFICATION_OBSERVATIONS)
         for seq, at, event in self.replay(after_seq):
             while next_policy < len(policies) and policies[next_policy][0] <= seq:
                 in_force = policies[next_policy][1]
                 next_policy += 1
-            state = step(state, event, now=at, policy=in_force).state
+            decided = (notification_observation_as_decided(event)
+                       if seq <= old_notifications_through else event)
+            state = step(state, decided, now=at, policy=in_force).state
         return state
+
+    def _upgrade_through(self, name: str) -> int:
+        row = self._db.execute(
+            "SELECT through_seq FROM event_upgrades WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def record_policy(self, policy: Policy) -> None:
         """Record the policy in force from the next event on (no-op when unchanged)."""

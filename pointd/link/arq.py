@@ -16,7 +16,11 @@ and the ones never sent, and the state stays down until the caller starts a fres
 
 Receiving: every valid sequenced frame is ACKed at once, even a repeat; a data frame whose
 sequence number equals the last one accepted from the peer is a retransmission and is
-not delivered again. A damaged frame is answered with a NAK.
+not delivered again — unless its payload starts with one of ``fresh_start_types``: a peer
+that declared the link down starts its numbering again at 01 without our knowing, and its
+first frame (the register protocol's HELLO) may repeat the last number we accepted. Such a
+payload is delivered every time it arrives; the layer above makes it idempotent. A
+damaged frame is answered with a NAK.
 
 After ``keepalive_interval`` seconds without sending anything, an ENQ goes out; it is
 acknowledged like data, so a silent peer is noticed within
@@ -75,16 +79,21 @@ class ArqState:
     last_rx_seq: int | None = None
     armed: float | None = None
     down_reason: str | None = None
+    # First payload bytes of the messages that open a peer's fresh start (see above).
+    fresh_start_types: frozenset[int] = frozenset()
 
 
-def initial_state(now: float, timers: LinkTimers | None = None) -> ArqState:
+def initial_state(now: float, timers: LinkTimers | None = None,
+                  fresh_start_types: frozenset[int] = frozenset()) -> ArqState:
     """A fresh link, as after opening the port, with no timer armed yet."""
-    return ArqState(timers=timers or LinkTimers(), last_tx_at=now)
+    return ArqState(timers=timers or LinkTimers(), last_tx_at=now,
+                    fresh_start_types=fresh_start_types)
 
 
-def start(now: float, timers: LinkTimers | None = None) -> tuple[ArqState, list[Action]]:
+def start(now: float, timers: LinkTimers | None = None,
+          fresh_start_types: frozenset[int] = frozenset()) -> tuple[ArqState, list[Action]]:
     """A fresh link with its keep-alive timer armed: what a driver runs on opening."""
-    state = initial_state(now, timers)
+    state = initial_state(now, timers, fresh_start_types)
     deadline = _deadline(state)
     return replace(state, armed=deadline), [StartTimer(deadline)]
 
@@ -247,8 +256,10 @@ def _handle(state: ArqState, event: Event, now: float) -> tuple[ArqState, list[A
         frame = event.frame
         actions: list[Action] = [Write(AckFrame(frame.seq).to_bytes())]
         # A repeat of the last accepted number is a retransmission whose ACK got lost:
-        # ACK it again, act on it once.
-        if frame.seq != state.last_rx_seq and isinstance(frame, DataFrame):
+        # ACK it again, act on it once (a fresh start's first message every time).
+        if isinstance(frame, DataFrame) and (
+            frame.seq != state.last_rx_seq or frame.payload[0] in state.fresh_start_types
+        ):
             actions.append(Deliver(frame.payload))
         return replace(state, last_rx_seq=frame.seq, last_tx_at=now), actions
 

@@ -94,6 +94,7 @@ class ArqConnection:
         on_lost: Callable[[str], None],
         timers: arq.LinkTimers | None = None,
         tap: ByteTap | None = None,
+        fresh_start_types: frozenset[int] = frozenset(),
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._port = port
@@ -108,7 +109,7 @@ class ArqConnection:
         self._out = bytearray()
         self._closed = False
         self.lost_reason: str | None = None
-        self._state, actions = arq.start(self._loop.time(), timers)
+        self._state, actions = arq.start(self._loop.time(), timers, fresh_start_types)
         self._loop.add_reader(self._fd, self._on_readable)
         self._apply(actions)
 
@@ -261,6 +262,7 @@ class LinkDriver:
         reconnect_min_delay: float = RECONNECT_MIN_DELAY,
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
         opener: Callable[[str, int], Awaitable[Port]] = open_port,
+        fresh_start_types: frozenset[int] = frozenset(),
     ) -> None:
         if baudrate <= 0:
             raise LinkConfigError(f"baud rate must be positive, got {baudrate}")
@@ -273,6 +275,7 @@ class LinkDriver:
         self._min_delay = reconnect_min_delay
         self._max_delay = reconnect_max_delay
         self._open_port = opener
+        self._fresh_start_types = fresh_start_types
         self._events: asyncio.Queue[LinkEvent] = asyncio.Queue()
         self._connection: ArqConnection | None = None
         self._stopping = asyncio.Event()
@@ -335,6 +338,7 @@ class LinkDriver:
                 on_lost=on_lost,
                 timers=self._timers,
                 tap=self._tap,
+                fresh_start_types=self._fresh_start_types,
             )
             self._generation += 1
             if self._tap is not None:

@@ -59,6 +59,7 @@ class MessageType(enum.IntEnum):
     RESULT = ord("r")
     HOLD = ord("w")
     RELEASE = ord("g")
+    WITHDRAW = ord("x")
     STATUS_REPLY = ord("q")
     HANDOVER_REPLY = ord("k")
     ERROR = ord("e")
@@ -430,6 +431,16 @@ class Release(_SaleNotice):
     TYPE: ClassVar[MessageType] = MessageType.RELEASE
 
 
+@dataclass(frozen=True)
+class Withdraw(_SaleNotice):
+    """Daemon → register: the approved RESULT of this sale no longer stands: do NOT hand over.
+
+    Sent while the register has not confirmed the handover; a HOLD or a new RESULT follows.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.WITHDRAW
+
+
 UNKNOWN_STATE = "unknown"
 
 
@@ -540,10 +551,15 @@ class RefundResult:
 
 RegisterMessage = Hello | Sale | Cancel | Status | HandoverCheck | HandoverDone | Refund
 DaemonMessage = (
-    HelloReply | Display | Result | Hold | Release | StatusReply | HandoverReply | Error
-    | RefundResult
+    HelloReply | Display | Result | Hold | Release | Withdraw | StatusReply | HandoverReply
+    | Error | RefundResult
 )
 Message = RegisterMessage | DaemonMessage
+
+# A register starts its link numbering again at 01 after every open and link-down, and its
+# first frame then is HELLO, which may repeat the last number the daemon accepted: the
+# daemon's link delivers a HELLO even as a repeat (answering a HELLO twice is harmless).
+FRESH_START_TYPES = frozenset({MessageType.HELLO})
 
 REGISTER_TYPES = frozenset(
     {
@@ -609,6 +625,8 @@ def _decode_known(message_type: MessageType, f: dict[str, str]) -> Message:
         return Hold(_require(f, "id"), _require(f, "reason"))
     if message_type is MessageType.RELEASE:
         return Release(_require(f, "id"), _require(f, "reason"))
+    if message_type is MessageType.WITHDRAW:
+        return Withdraw(_require(f, "id"), _require(f, "reason"))
     if message_type is MessageType.STATUS_REPLY:
         return StatusReply(
             _require(f, "id"),

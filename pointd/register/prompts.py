@@ -162,6 +162,12 @@ _STATES: dict[SaleState, _Entry] = {
         ("AUTORIZADO PELO", "SUPERVISOR", "PODE ENTREGAR"),
         ("RELEASED BY", "SUPERVISOR", "HAND OVER GOODS"),
     ),
+    SaleState.HANDOVER_UNCONFIRMED: (
+        WARN,
+        ("VENTA CERRADA", "ENTREGA NO CONFIRM.", "AVISE AL TECNICO"),
+        ("VENDA ENCERRADA", "ENTREGA NAO CONFIRM.", "AVISE O TECNICO"),
+        ("SALE CLOSED", "HANDOVER UNCONFIRMED", "TELL THE TECHNICIAN"),
+    ),
 }
 
 _REFUSALS: dict[Refusal, _Entry] = {
@@ -215,7 +221,8 @@ _REFUSALS: dict[Refusal, _Entry] = {
     ),
 }
 
-# Advice in answer to a CANCEL the daemon cannot carry out itself; the sale goes on.
+# Advice that replaces a sale's screen while the sale goes on: after a CANCEL the daemon
+# cannot carry out itself, or when a create stays unresolved.
 _NOTICES: dict[Notice, _Entry] = {
     Notice.CANCEL_ON_TERMINAL: (
         WARN,
@@ -228,6 +235,13 @@ _NOTICES: dict[Notice, _Entry] = {
         ("NO SE PUEDE CANCELAR", "HAGA UNA DEVOLUCION"),
         ("NAO PODE CANCELAR", "FACA UM ESTORNO"),
         ("TOO LATE TO CANCEL", "REFUND INSTEAD"),
+    ),
+    # Not cancel advice: the daemon could not learn whether its create reached Mercado Pago.
+    Notice.CREATE_UNRESOLVED: (
+        ERROR,
+        ("ENVIO SIN CONFIRMAR", "LLAME AL SUPERVISOR", "NO REPITA EL COBRO"),
+        ("ENVIO NAO CONFIRMADO", "CHAME O SUPERVISOR", "NAO REPITA COBRANCA"),
+        ("REQUEST UNCONFIRMED", "CALL SUPERVISOR", "DO NOT CHARGE AGAIN"),
     ),
 }
 

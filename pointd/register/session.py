@@ -11,13 +11,17 @@ The session keeps the protocol's promises that do not need the journal:
 
 * one sale at a time per lane — a SALE with a new correlation id while another sale is
   open is refused (``Refusal.LANE_BUSY``) without reaching the handler;
-* a SALE repeated with a known correlation id and the same amount is the same sale: the
-  handler is not called again and the register gets the latest messages of that sale
-  again; the same id with another amount is ERROR ``id_reused``. The memory is bounded
-  and lives only as long as the process, so the engine must also refuse a correlation id
-  its journal already holds;
+* a SALE repeating the open sale's correlation id and amount is that sale: the handler is
+  not called again and the register gets its latest messages again; the same id with
+  another amount is ERROR ``id_reused``. A SALE repeating a sale that is no longer open
+  goes to the handler marked ``repeated``, without taking the lane: only the journal can
+  tell a retry (the register lost the RESULT) from an id reused for a new purchase. The
+  memory is bounded and lives only as long as the process, so the engine must also know
+  the correlation ids its journal holds;
 * after a HELLO the current screen and a HOLD for every held sale are sent again, because
-  a register that reconnected has lost them.
+  a register that reconnected has lost them;
+* an approval withdrawn before the register confirmed the handover is told with WITHDRAW
+  (then the HOLD or the new RESULT).
 
 A REFUND goes to the handler every time it arrives: the engine's refund book, not this
 session, knows whether its correlation id is a repeat, and answers a repeat with the
@@ -67,6 +71,10 @@ log = structlog.get_logger(__name__)
 SALE_MEMORY = 256
 
 _HOLD_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
+# Approved sales closed without a RESULT of their own: the approved one was their last.
+_CLOSED_APPROVED = frozenset({SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED})
+# States in which an approval the register was told still stands.
+_STANDING_APPROVALS = HANDOVER_ALLOWED_STATES | {SaleState.HANDED_OVER}
 _OUTCOMES = {
     SaleState.DECLINED: msg.Outcome.DECLINED,
     SaleState.CANCELED: msg.Outcome.CANCELED,
@@ -98,6 +106,8 @@ class SaleRequest:
     correlation_id: str
     amount_cents: int
     terminal_id: str | None = None
+    # This lane's register asked for this correlation id before (since the daemon started).
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,14 +316,21 @@ class RegisterSession:
         amount_cents: int | None = None,
         card_last4: str | None = None,
         notice: Notice | None = None,
+        approval_withdrawn: bool = False,
+        repeated_sale: bool = False,
     ) -> None:
-        """Show the sale's state and send the RESULT, HOLD or RELEASE it implies.
+        """Show the sale's state and send the RESULT, HOLD, RELEASE or WITHDRAW it implies.
 
-        A ``notice`` (advice after a CANCEL the daemon could not carry out) replaces the
-        state's screen; the messages the state implies are sent all the same.
+        A ``notice`` (advice that replaces the state's screen) changes only the screen; the
+        messages the state implies are sent all the same. ``approval_withdrawn`` (the sale
+        was approved, then not, before the register confirmed the handover) sends WITHDRAW
+        before them. ``repeated_sale`` (the register sent this SALE again) also repeats the
+        approved RESULT of a sale whose goods already left.
         """
         screen: Subject = notice if notice is not None else state
         messages: list[msg.DaemonMessage] = [self._display(screen, correlation_id)]
+        if approval_withdrawn and state not in _STANDING_APPROVALS:
+            messages.append(msg.Withdraw(correlation_id, state.value))
         if state in _HOLD_STATES:
             self._held[correlation_id] = state.value
             messages.append(msg.Hold(correlation_id, state.value))
@@ -335,6 +352,12 @@ class RegisterSession:
                     payment_id,
                     card_last4,
                     reason="override",
+                )
+            )
+        elif repeated_sale and state in _CLOSED_APPROVED:
+            messages.append(
+                msg.Result(
+                    correlation_id, msg.Outcome.APPROVED, amount_cents, payment_id, card_last4
                 )
             )
         elif state in _OUTCOMES:
@@ -542,17 +565,23 @@ class RegisterSession:
 
     def _on_sale(self, sale: msg.Sale) -> None:
         known_amount = self._sales.get(sale.correlation_id)
-        if known_amount is not None:
-            if known_amount != sale.amount_cents:
-                self._reject(
-                    msg.ErrorCode.ID_REUSED,
-                    "this correlation id belongs to a sale of another amount",
-                    sale.correlation_id,
-                )
-                return
+        if known_amount is not None and known_amount != sale.amount_cents:
+            self._reject(
+                msg.ErrorCode.ID_REUSED,
+                "this correlation id belongs to a sale of another amount",
+                sale.correlation_id,
+            )
+            return
+        if known_amount is not None and sale.correlation_id == self._open_sale:
             log.info("register.sale_repeated", lane=self.lane, id=sale.correlation_id)
             latest = self._latest.get(sale.correlation_id, ())
             self._spawn(self._resend(latest))
+            return
+        if known_amount is not None:
+            log.info("register.sale_repeated_after_end", lane=self.lane, id=sale.correlation_id)
+            request = SaleRequest(sale.correlation_id, sale.amount_cents, sale.terminal_id,
+                                  repeated=True)
+            self._spawn(self._call(request))
             return
         if self._open_sale is not None:
             self._spawn(self.show_refusal(sale.correlation_id, Refusal.LANE_BUSY))

@@ -31,6 +31,7 @@ from pointd.core.events import (
     ObservationSource,
     PaymentVerified,
     SaleRequested,
+    TimerKind,
 )
 from pointd.core.machine import Step
 from pointd.core.recovery import recover
@@ -86,12 +87,24 @@ async def test_only_live_sales_with_timers_quiet_too_long_are_recovered(store: S
 
     result = await jobs.sweep_stale_sales()
 
+    # S3 waits for its register's HANDOVER_DONE, with time to spare before it counts.
     assert result == {"swept": ["S1", "S2"]}
     expected = [e for e in recover(store.state, clock.now, POLICY) if e.sale_id in {"S1", "S2"}]
     assert engine.ran == expected
     assert FetchIntent("S1", "I1") in engine.ran
     assert FetchPayment("S2", "P2") in engine.ran
     assert {type(e) for e in engine.ran} >= {TellRegister, ScheduleTimer}
+
+
+async def test_an_approved_sale_whose_handover_wait_was_lost_is_recovered(
+        store: Store) -> None:
+    four_sales(store)
+    late = T0 + STALE_AFTER + POLICY.handover_confirm_after + 10
+    jobs, engine, _clock = build(store, late)
+    assert "S3" in (await jobs.sweep_stale_sales())["swept"]
+    [rearmed] = [e for e in engine.ran if isinstance(e, ScheduleTimer) and e.sale_id == "S3"]
+    assert rearmed.kind is TimerKind.HANDOVER
+    assert rearmed.at <= late  # long past due: it fires at once and frees the lane
 
 
 async def test_recently_updated_sales_are_left_alone(store: Store) -> None:

@@ -59,14 +59,16 @@ def test_register_link_runs(tmp_path: Path) -> None:
     assert "p99" in stdout
 
 
-def test_journal_runs_a_whole_sale_per_eight_commits(tmp_path: Path) -> None:
+def test_journal_runs_a_whole_sale_per_twelve_commits(tmp_path: Path) -> None:
     stdout, record = run_quick("journal", tmp_path)
     journaled = record["results"]["core_and_journal"]
     assert journaled["sales"] == 5
-    assert journaled["events_per_sale"] == journaled["commits_per_sale"] == 8
-    assert journaled["commit"]["n"] == 40
+    # Eight events, and four notifications journaled as dedupe keys (no core events).
+    assert journaled["events_per_sale"] == 8
+    assert journaled["commits_per_sale"] == 12
+    assert journaled["commit"]["n"] == 60
     assert record["results"]["core_only"]["sales"] == 20
-    assert "commits (fsynced transactions) per sale 8" in stdout
+    assert "commits (fsynced transactions) per sale 12" in stdout
 
 
 def test_journal_writes_into_the_directory_it_is_given(tmp_path: Path) -> None:

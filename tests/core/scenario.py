@@ -86,6 +86,7 @@ PATHS: dict[SaleState, tuple[Event, ...]] = {
     S.FAILED: (*_CREATING, CreateRejected(SALE, 1, "forbidden")),
     S.ABANDONED: (*_OPEN, observed("ABANDONED")),
     S.OVERRIDDEN: (*_HELD, OverrideGiven(SALE, OverrideDecision.RELEASE, "seen on terminal", 0)),
+    S.HANDOVER_UNCONFIRMED: (*_APPROVED, TimerExpired(SALE, TimerKind.HANDOVER)),
 }
 
 
@@ -147,16 +148,23 @@ def check_invariants(state: CoreState) -> None:
     lanes_in_progress: dict[int, str] = {}
     terminals_held: dict[str, str] = {}
     for sale in state.sales.values():
-        if sale.state in (S.APPROVED, S.HANDED_OVER):
+        if sale.state in (S.APPROVED, S.HANDED_OVER, S.HANDOVER_UNCONFIRMED):
             assert sale.approved_payment_id is not None, sale
             assert sale.approved_payment_id == sale.payment_id, sale
             approved_ids.append(sale.approved_payment_id)
         if sale.state is S.APPROVED:
             assert sale.approved_payment_id not in state.fraud_alerts, sale
+            # The lane waits for the register's HANDOVER_DONE, but never for ever.
+            assert sale.timer_due(TimerKind.HANDOVER) is not None, sale
+        # An approval the register was told and that no longer holds is being withdrawn.
+        assert sale.approval_withdrawn == (
+            sale.approval_withdrawn and sale.state not in (S.APPROVED, S.OVERRIDDEN,
+                                                           S.HANDED_OVER,
+                                                           S.HANDOVER_UNCONFIRMED)), sale
         if sale.state is S.OVERRIDDEN:
             assert sale.override is not None
             assert sale.override.decision is OverrideDecision.RELEASE
-        if sale.state in (S.APPROVED, S.OVERRIDDEN, S.HANDED_OVER):
+        if sale.state in (S.APPROVED, S.OVERRIDDEN, S.HANDED_OVER, S.HANDOVER_UNCONFIRMED):
             assert sale.may_hand_over, sale
         else:
             assert not sale.may_hand_over, sale

@@ -221,12 +221,17 @@ def test_a_late_verified_payment_of_a_forgotten_sale_attaches_nowhere() -> None:
     assert f"P-{OLD}" in run.state.fraud_alerts  # recorded for the gate all the same
 
 
-def test_a_forged_claim_on_a_forgotten_payment_never_releases_goods() -> None:
-    """The payment index no longer names the forgotten sale, so a kept sale may be told
-    (by a forged notification) that the old payment is its own; the gate still refuses."""
+def test_a_forgotten_payment_named_again_never_releases_goods() -> None:
+    """The payment index no longer names the forgotten sale. A notification naming the old
+    payment for a kept sale changes nothing (rule 6); should Mercado Pago's own answer for
+    the kept sale's intent ever name it, the gate still refuses."""
     run = forgotten()
     run.feed(requested(NEWER, 1, "T1"), IntentCreated(NEWER, 1, f"I-{NEWER}"))
+    before = run.state.sales[NEWER]
     run.feed(observed("FINISHED", NOTIFIED, payment_id=f"P-{OLD}", intent_id=f"I-{NEWER}",
+                      reference=ref(NEWER, 1)))
+    assert run.state.sales[NEWER] == before
+    run.feed(observed("FINISHED", payment_id=f"P-{OLD}", intent_id=f"I-{NEWER}",
                       reference=ref(NEWER, 1)))
     sale = run.state.sales[NEWER]
     assert (sale.state, sale.payment_id) == (S.VERIFYING, f"P-{OLD}")
@@ -238,7 +243,7 @@ def test_a_forged_claim_on_a_forgotten_payment_never_releases_goods() -> None:
     blocked = forgotten()
     blocked.feed(FraudAlerted(f"P-{OLD}"), requested(NEWER, 1, "T1"),
                  IntentCreated(NEWER, 1, f"I-{NEWER}"),
-                 observed("FINISHED", NOTIFIED, payment_id=f"P-{OLD}", intent_id=f"I-{NEWER}",
+                 observed("FINISHED", payment_id=f"P-{OLD}", intent_id=f"I-{NEWER}",
                           reference=ref(NEWER, 1)),
                  verified(payment_id=f"P-{OLD}"))
     assert blocked.state.sales[NEWER].state is S.BLOCKED

@@ -101,6 +101,10 @@ class CoreMachine(RuleBasedStateMachine):
         result = step(before, event, now=self.now, policy=POLICY)
         self.journal.append((self.now, event))
         after = result.state
+        if isinstance(event, IntentObserved) and event.source is ObservationSource.NOTIFICATION:
+            # Rule 6: whatever a notification says, in whatever state, it is no fact.
+            assert after == before, "a notification moved a sale"
+            assert result.effects == (), "a notification made the core act"
         for sale_id, sale in before.sales.items():
             if sale.is_final:
                 assert after.sales[sale_id] == sale, "a final sale changed"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pointd.core.effects import (
     CancelIntent,
     CreateIntent,
+    Notice,
     ReconcileAttempt,
     ScheduleTimer,
     TellRegister,
 )
 from pointd.core.events import (
     AttemptNotFound,
+    FraudAlerted,
     IntentCreated,
     IntentObserved,
     ObservationSource,
@@ -38,7 +42,7 @@ EXPECTED: dict[SaleState, tuple[str, ...]] = {
     S.VERIFYING: ("TellRegister", "FetchPayment", "ScheduleTimer", "ScheduleTimer"),
     S.HELD: ("TellRegister", "FetchPayment", "ScheduleTimer", "ScheduleTimer"),
     S.ESCALATED: ("TellRegister", "FetchPayment", "ScheduleTimer"),
-    S.APPROVED: ("TellRegister",),
+    S.APPROVED: ("TellRegister", "ScheduleTimer"),
     S.BLOCKED: ("TellRegister",),
 }
 
@@ -79,6 +83,33 @@ def test_hold_survives_a_restart_with_its_original_escalation_time() -> None:
     assert timers[TimerKind.ESCALATE] == due
     assert timers[TimerKind.VERIFY] <= LATER + POLICY.verify_initial_backoff
     assert effects[0] == TellRegister(3, f"c-{SALE}", SALE, S.HELD, None, PAYMENT, 1500)
+
+
+def test_an_approved_sale_keeps_its_handover_deadline_or_gets_one() -> None:
+    state = reach(S.APPROVED)
+    due = state.sales[SALE].timer_due(TimerKind.HANDOVER)
+    assert due is not None
+    [timer] = [e for e in recover(state, LATER, POLICY) if isinstance(e, ScheduleTimer)]
+    assert (timer.kind, timer.at) == (TimerKind.HANDOVER, due)
+    # A journal written before the timer existed: the lane waits the full time from now.
+    old = dataclasses.replace(state, sales=state.sales.set(
+        SALE, dataclasses.replace(state.sales[SALE], timers=())))
+    [timer] = [e for e in recover(old, LATER, POLICY) if isinstance(e, ScheduleTimer)]
+    assert timer.at == LATER + POLICY.handover_confirm_after
+
+
+def test_a_withdrawn_approval_and_an_unresolved_create_are_told_again() -> None:
+    blocked, _ = run([FraudAlerted(PAYMENT)], reach(S.APPROVED), now=T0 + 50)
+    tell = recover(blocked, LATER, POLICY)[0]
+    assert isinstance(tell, TellRegister)
+    assert (tell.state, tell.approval_withdrawn) == (S.BLOCKED, True)
+    unresolved, _ = run([TimerExpired(SALE, TimerKind.RECONCILE)]
+                        * POLICY.create_reconcile_attempts, reach(S.CREATE_UNKNOWN),
+                        now=T0 + 50)
+    tell = recover(unresolved, LATER, POLICY)[0]
+    assert isinstance(tell, TellRegister)
+    assert (tell.state, tell.notice) == (S.CREATE_UNKNOWN, Notice.CREATE_UNRESOLVED)
+    assert recover(reach(S.CREATE_UNKNOWN), LATER, POLICY)[0].notice is None  # type: ignore[union-attr]
 
 
 def test_a_creating_sale_is_reconciled_like_an_unknown_outcome() -> None:

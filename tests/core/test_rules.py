@@ -54,6 +54,7 @@ from tests.core.scenario import (
 
 S = SaleState
 N = ObservationSource.NOTIFICATION
+P = ObservationSource.POLL
 
 
 def effects_of(steps: list[Step], kind: type[Effect]) -> list[Effect]:
@@ -63,14 +64,25 @@ def effects_of(steps: list[Step], kind: type[Effect]) -> list[Effect]:
 # --- rule 1: handover only on a verified payment ---------------------------------------
 
 
-def test_notification_saying_approved_never_approves() -> None:
-    hint = IntentObserved(INTENT, "FINISHED", PAYMENT, "approved", N, REF1)
-    state, _ = run([*([requested(), IntentCreated(SALE, 1, INTENT)]), hint, hint])
+def test_an_api_answer_saying_approved_only_starts_verification() -> None:
+    answer = IntentObserved(INTENT, "FINISHED", PAYMENT, "approved", P, REF1)
+    state, _ = run([*([requested(), IntentCreated(SALE, 1, INTENT)]), answer, answer])
     sale = state.sales[SALE]
     assert sale.state is S.VERIFYING
     assert not sale.may_hand_over
     state, _ = run([HandoverConfirmed(SALE)], state)
     assert state.sales[SALE].state is S.VERIFYING
+
+
+def test_a_notification_names_no_payment_and_moves_no_sale() -> None:
+    body = IntentObserved(INTENT, "FINISHED", PAYMENT, "approved", N, REF1)
+    state, steps = run([requested(), IntentCreated(SALE, 1, INTENT), body])
+    sale = state.sales[SALE]
+    assert (sale.state, sale.payment_id, sale.intent_state) == (S.OPEN, None, "OPEN")
+    assert PAYMENT not in state.payments
+    assert steps[-1].effects == ()
+    assert steps[-1].rejection is not None
+    assert steps[-1].sale_id == SALE
 
 
 @pytest.mark.parametrize("bad", [
@@ -135,7 +147,7 @@ def test_hold_verifies_with_doubling_back_off_then_escalates_and_keeps_verifying
 
 
 def test_hold_prompt_is_told_to_the_register() -> None:
-    result = step(reach(S.OPEN), observed("CONFIRMATION_REQUIRED", N, PAYMENT), now=T0 + 9,
+    result = step(reach(S.OPEN), observed("CONFIRMATION_REQUIRED", P, PAYMENT), now=T0 + 9,
                   policy=POLICY)
     tells = [e for e in result.effects if isinstance(e, TellRegister)]
     assert [t.state for t in tells] == [S.HELD]
@@ -330,8 +342,8 @@ def test_nothing_moves_a_verifying_sale_backwards(late: str) -> None:
 
 
 def test_out_of_order_progress_keeps_the_highest_state() -> None:
-    state, steps = run([observed("PROCESSING", N), observed("ON_TERMINAL", N),
-                        observed("OPEN", N), observed("PROCESSING", N)], reach(S.OPEN))
+    state, steps = run([observed("PROCESSING"), observed("ON_TERMINAL"),
+                        observed("OPEN"), observed("PROCESSING")], reach(S.OPEN))
     assert state.sales[SALE].state is S.PROCESSING
     assert [s.rejection is None for s in steps] == [True, False, False, False]
 
@@ -339,7 +351,7 @@ def test_out_of_order_progress_keeps_the_highest_state() -> None:
 # --- rule 6: polling fallback and abandon, truth from the API ------------------------------
 
 
-def test_poll_timer_armed_rearmed_and_reset_by_notifications() -> None:
+def test_poll_timer_armed_rearmed_and_kept_by_answers_showing_progress() -> None:
     state = reach(S.OPEN)
     created_at = state.sales[SALE].updated_at
     assert state.sales[SALE].timer_due(TimerKind.POLL) == created_at + POLICY.poll_fallback_after
@@ -347,9 +359,9 @@ def test_poll_timer_armed_rearmed_and_reset_by_notifications() -> None:
     assert [type(e) for e in result.effects] == [FetchIntent, ScheduleTimer]
     assert result.state.sales[SALE].timer_due(TimerKind.POLL) == (
         T0 + 500 + POLICY.poll_fallback_after)
-    result = step(result.state, observed("ON_TERMINAL", N), now=T0 + 503, policy=POLICY)
+    result = step(result.state, observed("ON_TERMINAL"), now=T0 + 503, policy=POLICY)
     assert result.state.sales[SALE].timer_due(TimerKind.POLL) == (
-        T0 + 503 + POLICY.poll_fallback_after)
+        T0 + 500 + POLICY.poll_fallback_after)
 
 
 def test_abandon_is_never_a_local_guess() -> None:

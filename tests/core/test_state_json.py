@@ -80,7 +80,7 @@ def _valid() -> dict[str, object]:
 
 
 @pytest.mark.parametrize(("damage", "message"), [
-    (lambda b: b.update(format="pointd-core-state/2"), "format"),
+    (lambda b: b.update(format="pointd-core-state/3"), "format"),
     (lambda b: b.update(extra=1), "unknown fields"),
     (lambda b: b.pop("lanes"), "missing fields"),
     (lambda b: b.update(store_id="Not A Store"), "store id"),
@@ -113,6 +113,19 @@ def test_malformed_documents_are_refused_with_the_place_named(damage: object,
 def test_non_documents_are_refused(raw: str | bytes) -> None:
     with pytest.raises(StateDecodeError):
         CoreState.from_json(raw)
+
+
+def test_a_format_1_document_decodes_with_no_approval_withdrawn() -> None:
+    body = _valid()
+    body["format"] = "pointd-core-state/1"
+    for sale in body["sales"]:  # type: ignore[attr-defined]
+        del sale["approval_withdrawn"]
+    state = CoreState.from_json(json.dumps(body))
+    assert state.sales["S0001"].approval_withdrawn is False
+    # A /2 document must have the field.
+    body["format"] = STATE_FORMAT
+    with pytest.raises(StateDecodeError, match="approval_withdrawn"):
+        CoreState.from_json(json.dumps(body))
 
 
 def test_the_valid_document_decodes() -> None:

@@ -113,9 +113,14 @@ class Rig:
         return self.refund(refund_id)
 
     async def _poll_once(self) -> None:
-        seq = self.journal.last_seq()
+        # The poll timer's event is journaled at once, its GET's answer later (the client
+        # paces GETs of one refund intent in real time): wait for the answer itself.
+        answers = self._observations()
         self.clock.advance(REFUND_POLL_INTERVAL)
-        await eventually("the poll's answer", lambda: self.journal.last_seq() > seq)
+        await eventually("the poll's answer", lambda: self._observations() > answers)
+
+    def _observations(self) -> int:
+        return sum(1 for _ in self.journal.replay_kinds(["RefundObserved"]))
 
     def payment_of(self, sale_id: str) -> Any:
         payment_id = self.engine.state.sales[sale_id].approved_payment_id

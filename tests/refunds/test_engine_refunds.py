@@ -143,6 +143,8 @@ async def test_a_refund_mercado_pago_is_still_busy_with_is_resent_with_its_key(
     refund_id = step.refund_id
     await eventually("the answer", lambda: rig.refund(refund_id).status is St.UNKNOWN)
     rig.clock.advance(REFUND_RESEND_AFTER)
+    await eventually("the resend's answer",
+                     lambda: len(keys) == 2 and rig.refund(refund_id).status is not St.UNKNOWN)
     assert (await rig.settle(refund_id)).status is St.REFUNDED
     assert keys == [f"rf_{sale_id}_1"] * 2
     assert rig.refunded_cents(sale_id) == 500

@@ -112,6 +112,12 @@ GOLDEN: list[tuple[m.Message, int, str]] = [
         "02 12 66 69 64 3d 52 46 2d 30 30 30 31 1f 73 61 6c 65 3d 41 31 42 32 2d 30 30 30 31 1f 6f"
         " 75 74 63 6f 6d 65 3d 72 65 66 75 6e 64 65 64 1f 61 6d 6f 75 6e 74 3d 35 30 30 04 23 03",
     ),
+    (
+        m.Withdraw(CID, "blocked"),
+        19,
+        "02 13 78 69 64 3d 41 31 42 32 2d 30 30 30 31 1f 72 65 61 73 6f 6e 3d 62 6c 6f 63 6b 65"
+        " 64 6f c9 03",
+    ),
 ]
 
 
@@ -136,6 +142,7 @@ def test_every_message_class_has_a_golden_example() -> None:
         m.Result,
         m.Hold,
         m.Release,
+        m.Withdraw,
         m.StatusReply,
         m.HandoverReply,
         m.Error,

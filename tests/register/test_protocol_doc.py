@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pointd.core.effects import Notice
+from pointd.core.machine import TRANSITIONS
+from pointd.core.states import Refusal, SaleState
 from pointd.link import arq
 from pointd.link.frame import (
     MAX_PAYLOAD_SIZE,
@@ -16,7 +19,8 @@ from pointd.link.frame import (
     parse_frame,
 )
 from pointd.register.messages import ErrorCode, MessageType, decode_message
-from pointd.register.prompts import DISPLAY_WIDTH
+from pointd.register.prompts import DISPLAY_WIDTH, LANGUAGES, prompt_for
+from pointd.register.session import _HOLD_STATES, _OUTCOMES
 from tests.register.test_messages import GOLDEN
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "register-protocol.md").read_text()
@@ -63,3 +67,56 @@ def test_every_message_type_and_error_code_is_documented() -> None:
         assert f"`{chr(message_type)}` {message_type:02X}" in DOC, message_type.name
     for code in ErrorCode:
         assert f"| `{code.value}` |" in DOC, code
+
+
+def _table_rows(heading: str) -> list[list[str]]:
+    """The cells of the Markdown table that follows the first line containing ``heading``."""
+    lines = DOC[DOC.index(heading):].splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _codes(cell: str) -> set[str]:
+    return set(re.findall(r"`([a-z_]+)`", cell))
+
+
+def test_hold_and_withdraw_reasons_are_the_states_the_code_sends() -> None:
+    hold = {row[0].strip("`") for row in _table_rows("`reason` is the sale's state:")}
+    assert hold == {state.value for state in _HOLD_STATES}
+    withdraw = {row[0].strip("`") for row in _table_rows("sale's new state, and says what")}
+    # Every state an approved sale can move to other than by the register's handover.
+    left_approval = {target for (state, _event), row in TRANSITIONS.items()
+                     if state is SaleState.APPROVED for target in row.targets}
+    assert withdraw == {s.value for s in left_approval} - {
+        SaleState.APPROVED.value, SaleState.HANDED_OVER.value,
+        SaleState.HANDOVER_UNCONFIRMED.value}
+
+
+def test_result_reasons_are_the_ones_the_code_sends() -> None:
+    reasons = {row[0].strip("`"): _codes(row[1]) for row in _table_rows("The `reason` of each")}
+    expected = {outcome.value: {state.value} for state, outcome in _OUTCOMES.items()}
+    expected["approved"] = {"override"}
+    expected["refused"] = {refusal.value for refusal in Refusal}
+    assert reasons == expected
+
+
+def test_advice_texts_are_the_catalogue_in_every_language() -> None:
+    rows = _table_rows("display language (`l1`")
+    documented = {(row[0], row[1]): tuple(row[2].strip("`").split(" / ")) for row in rows}
+    names = {Notice.CANCEL_ON_TERMINAL: "cancel on the terminal",
+             Notice.CANCEL_TOO_LATE: "too late to cancel",
+             Notice.CREATE_UNRESOLVED: "request unconfirmed"}
+    assert set(names) == set(Notice)
+    assert documented == {(names[notice], language): prompt_for(notice, language).lines
+                          for notice in Notice for language in LANGUAGES}
+
+
+def test_the_closed_unconfirmed_screen_is_documented_in_every_language() -> None:
+    for language in LANGUAGES:
+        lines = " / ".join(prompt_for(SaleState.HANDOVER_UNCONFIRMED, language).lines)
+        assert " ".join(lines.split()) in " ".join(DOC.replace("`", "").split()), language

@@ -124,8 +124,23 @@ async def test_repeated_sale_is_the_same_sale(lane: Lane) -> None:
     outcome = await asyncio.wait_for(lane.emulator.sale(1500, correlation_id="S-4"), WAIT)
     assert outcome.outcome is m.Outcome.APPROVED
     assert len(of_type(lane, m.Result)) == results_before + 1  # latest state sent again
+    # The sale had ended: the repeat goes to the engine, which alone can tell a retry from
+    # an id reused for a new purchase; it never takes the lane.
     assert [r for r in lane.engine.requests if isinstance(r, SaleRequest)] == [
-        SaleRequest("S-4", 1500)
+        SaleRequest("S-4", 1500), SaleRequest("S-4", 1500, repeated=True)
+    ]
+    assert lane.session.open_sale is None
+
+
+async def test_repeating_the_open_sale_never_reaches_the_engine(lane: Lane) -> None:
+    first = asyncio.create_task(lane.emulator.sale(1503, correlation_id="S-4b"))
+    await asyncio.wait_for(lane.engine.sale_requested.wait(), WAIT)
+    await lane.emulator.send_message(m.Sale("S-4b", 1503))
+    status = await asyncio.wait_for(lane.emulator.status("S-4b"), WAIT)  # completes it
+    assert status.state == "approved"
+    await asyncio.wait_for(first, WAIT)
+    assert [r for r in lane.engine.requests if isinstance(r, SaleRequest)] == [
+        SaleRequest("S-4b", 1503)
     ]
 
 

@@ -191,3 +191,56 @@ async def test_a_notice_replaces_the_screen_but_not_what_the_state_implies(
     assert display.lines == prompt_for(notice, "en").lines
     assert display.lines != prompt_for(state, "en").lines
     assert [type(x) for x in rest] == extra
+
+
+@pytest.mark.parametrize(("state", "then"), [
+    (SaleState.BLOCKED, [m.Hold]),
+    (SaleState.ESCALATED, [m.Hold]),
+    (SaleState.DECLINED, [m.Result]),
+])
+async def test_a_withdrawn_approval_is_told_before_what_follows(
+    running: tuple[RegisterSession, RecordingLink], state: SaleState, then: list[type]
+) -> None:
+    session, link = running
+    await session.show_state("X-10", SaleState.APPROVED, payment_id="P1", amount_cents=100)
+    link.take()
+    await session.show_state("X-10", state, amount_cents=100, approval_withdrawn=True)
+    display, withdraw, *rest = link.take()
+    assert isinstance(display, m.Display)
+    assert display.lines == prompt_for(state, "en").lines
+    assert withdraw == m.Withdraw("X-10", state.value)
+    assert [type(x) for x in rest] == then
+
+
+@pytest.mark.parametrize("state", [SaleState.APPROVED, SaleState.OVERRIDDEN,
+                                   SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED])
+async def test_a_standing_approval_is_never_withdrawn(
+    running: tuple[RegisterSession, RecordingLink], state: SaleState
+) -> None:
+    session, link = running
+    await session.show_state("X-11", state, approval_withdrawn=True)
+    assert not any(isinstance(x, m.Withdraw) for x in link.take())
+
+
+async def test_an_unconfirmed_handover_closes_the_sale_without_a_second_result(
+    running: tuple[RegisterSession, RecordingLink],
+) -> None:
+    session, link = running
+    await session.show_state("X-12", SaleState.HANDOVER_UNCONFIRMED)
+    (display,) = link.take()
+    assert isinstance(display, m.Display)
+    assert display.lines == ("SALE CLOSED", "HANDOVER UNCONFIRMED", "TELL THE TECHNICIAN")
+
+
+@pytest.mark.parametrize("state", [SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED])
+async def test_a_repeated_sale_whose_goods_left_gets_its_approved_result_again(
+    running: tuple[RegisterSession, RecordingLink], state: SaleState
+) -> None:
+    session, link = running
+    await session.show_state("X-13", state, payment_id="P9", amount_cents=900)
+    assert [type(x) for x in link.take()] == [m.Display]  # told as it happens: no 2nd RESULT
+    await session.show_state("X-13", state, payment_id="P9", amount_cents=900,
+                             repeated_sale=True)
+    display, result = link.take()
+    assert isinstance(display, m.Display)
+    assert result == m.Result("X-13", m.Outcome.APPROVED, 900, "P9")

@@ -104,6 +104,10 @@ class StubEngine:
         """The session's handler."""
         self.requests.append(request)
         cid = request.correlation_id
+        if isinstance(request, SaleRequest) and request.repeated and cid in self.states:
+            # The daemon's answer to a retry of an ended sale: its standing again.
+            self._spawn(self._show(cid, self.states[cid]))
+            return None
         if isinstance(request, SaleRequest):
             self.amounts[cid] = request.amount_cents
             self.states[cid] = SaleState.REQUESTED

@@ -140,7 +140,11 @@ async def _interactive(emulator: RegisterEmulator, sale_within: float) -> int:
             elif word == "cancel" and argument:
                 await emulator.cancel(argument)
             elif word == "done" and argument:
-                await emulator.handover_done(argument)
+                if argument in emulator.withdrawn or argument in emulator.held:
+                    print(f"not handing over {argument}: the daemon withdrew or holds its "
+                          "approval", flush=True)
+                else:
+                    await emulator.handover_done(argument)
             elif word == "refund" and argument:
                 task = asyncio.create_task(refund(argument))
                 sales.add(task)
@@ -170,9 +174,10 @@ async def _run(args: argparse.Namespace) -> int:
         for number, result in enumerate(results, start=1):
             got = result.outcome.outcome.value if result.outcome else result.problem
             mark = "ok" if result.matched else "MISMATCH"
+            handed = ", goods handed over" if result.handed_over else ""
             print(
                 f"sale #{number} {result.sale.amount_cents} cents: expected "
-                f"{result.sale.expect.value}, got {got}: {mark}",
+                f"{result.sale.expect.value}, got {got}{handed}: {mark}",
                 flush=True,
             )
         return EXIT_OK if all(r.matched for r in results) else EXIT_MISMATCH

@@ -13,7 +13,10 @@ of a register vendor:
   emulator asks STATUS for it, takes a final state as the answer, re-sends the SALE with
   the same correlation id only if the daemon does not know it, and otherwise keeps
   waiting for the RESULT;
-* every DISPLAY replaces the screen (``display``, ``on_display``).
+* every DISPLAY replaces the screen (``display``, ``on_display``);
+* goods leave only on an approval that still stands: ``hand_over`` sends HANDOVER_DONE
+  after an approved RESULT (or a STATUS saying ``handover=yes``), and refuses while the
+  sale is held or after a WITHDRAW, until a new approved RESULT.
 
 Fault knobs (``drop_next_ack_sent``, ``drop_next_ack_received``, ``corrupt_next_frame``,
 ``inject_noise``, ``unplug``/``replug``) damage the wire the way cables and adapters do.
@@ -54,6 +57,8 @@ RECONNECT_PAUSE = 0.2
 _FINAL_OUTCOMES = {
     SaleState.APPROVED: msg.Outcome.APPROVED,
     SaleState.OVERRIDDEN: msg.Outcome.APPROVED,
+    SaleState.HANDOVER_UNCONFIRMED: msg.Outcome.APPROVED,
+    # Paid, and the goods already left: an approved sale with nothing more to hand over.
     SaleState.HANDED_OVER: msg.Outcome.APPROVED,
     SaleState.DECLINED: msg.Outcome.DECLINED,
     SaleState.CANCELED: msg.Outcome.CANCELED,
@@ -84,6 +89,9 @@ class SaleOutcome:
     card_last4: str | None = None
     reason: str | None = None
     from_status: bool = False
+    # Whether the goods may leave now: an approved RESULT, or STATUS handover=yes. False
+    # for every other outcome, and for a sale whose goods already left (handed_over).
+    may_hand_over: bool = False
 
 
 def outcome_from_status(reply: msg.StatusReply) -> SaleOutcome | None:
@@ -101,6 +109,7 @@ def outcome_from_status(reply: msg.StatusReply) -> SaleOutcome | None:
         reply.card_last4,
         reason=state.value,
         from_status=True,
+        may_hand_over=reply.handover,
     )
 
 
@@ -135,8 +144,13 @@ class RegisterEmulator:
         self.display: tuple[str, ...] = ()
         self.severity: msg.Severity | None = None
         self.held: set[str] = set()
+        # Sales whose approved RESULT the daemon withdrew (until a new approved RESULT).
+        self.withdrawn: set[str] = set()
+        # Sales whose goods this register reported gone (HANDOVER_DONE acknowledged).
+        self.handed_over: set[str] = set()
         self.received: list[msg.Message] = []
         self.errors: list[msg.Error] = []
+        self.hellos_sent = 0
         self.device_path = ""
         # pty mode
         self._link_path: Path | None = None
@@ -243,7 +257,8 @@ class RegisterEmulator:
         asyncio.get_running_loop().call_soon(self._reconnect_same_port)
 
     def _reconnect_same_port(self) -> None:
-        if self._port is not None and not self._closed:
+        current = self._connection
+        if self._port is not None and not self._closed and not (current and current.is_open):
             self._connect()
 
     # --- fault knobs ------------------------------------------------------------------
@@ -255,8 +270,19 @@ class RegisterEmulator:
 
     def drop_next_ack_received(self) -> None:
         """Lose the daemon's next ACK, so our frame is retransmitted."""
+        self.drop_acks_received(1)
+
+    def drop_acks_received(self, count: int) -> None:
+        """Lose the daemon's next ``count`` ACKs (MAX_SEND_ATTEMPTS of them: link down)."""
         if self._port is not None:
-            self._port.drop_next_ack_received = True
+            self._port.acks_to_drop_received = count
+
+    def restart_link(self) -> None:
+        """Start the link again as a register does after declaring it down: SEQ from 01."""
+        if self._connection is None:
+            raise EmulatorError("the register is not connected")
+        self._connection.close("the register restarted its link")
+        self._connect()
 
     def corrupt_next_frame(self) -> None:
         """Send our next message frame with a wrong CRC."""
@@ -341,11 +367,15 @@ class RegisterEmulator:
             self.held.add(message.correlation_id)
         elif isinstance(message, msg.Release):
             self.held.discard(message.correlation_id)
+        elif isinstance(message, msg.Withdraw):
+            self.withdrawn.add(message.correlation_id)
         elif isinstance(message, msg.HelloReply):
             self._hello = message
             self._resolve((msg.MessageType.HELLO_REPLY, ""), message)
         elif isinstance(message, msg.Result):
             self.held.discard(message.correlation_id)
+            if message.outcome is msg.Outcome.APPROVED:
+                self.withdrawn.discard(message.correlation_id)
             self._resolve((msg.MessageType.RESULT, message.correlation_id), message)
         elif isinstance(message, msg.StatusReply):
             self._resolve((msg.MessageType.STATUS_REPLY, message.correlation_id), message)
@@ -403,8 +433,11 @@ class RegisterEmulator:
                     raise EmulatorError("no HELLO_REPLY from the daemon")
                 future = self._expect(msg.MessageType.HELLO_REPLY, "")
                 try:
+                    self.hellos_sent += 1
                     await self.send_message(msg.Hello(self._versions, self._register_name))
-                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                    # The protocol's HELLO_REPLY_TIMEOUT: no answer, say HELLO again.
+                    await asyncio.wait_for(
+                        future, max(0.0, min(HELLO_REPLY_TIMEOUT, deadline - loop.time())))
                 except (LinkError, EmulatorError, TimeoutError) as exc:
                     if isinstance(exc, DaemonRejected):
                         raise
@@ -454,9 +487,24 @@ class RegisterEmulator:
         return reply
 
     async def handover_done(self, correlation_id: str) -> None:
-        """Report that the goods left (acknowledged by the link, no reply)."""
+        """Report that the goods left (acknowledged by the link, no reply), whatever we hold."""
         await self.hello()
         await self.send_message(msg.HandoverDone(correlation_id))
+
+    def may_hand_over(self, outcome: SaleOutcome) -> bool:
+        """Whether the goods of this sale may leave now, by everything the daemon said."""
+        cid = outcome.correlation_id
+        return (outcome.outcome is msg.Outcome.APPROVED and outcome.may_hand_over
+                and cid not in self.withdrawn and cid not in self.held
+                and cid not in self.handed_over)
+
+    async def hand_over(self, outcome: SaleOutcome) -> bool:
+        """Give the goods and send HANDOVER_DONE, if the approval still stands; say whether."""
+        if not self.may_hand_over(outcome):
+            return False
+        await self.handover_done(outcome.correlation_id)
+        self.handed_over.add(outcome.correlation_id)
+        return True
 
     async def cancel(self, correlation_id: str) -> None:
         """Ask the daemon to cancel a sale; its RESULT says whether it was canceled."""
@@ -519,7 +567,8 @@ class RegisterEmulator:
                 answer = result.result()
                 assert isinstance(answer, msg.Result)
                 return SaleOutcome(
-                    cid, answer.outcome, answer.payment_id, answer.card_last4, answer.reason
+                    cid, answer.outcome, answer.payment_id, answer.card_last4, answer.reason,
+                    may_hand_over=answer.outcome is msg.Outcome.APPROVED,
                 )
             if loop.time() >= deadline:
                 raise EmulatorError(f"no RESULT for sale {cid}")

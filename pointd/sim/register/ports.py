@@ -86,13 +86,13 @@ def with_bad_crc(frame: DataFrame) -> bytes:
 
 
 class FaultyPort:
-    """Wraps a port; each armed fault damages exactly one frame, then disarms."""
+    """Wraps a port; each armed fault damages exactly one frame (or a count of them)."""
 
     def __init__(self, inner: Port) -> None:
         self._inner = inner
         self.broken = False
         self.drop_next_ack_sent = False
-        self.drop_next_ack_received = False
+        self.acks_to_drop_received = 0
         self.corrupt_next_frame_sent = False
 
     def fileno(self) -> int:
@@ -100,18 +100,20 @@ class FaultyPort:
         return self._inner.fileno()
 
     def read(self, size: int) -> bytes:
-        """Read, then lose the first ACK if that fault is armed."""
+        """Read, then lose the ACKs that fault is armed for."""
         try:
             data = self._inner.read(size)
         except OSError:
             self.broken = True
             raise
-        if self.drop_next_ack_received:
-            for start, end in _frames_in(data):
-                if isinstance(_parse(data[start:end]), AckFrame):
-                    self.drop_next_ack_received = False
-                    return data[:start] + data[end:]
-        return data
+        kept = bytearray()
+        position = 0
+        for start, end in _frames_in(data):
+            if self.acks_to_drop_received and isinstance(_parse(data[start:end]), AckFrame):
+                self.acks_to_drop_received -= 1
+                kept += data[position:start]
+                position = end
+        return bytes(kept + data[position:]) if position else data
 
     def write(self, data: bytes) -> int | None:
         """Write, losing or damaging this frame if a fault is armed."""

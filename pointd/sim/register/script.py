@@ -7,8 +7,14 @@ TOML::
     expect = "approved"    # approved | declined | canceled | error | abandoned | refused
     id = "demo-1"          # optional correlation id
     terminal = "PAX_A910__SMARTPOS1234567890"   # optional
+    handover = "yes"       # optional: "no" leaves the goods and sends no HANDOVER_DONE
 
 JSON: ``{"sale": [{"amount": 1500, "expect": "approved"}, ...]}`` or just the list.
+
+After an approved sale the emulated register hands the goods over and sends HANDOVER_DONE
+(``RegisterEmulator.hand_over``), as docs/register-protocol.md §7 asks, so the next sale
+finds the lane free; with ``handover = "no"`` it behaves like a register that never
+confirms, and the daemon keeps the lane for ``timers.handover_confirm_after``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from pointd.register.messages import MAX_AMOUNT_CENTS, MessageError, Outcome, Sale
 from pointd.sim.register.emulator import EmulatorError, RegisterEmulator, SaleOutcome
 
-_KEYS = frozenset({"amount", "expect", "id", "terminal"})
+_KEYS = frozenset({"amount", "expect", "id", "terminal", "handover"})
 
 
 class ScriptError(ValueError):
@@ -36,6 +42,7 @@ class ScriptedSale:
     expect: Outcome
     correlation_id: str | None = None
     terminal_id: str | None = None
+    handover: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,13 @@ class ScriptResult:
     sale: ScriptedSale
     outcome: SaleOutcome | None
     problem: str | None = None
+    handed_over: bool = False
 
     @property
     def matched(self) -> bool:
         """True when the sale ended with the expected outcome."""
-        return self.outcome is not None and self.outcome.outcome is self.sale.expect
+        return (self.problem is None and self.outcome is not None
+                and self.outcome.outcome is self.sale.expect)
 
 
 def _entry(number: int, raw: object) -> ScriptedSale:
@@ -73,11 +82,14 @@ def _entry(number: int, raw: object) -> ScriptedSale:
     for key, value in (("id", correlation_id), ("terminal", terminal_id)):
         if value is not None and not isinstance(value, str):
             raise ScriptError(f"{where}: {key} must be a string")
+    handover = raw.get("handover", "yes")
+    if handover not in ("yes", "no"):
+        raise ScriptError(f"{where}: handover must be \"yes\" or \"no\"")
     try:
         Sale(correlation_id or "x", amount, terminal_id)
     except MessageError as exc:
         raise ScriptError(f"{where}: {exc.text}") from None
-    return ScriptedSale(amount, expect, correlation_id, terminal_id)
+    return ScriptedSale(amount, expect, correlation_id, terminal_id, handover == "yes")
 
 
 def load_script(path: Path) -> list[ScriptedSale]:
@@ -113,5 +125,12 @@ async def run_script(
         except EmulatorError as exc:
             results.append(ScriptResult(sale, None, str(exc)))
             continue
-        results.append(ScriptResult(sale, outcome))
+        handed_over = False
+        if sale.handover and emulator.may_hand_over(outcome):
+            try:
+                handed_over = await emulator.hand_over(outcome)
+            except EmulatorError as exc:
+                results.append(ScriptResult(sale, outcome, f"HANDOVER_DONE not sent: {exc}"))
+                continue
+        results.append(ScriptResult(sale, outcome, handed_over=handed_over))
     return results
