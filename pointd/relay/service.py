@@ -37,11 +37,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pointd.cloud.signature import IdSource, SignatureInvalid, verify
+from pointd.config.relay import RelayConfig, RelaySecrets
 from pointd.relay.errors import NotStored, StorageError
 from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import RelayMetrics
 from pointd.relay.notification import Classified, Kind, classify
-from pointd.relay.settings import RelaySettings
 from pointd.relay.storage import MAX_READ_LIMIT, Incoming, Storage, WriteResult
 
 log = structlog.get_logger(__name__)
@@ -114,21 +114,23 @@ class RelayService:
 
     def __init__(
         self,
-        settings: RelaySettings,
+        config: RelayConfig,
+        secrets: RelaySecrets,
         storage: Storage,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.config = config
+        self._webhook_secret = secrets.webhook_secret
         self.storage = storage
         self.clock = clock
         self.metrics = RelayMetrics()
         self._store_digests = {
-            store.id: bytes.fromhex(store.token_sha256) for store in settings.stores
+            store.id: bytes.fromhex(store.token_sha256) for store in config.stores
         }
         self._admin_digest = (
-            hashlib.sha256(settings.admin_token.reveal().encode()).digest()
-            if settings.admin_token is not None
+            hashlib.sha256(secrets.admin_token.reveal().encode()).digest()
+            if secrets.admin_token is not None
             else None
         )
         self._wakers: dict[str, asyncio.Event] = {}
@@ -136,8 +138,8 @@ class RelayService:
         self._last_poll: dict[str, float] = {}
         self.committer: GroupCommitter[Incoming, WriteResult] = GroupCommitter(
             storage.write_batch,
-            batch_max=settings.batch_max,
-            batch_wait=settings.batch_wait,
+            batch_max=config.storage.batch_max,
+            batch_wait=config.storage.batch_wait,
             on_commit=self.metrics.observe_commit,
         )
         self._refusal_logged_at = -math.inf
@@ -165,7 +167,8 @@ class RelayService:
         self.storage.on_remote_write(self._wake)
         self.committer.start()
         cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop(), name="retention")
-        log.info("relay_started", backend=self.settings.backend, stores=len(self._store_digests))
+        log.info("relay_started", backend=self.config.storage.backend,
+                 stores=len(self._store_digests))
         try:
             yield
         finally:
@@ -247,7 +250,7 @@ class RelayService:
         self._refusals_unlogged = 0
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        limit = self.settings.body_limit
+        limit = self.config.intake.body_limit
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -340,10 +343,10 @@ class RelayService:
         headers: dict[str, str],
         now: float,
     ) -> tuple[bool, str | None]:
-        secret = self.settings.webhook_secret
+        secret = self._webhook_secret
         header = headers.get("x-signature")
         # IPN cannot be verified with the secret (seed 003); keep it as an unsigned hint.
-        required = self.settings.signature_required and kind != Kind.IPN
+        required = self.config.intake.signature_required and kind != Kind.IPN
         if secret is None or (header is None and not required):
             return False, None
         try:
@@ -354,7 +357,7 @@ class RelayService:
                 query_data_id=query.get("data.id"),
                 body_id=body_id,
                 now=now,
-                window_seconds=self.settings.window_seconds,
+                window_seconds=self.config.intake.ts_window or None,
             )
         except SignatureInvalid as exc:
             if required:
@@ -382,7 +385,9 @@ class RelayService:
         try:
             store = self._authorize_store(request)
             after = _int_param(request, "after", None, minimum=0)
-            wait = _float_param(request, "wait", 0.0, maximum=self.settings.long_poll_timeout)
+            wait = _float_param(
+                request, "wait", 0.0, maximum=self.config.delivery.long_poll_timeout
+            )
             limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1)
         except BadRequest as exc:
             return _auth_error(exc)
@@ -525,7 +530,7 @@ class RelayService:
         return [
             store
             for store in sorted(self._store_digests)
-            if now - self._last_poll.get(store, -math.inf) > self.settings.canary_window
+            if now - self._last_poll.get(store, -math.inf) > self.config.delivery.canary_window
         ]
 
     # ---- health -------------------------------------------------------------------------
@@ -552,7 +557,7 @@ class RelayService:
 
     async def run_cleanup(self) -> int:
         """Delete what is older than the retention period; return events deleted."""
-        cutoff = self.clock() - self.settings.retention_days * 86400.0
+        cutoff = self.clock() - self.config.delivery.retention_days * 86400.0
         deleted = await self.storage.purge(cutoff)
         log.info("retention_purged", events=deleted, before=cutoff)
         return deleted

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from pointd.app.control_handlers import DaemonHandlers
+from pointd.app.control_handlers import DaemonHandlers, EventSink, journal_audit
 from pointd.app.engine import Alert, Engine
 from pointd.cloud.errors import NotFound, ServerError
 from pointd.cloud.models import Payment
@@ -194,6 +194,19 @@ class FakeLinks:
 
 
 @dataclass
+class EventsTap:
+    """The handlers' event sink: the control server, until a test swaps in a broken one."""
+
+    sink: EventSink
+
+    def publish(self, topic: str, data: Any) -> int:
+        return self.sink.publish(topic, data)
+
+    def connection_report(self) -> list[dict[str, Any]]:
+        return self.sink.connection_report()
+
+
+@dataclass
 class Rig:
     """Everything a test drives: the engine, its parts and a connected control client."""
 
@@ -207,6 +220,7 @@ class Rig:
     server: ControlServer
     client: ControlClient
     logs: list[str]
+    events: EventsTap
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         async def poll() -> None:
@@ -284,6 +298,11 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
         on_step=on_step,
     )
     terminals, relay, links = FakeTerminals(), FakeRelay(), FakeLinks()
+    ticks = itertools.count(step=RATE_LIMIT_STEP)
+    server = ControlServer(sock_dir / "control.sock",
+                           record_audit=journal_audit(journal, lambda: T0),
+                           monotonic=lambda: float(next(ticks)))
+    events = EventsTap(server)
     handlers = DaemonHandlers(
         engine=engine,
         journal=journal,
@@ -291,6 +310,7 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
         terminals=terminals,
         relay=relay,
         links=links,
+        events=events,
         config={"store": {"id": STORE}, "cloud": {"access_token_file": "/etc/pointd/token"}},
         secrets=[ACCESS_TOKEN, STORE_TOKEN],
         clock=lambda: T0,
@@ -299,16 +319,12 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
     )
     holder["handlers"] = handlers
     handlers.ready = True
-    ticks = itertools.count(step=RATE_LIMIT_STEP)
-    server = ControlServer(sock_dir / "control.sock", record_audit=handlers.record_audit,
-                           monotonic=lambda: float(next(ticks)))
     register_daemon_methods(server, handlers)
-    handlers.attach(server)
     await server.start()
     client = await ControlClient.connect(server.path)
     try:
         yield Rig(engine, journal, cloud, terminals, relay, links, handlers, server, client,
-                  logs)
+                  logs, events)
     finally:
         await client.close()
         # Let the server read the client's EOF, so closing it cancels no live reader.

@@ -38,6 +38,7 @@ from pointd.core.policy import Policy
 from pointd.core.recovery import recover
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
+from tests.support.clock import ManualClock
 
 STORE = "loja-1"
 T0 = 1_795_000_000.0
@@ -113,33 +114,6 @@ class ScriptedCloud:
         return [arg for name, arg in self.calls if name == kind]
 
 
-class HandTimers:
-    """Timers that fire only when the test says so."""
-
-    def __init__(self) -> None:
-        self.armed: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._next = 0
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
-        self._next += 1
-        self.armed[self._next] = (when, callback)
-        return _Handle(self, self._next)
-
-    def fire_all(self) -> None:
-        due, self.armed = self.armed, {}
-        for _when, callback in due.values():
-            callback()
-
-
-@dataclass
-class _Handle:
-    timers: HandTimers
-    number: int
-
-    def cancel(self) -> None:
-        self.timers.armed.pop(self.number, None)
-
-
 class NoRegister:
     async def tell(self, effect: TellRegister) -> None:
         return None
@@ -149,7 +123,7 @@ class NoRegister:
 class Rig:
     engine: Engine
     cloud: ScriptedCloud
-    timers: HandTimers
+    timers: ManualClock
     alerts: list[Alert]
 
     async def until(self, what: str, predicate: Callable[[], bool]) -> None:
@@ -196,10 +170,10 @@ def make_rig(tmp_path: Path, *, idempotent: bool, answers: list[Answer],
     journal = Journal.open(tmp_path / "journal.db")
     journal.record_policy(POLICY)
     cloud = ScriptedCloud(creates_are_idempotent=idempotent, create_answers=answers)
-    timers = HandTimers()
+    timers = ManualClock(T0)
     alerts: list[Alert] = []
     engine = Engine(journal=journal, state=state or CoreState.empty(STORE), policy=POLICY,
-                    cloud=cloud, register=NoRegister(), wall_clock=lambda: T0,
+                    cloud=cloud, register=NoRegister(), wall_clock=timers,
                     on_alert=alerts.append, timers=timers)
     return Rig(engine, cloud, timers, alerts)
 
@@ -275,7 +249,7 @@ async def test_in_progress_on_the_resend_keeps_reconciling_until_the_order_is_na
     rig.cloud.views[ORDER] = order_view("ON_TERMINAL")
     await rig.start_sale()
     await rig.until("the second send", lambda: len(rig.cloud.called("create")) == 2)
-    await rig.until("the reconcile timer", lambda: bool(rig.timers.armed))
+    await rig.until("the reconcile timer", lambda: bool(rig.timers.pending()))
     assert rig.sale().state is SaleState.CREATE_UNKNOWN
     assert rig.kinds() == ["SaleRequested", "CreateOutcomeUnknown"]
     assert (SALE, TimerKind.RECONCILE) in rig.engine.pending_timers()
@@ -308,7 +282,7 @@ async def test_a_resend_without_a_2xx_never_proves_absence(tmp_path: Path,
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("timeout"), error])
     await rig.start_sale()
     await rig.until("the second send", lambda: len(rig.cloud.called("create")) == 2)
-    await rig.until("the reconcile timer", lambda: bool(rig.timers.armed))
+    await rig.until("the reconcile timer", lambda: bool(rig.timers.pending()))
     assert rig.kinds() == ["SaleRequested", "CreateOutcomeUnknown"]
     assert rig.sale().state is SaleState.CREATE_UNKNOWN
     assert rig.sale().attempt == 1

@@ -45,16 +45,6 @@ def payment(payment_id: str, status: str, cents: int, reference: str | None,
                    live_mode=False, last_four_digits="4242", refunds=refunds)
 
 
-class Clock:
-    """A settable wall clock."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class FakeEngine:
     """The engine surface the jobs use, recording the effects it is asked to run.

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pointd.app.jobs import (
+from pointd.app.jobs import DaemonJobs
+from pointd.app.reconciliation_export import (
     CSV_COLUMNS,
     EXPORT_FAILURES_BEFORE_GIVING_UP,
-    DaemonJobs,
     ExportError,
     ReconciliationExport,
 )
@@ -38,7 +38,6 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    Clock,
     FakeCloud,
     FakeEngine,
     Store,
@@ -46,6 +45,7 @@ from tests.app_jobs.conftest import (
     payment,
     ref,
 )
+from tests.support.clock import ManualClock
 
 POLL = ObservationSource.POLL
 
@@ -71,7 +71,7 @@ def exporter(store: Store, cloud: FakeCloud, tmp_path: Path,
     return ReconciliationExport(
         journal=store.journal, cloud=cloud, policy=POLICY, store_id=STORE,
         directory=tmp_path / "exports", timezone=TZ,
-        clock=Clock(now if now is not None else local(DAY, 23, 55)),
+        clock=ManualClock(now if now is not None else local(DAY, 23, 55)),
     )
 
 
@@ -319,7 +319,7 @@ async def test_daemon_jobs_export_defaults_to_the_journal_directory(
         store: Store, tmp_path: Path) -> None:
     paid_sale(store, local(DAY, 10), "J1", 1)
     engine = FakeEngine(store.state, store.journal)
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(local(DAY, 23, 55)),
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(local(DAY, 23, 55)),
                       timezone=TZ)
 
     csv_path, json_path = await jobs.export_day(DAY)
@@ -334,7 +334,7 @@ async def test_the_nightly_run_rewrites_yesterday_and_writes_today(
     paid_sale(store, local(previous, 23, 58), "N1", 1)  # after yesterday's 23:55 run
     paid_sale(store, local(DAY, 10), "N2", 2)
     engine = FakeEngine(store.state, store.journal)
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(local(DAY, 23, 55)),
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(local(DAY, 23, 55)),
                       timezone=TZ)
 
     result = await jobs.export_closing_days()

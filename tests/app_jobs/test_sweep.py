@@ -40,13 +40,13 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    Clock,
     FakeCloud,
     FakeEngine,
     Store,
     payment,
     ref,
 )
+from tests.support.clock import ManualClock
 
 T0 = 1_773_000_000.0
 POLL = ObservationSource.POLL
@@ -70,9 +70,9 @@ def four_sales(store: Store) -> None:
     store.feed(T0 + 5, [HandoverConfirmed("S4")])
 
 
-def build(store: Store, now: float) -> tuple[DaemonJobs, FakeEngine, Clock]:
+def build(store: Store, now: float) -> tuple[DaemonJobs, FakeEngine]:
     engine = FakeEngine(store.state, store.journal)
-    clock = Clock(now)
+    clock = ManualClock(now)
     return DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ), \
         engine, clock
 
@@ -139,12 +139,12 @@ def test_a_threshold_that_would_sweep_healthy_sales_is_refused(store: Store) -> 
     engine = FakeEngine(store.state, store.journal)
     quiet = longest_quiet_interval(POLICY)
     with pytest.raises(ValueError, match="stale_after"):
-        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                    stale_after=quiet)
     slow = dataclasses.replace(POLICY, reconcile_max_backoff=600.0)
     with pytest.raises(ValueError, match="600"):
         DaemonJobs(engine=FakeEngine(store.state, store.journal, policy=slow),
-                   cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ)
+                   cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ)
 
 
 @pytest.mark.parametrize("name", ["sweep_interval", "stale_after", "device_refresh_interval",
@@ -153,7 +153,7 @@ def test_a_threshold_that_would_sweep_healthy_sales_is_refused(store: Store) -> 
 def test_bad_intervals_are_refused_by_name(store: Store, name: str, bad: object) -> None:
     engine = FakeEngine(store.state, store.journal)
     with pytest.raises(ValueError, match=name):
-        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                    **{name: bad})  # type: ignore[arg-type]
 
 
@@ -179,7 +179,7 @@ async def test_a_sale_with_lost_timers_reaches_the_truth_through_the_real_engine
         store: Store) -> None:
     store.feed(T0, [SaleRequested("S1", 1, "c1", 1000, "T1", None), IntentCreated("S1", 1, "I1")])
     cloud = PaidCloud(by_id={"P1": payment("P1", "approved", 1000, ref("S1", 1))})
-    clock = Clock(T0 + STALE_AFTER + 10)
+    clock = ManualClock(T0 + STALE_AFTER + 10)
     approved = asyncio.Event()
 
     def on_step(event: object, result: Step) -> None:

@@ -14,6 +14,7 @@ from pointd.app.lane_terminals import LaneSpec, LaneTerminals
 from pointd.core.states import LaneCondition
 from pointd.sim.usb.bus import FakeUsbBus
 from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
+from tests.support.clock import ManualClock
 
 USB_FIXTURES = Path(__file__).resolve().parents[2] / "hardware-fixtures" / "usb"
 
@@ -32,16 +33,6 @@ class Device:
     operating_mode: str | None
     store_id: object = "store-1"
     pos_id: object = 7
-
-
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -90,7 +81,7 @@ class Harness:
 
     lanes: LaneTerminals
     cloud: FakeCloud
-    clock: Clock
+    clock: ManualClock
     watch: TerminalWatch | None
     sleep: GatedSleep
     busy: set[str]
@@ -120,7 +111,7 @@ def build(bus: FakeUsbBus) -> Build:
         refresh_interval: float = 300.0,
     ) -> Harness:
         cloud = FakeCloud(devices=list(devices or []))
-        clock = Clock()
+        clock = ManualClock(1000.0)
         sleep = GatedSleep()
         busy: set[str] = set()
         announced: list[tuple[int, LaneCondition]] = []

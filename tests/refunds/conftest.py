@@ -24,7 +24,7 @@ from pointd.core.refunds import REFUND_POLL_INTERVAL, Refund, TellRefund
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
 from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
-from tests.e2e_register.harness import ManualClock
+from tests.support.clock import ManualClock
 
 TOKEN = "TEST-refund-tests-token-2b7e"
 STORE = "refund-shop"
