@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,7 @@ import structlog
 
 from pointd.app.control_handlers import DaemonHandlers, EventSink, journal_audit
 from pointd.app.engine import Alert, Engine
-from pointd.cloud.errors import NotFound, ServerError
 from pointd.cloud.models import Payment
-from pointd.cloud.port import IntentStatus, IntentView, RefundView, TerminalView
 from pointd.control.client import ControlClient
 from pointd.control.methods import register_daemon_methods
 from pointd.control.server import ControlServer
@@ -30,6 +27,7 @@ from pointd.core.machine import CoreState, Step
 from pointd.core.policy import Policy
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
+from tests.support.cloud import FakeCloud
 
 STORE = "loja-centro"
 COLLECTOR = "987654321"
@@ -77,67 +75,6 @@ def payment(payment_id: str, status: str, cents: int, ref: str | None) -> Paymen
         last_four_digits="4242",
         refunds=(),
     )
-
-
-@dataclass
-class FakeCloud:
-    """A CloudPort that answers from dictionaries and records every call."""
-
-    payments: dict[str, Payment] = field(default_factory=dict)
-    intents: dict[str, IntentView] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-    hold_creates: asyncio.Event | None = None  # when set, creates wait for it
-    failing: bool = False
-    creates_are_idempotent: bool = False  # the Payment Intent API's behaviour
-
-    async def list_terminals(self) -> list[TerminalView]:
-        return []
-
-    async def create_payment(self, terminal_id: str, amount_cents: int,
-                             external_reference: str, idempotency_key: str, *,
-                             ticket_number: str | None = None, description: str | None = None,
-                             print_on_terminal: bool = True) -> str:
-        self.calls.append(("create", external_reference))
-        if self.hold_creates is not None:
-            await self.hold_creates.wait()
-        intent_id = f"INT-{external_reference}"
-        self.intents[intent_id] = IntentView(intent_id, "OPEN", None, None,
-                                             external_reference, amount_cents)
-        return intent_id
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("get_intent", intent_id))
-        return self.intents[intent_id]
-
-    async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
-        self.calls.append(("cancel", intent_id))
-
-    async def get_payment(self, payment_id: str) -> Payment:
-        self.calls.append(("get_payment", payment_id))
-        if self.failing:
-            raise ServerError(503, "unavailable", "from the test")
-        if payment_id not in self.payments:
-            raise NotFound(404, "not_found", "payment not found")
-        return self.payments[payment_id]
-
-    async def find_payments(self, external_reference: str) -> list[Payment]:
-        self.calls.append(("find_payments", external_reference))
-        return []
-
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        self.calls.append(("intents_since", (start, end)))
-        return []
-
-    async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
-                             amount_cents: int | None, idempotency_key: str) -> RefundView:
-        raise AssertionError("the control handlers never refund (refund is not supported)")
-
-    async def get_refund(self, intent_or_order_id: str, payment_id: str,
-                         refund_id: str) -> RefundView:
-        raise AssertionError("the control handlers never refund (refund is not supported)")
-
-    def called(self, kind: str) -> list[Any]:
-        return [arg for name, arg in self.calls if name == kind]
 
 
 class RecordingRegister:

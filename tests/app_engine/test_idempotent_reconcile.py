@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,12 @@ from pointd.cloud.errors import (
     DeviceBusy,
     IdempotencyConflict,
     IdempotencyInProgress,
-    NotFound,
     NotSent,
     OutcomeUnknown,
     ServerError,
 )
 from pointd.cloud.models import Payment
-from pointd.cloud.port import IntentStatus, IntentView, RefundView, TerminalView
+from pointd.cloud.port import IntentView
 from pointd.core.effects import TellRegister
 from pointd.core.events import CreateRejected, SaleRequested, TimerKind
 from pointd.core.machine import CoreState, step
@@ -39,6 +37,7 @@ from pointd.core.recovery import recover
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
 from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 STORE = "loja-1"
 T0 = 1_795_000_000.0
@@ -57,63 +56,6 @@ TASK_TIMEOUT = 5.0
 Answer = str | Exception
 
 
-@dataclass
-class ScriptedCloud:
-    """A CloudPort whose creates answer from a script and that records every call."""
-
-    creates_are_idempotent: bool
-    create_answers: list[Answer] = field(default_factory=list)
-    views: dict[str, IntentView] = field(default_factory=dict)
-    payments: dict[str, Payment] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-
-    async def list_terminals(self) -> list[TerminalView]:
-        return []
-
-    async def create_payment(self, terminal_id: str, amount_cents: int,
-                             external_reference: str, idempotency_key: str, *,
-                             ticket_number: str | None = None, description: str | None = None,
-                             print_on_terminal: bool = True) -> str:
-        self.calls.append(("create", (terminal_id, amount_cents, external_reference,
-                                      idempotency_key, ticket_number)))
-        answer = self.create_answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("get_state", intent_id))
-        return self.views[intent_id]
-
-    async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
-        self.calls.append(("cancel", intent_id))
-
-    async def get_payment(self, payment_id: str) -> Payment:
-        self.calls.append(("get_payment", payment_id))
-        if payment_id not in self.payments:
-            raise NotFound(404, "not_found", "no such payment")
-        return self.payments[payment_id]
-
-    async def find_payments(self, external_reference: str) -> list[Payment]:
-        self.calls.append(("find_payments", external_reference))
-        return []
-
-    async def intents_since(self, start: date, end: date) -> list[IntentStatus]:
-        self.calls.append(("intents_since", (start, end)))
-        return []
-
-    async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
-                             amount_cents: int | None, idempotency_key: str) -> RefundView:
-        raise AssertionError("no refunds here")
-
-    async def get_refund(self, intent_or_order_id: str, payment_id: str,
-                         refund_id: str) -> RefundView:
-        raise AssertionError("no refunds here")
-
-    def called(self, kind: str) -> list[Any]:
-        return [arg for name, arg in self.calls if name == kind]
-
-
 class NoRegister:
     async def tell(self, effect: TellRegister) -> None:
         return None
@@ -122,7 +64,7 @@ class NoRegister:
 @dataclass
 class Rig:
     engine: Engine
-    cloud: ScriptedCloud
+    cloud: FakeCloud
     timers: ManualClock
     alerts: list[Alert]
 
@@ -169,7 +111,7 @@ def make_rig(tmp_path: Path, *, idempotent: bool, answers: list[Answer],
              state: CoreState | None = None) -> Rig:
     journal = Journal.open(tmp_path / "journal.db")
     journal.record_policy(POLICY)
-    cloud = ScriptedCloud(creates_are_idempotent=idempotent, create_answers=answers)
+    cloud = FakeCloud(creates_are_idempotent=idempotent, create_answers=answers)
     timers = ManualClock(T0)
     alerts: list[Alert] = []
     engine = Engine(journal=journal, state=state or CoreState.empty(STORE), policy=POLICY,
@@ -181,7 +123,7 @@ def make_rig(tmp_path: Path, *, idempotent: bool, answers: list[Answer],
 async def test_a_lost_create_answer_is_resent_with_the_same_key_and_adopts_the_order(
         tmp_path: Path, logs: list[MutableMapping[str, Any]]) -> None:
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("read timeout"), ORDER])
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     await rig.start_sale()
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     await rig.until("its state observed", lambda: rig.kinds()[-1] == "IntentObserved")
@@ -201,7 +143,7 @@ async def test_a_lost_create_answer_is_resent_with_the_same_key_and_adopts_the_o
 async def test_a_resend_that_finds_the_order_paid_goes_straight_to_verification(
         tmp_path: Path) -> None:
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("reset"), ORDER])
-    rig.cloud.views[ORDER] = order_view("FINISHED", PAYMENT)
+    rig.cloud.intents[ORDER] = order_view("FINISHED", PAYMENT)
     rig.cloud.payments[PAYMENT] = approved_payment()
     await rig.start_sale()
     await rig.until("approval", lambda: rig.sale().state is SaleState.APPROVED)
@@ -246,7 +188,7 @@ async def test_in_progress_on_the_resend_keeps_reconciling_until_the_order_is_na
         tmp_path: Path) -> None:
     busy = IdempotencyInProgress(423, "locked", "still processing")
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("timeout"), busy, ORDER])
-    rig.cloud.views[ORDER] = order_view("ON_TERMINAL")
+    rig.cloud.intents[ORDER] = order_view("ON_TERMINAL")
     await rig.start_sale()
     await rig.until("the second send", lambda: len(rig.cloud.called("create")) == 2)
     await rig.until("the reconcile timer", lambda: bool(rig.timers.pending()))
@@ -263,7 +205,7 @@ async def test_in_progress_on_the_resend_keeps_reconciling_until_the_order_is_na
 async def test_in_progress_on_the_first_send_is_an_unknown_outcome(tmp_path: Path) -> None:
     busy = IdempotencyInProgress(423, "locked", "still processing")
     rig = make_rig(tmp_path, idempotent=True, answers=[busy, ORDER])
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     await rig.start_sale()
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     assert rig.kinds()[:3] == ["SaleRequested", "CreateOutcomeUnknown", "IntentCreated"]
@@ -296,7 +238,7 @@ async def test_after_a_restart_a_creating_sale_is_resent_not_given_a_new_attempt
                  now=T0, policy=POLICY)
     assert first.state.sales[SALE].state is SaleState.CREATING
     rig = make_rig(tmp_path, idempotent=True, answers=[ORDER], state=first.state)
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     rig.engine.run_effects(recover(first.state, T0, POLICY))
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     assert rig.cloud.called("create") == [(TERMINAL, CENTS, REFERENCE, REFERENCE, None)]
@@ -308,7 +250,7 @@ async def test_without_idempotent_creates_the_attempt_is_searched_never_resent(
         tmp_path: Path) -> None:
     rig = make_rig(tmp_path, idempotent=False,
                    answers=[OutcomeUnknown("timeout"), "INT-2"])
-    rig.cloud.views["INT-2"] = IntentView("INT-2", "OPEN", None, None, None, CENTS)
+    rig.cloud.intents["INT-2"] = IntentView("INT-2", "OPEN", None, None, None, CENTS)
     await rig.start_sale()
     await rig.until("a second attempt", lambda: rig.sale().intent_id == "INT-2")
     assert rig.cloud.called("intents_since")

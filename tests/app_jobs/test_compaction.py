@@ -26,13 +26,13 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    FakeCloud,
     FakeEngine,
     Store,
     ref,
 )
 from tests.app_jobs.test_sweep import SilentRegister
 from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 T0 = 1_773_000_000.0
 DAY = 86400.0

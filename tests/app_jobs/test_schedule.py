@@ -31,8 +31,9 @@ from pointd.app.jobs import (
 from pointd.app.reconciliation_export import (
     DayReport,
 )
-from tests.app_jobs.conftest import DAY, TZ, FakeCloud, FakeEngine, Store, local
+from tests.app_jobs.conftest import DAY, TZ, FakeEngine, Store, local
 from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 NOW = local(DAY, 12)
 

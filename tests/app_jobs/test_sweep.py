@@ -40,13 +40,13 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    FakeCloud,
     FakeEngine,
     Store,
     payment,
     ref,
 )
 from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 T0 = 1_773_000_000.0
 POLL = ObservationSource.POLL
@@ -167,18 +167,14 @@ class SilentRegister:
         self.told.append(effect)
 
 
-class PaidCloud(FakeCloud):
-    """The intent finished and its payment is approved at Mercado Pago."""
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("intent", intent_id))
-        return IntentView(intent_id, "FINISHED", "P1", "approved", ref("S1", 1), 1000)
-
-
 async def test_a_sale_with_lost_timers_reaches_the_truth_through_the_real_engine(
         store: Store) -> None:
     store.feed(T0, [SaleRequested("S1", 1, "c1", 1000, "T1", None), IntentCreated("S1", 1, "I1")])
-    cloud = PaidCloud(by_id={"P1": payment("P1", "approved", 1000, ref("S1", 1))})
+    # The intent finished and its payment is approved at Mercado Pago.
+    cloud = FakeCloud(
+        intents={"I1": IntentView("I1", "FINISHED", "P1", "approved", ref("S1", 1), 1000)},
+        payments={"P1": payment("P1", "approved", 1000, ref("S1", 1))},
+    )
     clock = ManualClock(T0 + STALE_AFTER + 10)
     approved = asyncio.Event()
 
@@ -201,7 +197,7 @@ async def test_a_sale_with_lost_timers_reaches_the_truth_through_the_real_engine
 
     assert engine.state.sales["S1"].state is SaleState.APPROVED
     assert store.journal.sales()[0].state is SaleState.APPROVED
-    assert cloud.calls[:2] == [("intent", "I1"), ("get", "P1")]
+    assert cloud.calls[:2] == [("get_state", "I1"), ("get_payment", "P1")]
 
 
 async def test_a_creating_sale_is_reconciled_only_long_after_its_create_could_end(

@@ -13,10 +13,11 @@ from pointd.app.jobs import DaemonJobs
 from pointd.core.events import SettledSalesForgotten
 from pointd.core.machine import CoreState, step
 from pointd.journal import Journal, JournalWriteFailed
-from tests.app_jobs.conftest import FakeCloud, FakeEngine
+from tests.app_jobs.conftest import FakeEngine
 from tests.core.scenario import POLICY, STORE, T0, requested
 from tests.journal.test_journal import journaled_run
 from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 DAY = 86400.0
 
