@@ -35,9 +35,7 @@ from pointd.logging import configure_logging
 from pointd.register import messages as msg
 from pointd.rig.relay import InProcessRelay
 from pointd.rig.store import RigLane, StoreRig, StoreSpec
-from pointd.sim.cloud import CloudSimulator
 from pointd.sim.cloud.config import Delays
-from pointd.sim.register import RegisterEmulator
 
 STORE_ID = "demo-store"
 SITE = Site.MLB
@@ -143,21 +141,6 @@ class DemoWorld:
         )
 
     @property
-    def sim(self) -> CloudSimulator:
-        """The Mercado Pago cloud simulator."""
-        return self.rig.sim
-
-    @property
-    def registers(self) -> dict[int, RegisterEmulator]:
-        """Each lane's register emulator."""
-        return self.rig.registers
-
-    @property
-    def access_token(self) -> str:
-        """The simulated account's access token."""
-        return self.rig.secrets.access_token
-
-    @property
     def relay(self) -> InProcessRelay:
         """The relay on SQLite."""
         relay = self.rig.relay
@@ -182,11 +165,11 @@ class DemoWorld:
 
     async def advance_cloud(self, seconds: float) -> None:
         """Move the simulated Mercado Pago clock forward."""
-        await self.sim.advance(seconds)
+        await self.rig.sim.advance(seconds)
 
 
 async def _run_sale(world: DemoWorld, sale: ScriptedSale) -> str:
-    emulator = world.registers[sale.lane]
+    emulator = world.rig.registers[sale.lane]
     outcome_task = asyncio.ensure_future(emulator.sale(sale.amount_cents, within=SALE_TIMEOUT))
     if sale.expected == "abandoned":
         await asyncio.sleep(1.0)
@@ -203,12 +186,13 @@ async def _run_sale(world: DemoWorld, sale: ScriptedSale) -> str:
 
 async def _queue_foreign_intent(world: DemoWorld, lane: int) -> Callable[[], Awaitable[None]]:
     """Another system queues an intent on the lane's terminal; returns how to clear it."""
-    base_url, device = world.sim.base_url, LANE_TERMINALS[lane][2]
-    async with PointApiClient(base_url, world.access_token, site=SITE) as client:
+    base_url, device = world.rig.sim.base_url, LANE_TERMINALS[lane][2]
+    token = world.rig.secrets.access_token
+    async with PointApiClient(base_url, token, site=SITE) as client:
         intent = await client.create_payment_intent(device, 999, "other-pos-1")
 
     async def clear() -> None:
-        async with PointApiClient(base_url, world.access_token, site=SITE) as client:
+        async with PointApiClient(base_url, token, site=SITE) as client:
             with contextlib.suppress(Exception):
                 await client.cancel_payment_intent(device, intent.id)
 
@@ -279,9 +263,9 @@ async def run_demo(*, interactive: bool, state_dir: Path, out: TextIO, quiet: bo
     printer = Printer(out, quiet=quiet)
     printer.say(f"pointd demo: state in {state_dir}")
     async with DemoWorld(state_dir, printer) as world:
-        printer.say(f"  cloud simulator  {world.sim.base_url}")
+        printer.say(f"  cloud simulator  {world.rig.sim.base_url}")
         printer.say(f"  relay (SQLite)   {world.relay.intake_url}")
-        for lane, emulator in world.registers.items():
+        for lane, emulator in world.rig.registers.items():
             printer.say(f"  lane {lane} register  {emulator.device_path} (emulator on a pty)")
         printer.say(f"  pointctl         pointctl --socket {state_dir / 'control.sock'} status")
         if interactive:

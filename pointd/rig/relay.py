@@ -46,7 +46,23 @@ def relay_config(document: Mapping[str, Any]) -> RelayConfig:
     return config_from_mapping(dict(document), RelayConfig, source="rig")
 
 
-class InProcessRelay:
+class _LoopbackRelay:
+    """Where a relay on loopback listens: the same port across its restarts."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:port`` of the relay."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def intake_url(self) -> str:
+        """The URL Mercado Pago's webhooks are sent to."""
+        return f"{self.url}{INTAKE_PATH}"
+
+
+class InProcessRelay(_LoopbackRelay):
     """``RelayService`` on loopback in this event loop; stop and start it again at will."""
 
     def __init__(
@@ -67,16 +83,6 @@ class InProcessRelay:
         self.port = 0
         self.service: RelayService | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:port`` of the relay (the same port across restarts)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def intake_url(self) -> str:
-        """The URL Mercado Pago's webhooks are sent to."""
-        return f"{self.url}{INTAKE_PATH}"
 
     async def start(self) -> None:
         """Open the storage and listen (on the port of the previous run, if any)."""
@@ -103,7 +109,7 @@ class InProcessRelay:
             await stack.aclose()
 
 
-class RelayProcess:
+class RelayProcess(_LoopbackRelay):
     """``pointd relay`` as a subprocess, as deployed; restartable on the same port."""
 
     def __init__(
@@ -116,16 +122,6 @@ class RelayProcess:
         self.config_path.write_text(toml_text(table), encoding="utf-8")
         self.child = Child("relay", state_dir / "relay.log", environment)
         self.port = 0
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:port`` of the relay."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def intake_url(self) -> str:
-        """The URL Mercado Pago's webhooks are sent to."""
-        return f"{self.url}{INTAKE_PATH}"
 
     async def start(self) -> None:
         """Start it (again) and wait until it says where it listens."""
