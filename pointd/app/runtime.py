@@ -538,8 +538,8 @@ async def run(parts: Parts) -> int:
         await engine.stop()
         return EXIT_OK if supervisor.failure is None else EXIT_FAILED
     finally:
-        await parts.server.close()
         await supervisor.cancel_all()
+        await parts.server.close()
         if parts.relay is not None:
             await parts.relay.close()
         for link in parts.links.values():

@@ -124,6 +124,11 @@ class Supervisor:
             if not task.cancelled() and task.exception() is not None:
                 log.error("daemon.task_failed", task=task.get_name(), reason=reason)
             return
-        if self._stop.is_set() and self._failure is None and task.exception() is None:
-            return  # ended because the daemon is stopping
+        if self._stop.is_set():
+            # Already on the way down (a stop was asked for, or an earlier failure): the
+            # exit code is decided; a part that ends now is only worth a line in the log.
+            if not task.cancelled() and task.exception() is not None:
+                log.error("daemon.task_failed_while_stopping", task=task.get_name(),
+                          reason=reason)
+            return
         self.fail(reason)
