@@ -33,17 +33,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import random
-import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,9 +73,9 @@ from pointd.journal.store import Journal  # noqa: E402
 from pointd.link.errors import LinkError  # noqa: E402
 from pointd.logging import configure_logging  # noqa: E402
 from pointd.register import messages as msg  # noqa: E402
-from pointd.relay.service import INTAKE_PATH  # noqa: E402
-from pointd.sim.cloud import CloudSimulator, SimConfig  # noqa: E402
-from pointd.sim.cloud.config import Delays, SimDevice  # noqa: E402
+from pointd.rig import DAEMON_STOP_TIMEOUT, RelayProcess, RigLane, StoreRig, StoreSpec  # noqa: E402
+from pointd.sim.cloud import CloudSimulator  # noqa: E402
+from pointd.sim.cloud.config import Delays  # noqa: E402
 from pointd.sim.register import RegisterEmulator  # noqa: E402
 from pointd.sim.register.emulator import DaemonRejected, EmulatorError  # noqa: E402
 
@@ -118,14 +111,6 @@ STALL_HOLD = DAEMON_READ_TIMEOUT + 1.0
 # A trip wire not crossed within this long is taken down again (no such request came).
 TRIP_WIRE_WAIT = 10.0
 
-# A cold `pointd run` imports the whole stack and replays its journal: about a second;
-# these only bound a broken start.
-DAEMON_START_TIMEOUT = 60.0
-RELAY_START_TIMEOUT = 30.0
-# SIGTERM lets the daemon finish its journal write; it stops in well under a second.
-DAEMON_STOP_TIMEOUT = 20.0
-# The relay waits for a store's open long-poll before exiting on SIGTERM.
-RELAY_STOP_TIMEOUT = 3.0
 # One sale may ride out several daemon restarts, an abandonment and a hold.
 SALE_TIMEOUT = 120.0
 # A register asks for a lost sale's outcome for this long after the selling stops.
@@ -134,7 +119,6 @@ STATUS_SETTLE_TIMEOUT = 60.0
 NOTIFICATION_SETTLE_TIMEOUT = 45.0
 # How often a waiter looks again at state that has no event of its own.
 LOOK_INTERVAL = 0.2
-PROCESS_POLL = 0.05
 # A sale held this long has been escalated (confirmation_escalate_after is 10 s): the
 # supervisor looks at it, and again this often while it stays held.
 SUPERVISOR_AFTER = 12.0
@@ -157,7 +141,6 @@ EXIT_OK = 0
 EXIT_VIOLATIONS = 1
 EXIT_HARNESS = 2
 
-RELAY_LISTENING = re.compile(r"pointd relay listening on http://127\.0\.0\.1:(\d+)/")
 FAILURE_LOG_LEVELS = ('"level": "error"', '"level": "critical"')
 
 # Scripted outcomes (docs/simulator.md) and how often a sale draws each.
@@ -282,34 +265,33 @@ def device_id(lane: int) -> str:
     return f"PAX_A910__CHAOS{lane:04d}"
 
 
-def toml_document(table: Mapping[str, Any]) -> str:
-    """TOML for the nested tables, arrays of tables and scalars the configurations use."""
-    out: list[str] = []
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, int | float):
-            return repr(item)
-        if isinstance(item, str):
-            return json.dumps(item)
-        raise TypeError(f"cannot write {item!r} as TOML")
-
-    def emit(mapping: Mapping[str, Any], prefix: str) -> None:
-        for key, item in mapping.items():
-            if not isinstance(item, dict | list):
-                out.append(f"{key} = {value(item)}")
-        for key, item in mapping.items():
-            if isinstance(item, dict):
-                out.append(f"\n[{prefix}{key}]")
-                emit(item, f"{prefix}{key}.")
-            elif isinstance(item, list):
-                for entry in item:
-                    out.append(f"\n[[{prefix}{key}]]")
-                    emit(entry, f"{prefix}{key}.")
-
-    emit(table, "")
-    return "\n".join(out).strip() + "\n"
+def chaos_spec(options: ChaosOptions) -> StoreSpec:
+    """The store under fault injection: ``pointd run`` and ``pointd relay`` as processes."""
+    return StoreSpec(
+        store_id=STORE_ID,
+        site=SITE,
+        collector_id=COLLECTOR_ID,
+        language="en",
+        lanes=tuple(RigLane(lane, device_id(lane)) for lane in range(1, options.lanes + 1)),
+        relay="process",
+        daemon="process",
+        start_daemon=False,  # it talks to the simulator through the stalling proxy
+        sim={
+            "delays": SIM_DELAYS,
+            "time_scale": 1.0,
+            "abandon_after": SIM_ABANDON_AFTER,
+            "webhook_retry_interval": SIM_WEBHOOK_RETRY,
+            "webhook_max_attempts": SIM_WEBHOOK_ATTEMPTS,
+        },
+        daemon_config={
+            "cloud": {"connect_timeout": 1.0, "read_timeout": DAEMON_READ_TIMEOUT},
+            "relay": {"canary_interval": 5.0, "silence_alarm": 15.0,
+                      "reconnect_max_backoff": 1.0},
+            "timers": DAEMON_TIMERS,
+            "terminals": {"refresh_interval": 30.0},
+            "logging": {"level": options.log_level, "format": "json"},
+        },
+    )
 
 
 def forced_order(rng: random.Random, kinds: tuple[str, ...]) -> Iterator[str]:
@@ -469,107 +451,6 @@ class StallingProxy:
                     stream.close()
 
 
-class Child:
-    """One product process, started as an operator (or systemd) would start it."""
-
-    def __init__(self, name: str, arguments: list[str], log_path: Path,
-                 env: Mapping[str, str]) -> None:
-        self.name = name
-        self.arguments = arguments
-        self.log_path = log_path
-        self._env = dict(env)
-        self.process: asyncio.subprocess.Process | None = None
-        self.exit_codes: list[int] = []
-
-    async def start(self, arguments: list[str] | None = None) -> None:
-        """Start it (again), output appended to its log."""
-        with self.log_path.open("ab") as log_file:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pointd.cli", *(arguments or self.arguments),
-                cwd=ROOT,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def running(self) -> bool:
-        """True while the process lives."""
-        return self.process is not None and self.process.returncode is None
-
-    async def sigkill(self) -> None:
-        """Kill it with no chance to clean up, like a power cut of the process."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-            self.exit_codes.append(await process.wait())
-
-    async def stop(self, within: float) -> int | None:
-        """SIGTERM, wait, SIGKILL if it will not go; its exit code."""
-        process = self.process
-        if process is None:
-            return None
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), within)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        code = process.returncode
-        assert code is not None
-        self.exit_codes.append(code)
-        return code
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of its output, for an error message."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no output)"
-        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
-
-
-class ReadinessSocket:
-    """The NOTIFY_SOCKET the daemon reports READY=1 on, as under systemd."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(path))
-        self._socket.setblocking(False)
-        self._ready = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Read notifications in the background."""
-        self._reader = asyncio.ensure_future(self._read())
-
-    def expect_ready(self) -> None:
-        """Forget an earlier READY (before a restart)."""
-        self._ready.clear()
-
-    async def wait_ready(self) -> None:
-        """Wait for READY=1."""
-        await self._ready.wait()
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self._socket, 4096)
-            if b"READY=1" in data.split(b"\n"):
-                self._ready.set()
-
-    def close(self) -> None:
-        """Stop reading and remove the socket."""
-        if self._reader is not None:
-            self._reader.cancel()
-        self._socket.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
 class ChaosRun:
     """The product under fault injection, and the evidence it leaves."""
 
@@ -583,21 +464,8 @@ class ChaosRun:
         self.planner = SalePlanner(self.rng, options.sales, options.lanes)
         self.tally = Tally()
         self.notes: list[SaleNote] = []
-        self.access_token = "TEST-" + secrets.token_hex(16)
-        self.webhook_secret = secrets.token_hex(32)
-        self.store_token = secrets.token_urlsafe(24)
-        self.sim: CloudSimulator | None = None
         self.proxy: StallingProxy | None = None
-        self.registers: dict[int, RegisterEmulator] = {}
-        self.relay_port = 0
-        self.readiness = ReadinessSocket(state_dir / "notify.sock")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("WATCHDOG_USEC", None)
-        env.pop("NOTIFY_SOCKET", None)
-        daemon_env = dict(env, NOTIFY_SOCKET=str(self.readiness.path))
-        self.daemon = Child("daemon", ["run", "--config", str(state_dir / "pointd.toml")],
-                            state_dir / "daemon.log", daemon_env)
-        self.relay = Child("relay", [], state_dir / "relay.log", env)
+        self.rig = StoreRig(state_dir, chaos_spec(options))
         self._sold = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -614,140 +482,52 @@ class ChaosRun:
 
     async def _start(self) -> None:
         self._http = await self._stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
-        self.readiness.start()
-        await self._start_relay(first=True)
-        self.sim = await self._stack.enter_async_context(
-            CloudSimulator(
-                SimConfig(
-                    access_token=self.access_token,
-                    webhook_secret=self.webhook_secret,
-                    site=SITE,
-                    devices=tuple(
-                        SimDevice(id=device_id(lane), pos_id=lane, external_pos_id=f"LANE{lane}")
-                        for lane in self._lanes()
-                    ),
-                    delays=SIM_DELAYS,
-                    time_scale=1.0,
-                    webhook_url=f"http://127.0.0.1:{self.relay_port}{INTAKE_PATH}",
-                    abandon_after=SIM_ABANDON_AFTER,
-                    webhook_retry_interval=SIM_WEBHOOK_RETRY,
-                    webhook_max_attempts=SIM_WEBHOOK_ATTEMPTS,
-                    collector_id=COLLECTOR_ID,
-                )
-            )
-        )
+        await self.rig.__aenter__()
         upstream = int(self.sim.base_url.rsplit(":", 1)[1])
         self.proxy = StallingProxy(upstream)
         await self.proxy.start()
-        for lane in self._lanes():
-            self.registers[lane] = await RegisterEmulator.open_pty(
-                self.state_dir / f"register-{lane}"
-            )
-        (self.state_dir / "pointd.toml").write_text(toml_document(self._daemon_config()))
-        await self._start_daemon()
+        await self.rig.start_daemon(cloud_url=f"http://127.0.0.1:{self.proxy.port}")
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.daemon.stop(DAEMON_STOP_TIMEOUT)
-        for emulator in self.registers.values():
-            await emulator.close()
-        await self.relay.stop(RELAY_STOP_TIMEOUT)
+        await self.rig.aclose()
         if self.proxy is not None:
             await self.proxy.close()
-        self.readiness.close()
         await self._stack.aclose()
+
+    @property
+    def sim(self) -> CloudSimulator:
+        """The cloud simulator."""
+        return self.rig.sim
+
+    @property
+    def registers(self) -> dict[int, RegisterEmulator]:
+        """Each lane's register emulator."""
+        return self.rig.registers
+
+    @property
+    def relay(self) -> RelayProcess:
+        """The ``pointd relay`` process."""
+        relay = self.rig.relay
+        assert isinstance(relay, RelayProcess)
+        return relay
 
     def _lanes(self) -> range:
         return range(1, self.options.lanes + 1)
 
-    def _secret_file(self, name: str, value: str) -> str:
-        path = self.state_dir / name
-        path.write_text(value, encoding="utf-8")
-        path.chmod(0o600)
-        return str(path)
-
-    def _daemon_config(self) -> dict[str, Any]:
-        assert self.proxy is not None
-        return {
-            "store": {"id": STORE_ID, "site": SITE.value, "collector_id": COLLECTOR_ID,
-                      "language": "en"},
-            "cloud": {
-                "base_url": f"http://127.0.0.1:{self.proxy.port}",
-                "access_token_file": self._secret_file("mp_access_token", self.access_token),
-                "webhook_secret_file": self._secret_file("mp_webhook_secret",
-                                                         self.webhook_secret),
-                "connect_timeout": 1.0,
-                "read_timeout": DAEMON_READ_TIMEOUT,
-            },
-            "relay": {
-                "url": f"http://127.0.0.1:{self.relay_port}",
-                "store_token_file": self._secret_file("relay_store_token", self.store_token),
-                "canary_interval": 5.0,
-                "silence_alarm": 15.0,
-                "reconnect_max_backoff": 1.0,
-            },
-            "journal": {"path": str(self.state_dir / "journal.sqlite3")},
-            "control": {"socket": str(self.state_dir / "control.sock")},
-            "timers": DAEMON_TIMERS,
-            "terminals": {"refresh_interval": 30.0},
-            "lanes": [
-                {"number": lane, "register": str(self.registers[lane].device_path),
-                 "baud": 115200, "terminal": device_id(lane)}
-                for lane in self._lanes()
-            ],
-            "logging": {"level": self.options.log_level, "format": "json"},
-        }
-
     async def _start_daemon(self) -> float:
         started = time.monotonic()
-        self.readiness.expect_ready()
-        await self.daemon.start()
-        assert self.daemon.process is not None
-        ready = asyncio.ensure_future(self.readiness.wait_ready())
-        exited = asyncio.ensure_future(self.daemon.process.wait())
-        done, _ = await asyncio.wait({ready, exited}, timeout=DAEMON_START_TIMEOUT,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        exited.cancel()
-        if ready in done:
-            return time.monotonic() - started
-        what = "exited at start" if exited in done else "never said READY=1"
-        raise RuntimeError(f"pointd run {what}:\n{self.daemon.log_tail()}")
+        await self.rig.start_daemon()
+        return time.monotonic() - started
 
-    async def _start_relay(self, *, first: bool = False) -> float:
+    async def _start_relay(self) -> float:
         started = time.monotonic()
-        if first:
-            config_path = self.state_dir / "relay.toml"
-            config = {
-                "server": {"host": "127.0.0.1"},
-                "intake": {"webhook_secret_file": self._secret_file("relay_webhook_secret",
-                                                                    self.webhook_secret)},
-                "storage": {"backend": "sqlite",
-                            "sqlite_path": str(self.state_dir / "relay.sqlite3")},
-                "stores": [{"id": STORE_ID, "token_sha256":
-                            hashlib.sha256(self.store_token.encode()).hexdigest()}],
-            }
-            config_path.write_text(toml_document(config))
-            self.relay.arguments = ["relay", "--config", str(config_path),
-                                    "--log-level", "warning"]
-        before = len(self.relay.log_path.read_text(errors="replace")) if not first else 0
-        port = "0" if first else str(self.relay_port)
-        await self.relay.start([*self.relay.arguments, "--port", port])
-        deadline = time.monotonic() + RELAY_START_TIMEOUT
-        while True:
-            text = self.relay.log_path.read_text(errors="replace")[before:]
-            found = RELAY_LISTENING.search(text)
-            if found:
-                self.relay_port = int(found.group(1))
-                return time.monotonic() - started
-            if not self.relay.running or time.monotonic() > deadline:
-                raise RuntimeError(f"pointd relay did not start:\n{self.relay.log_tail()}")
-            await asyncio.sleep(PROCESS_POLL)
+        await self.relay.start()
+        return time.monotonic() - started
 
     # --- the simulator's control API ------------------------------------------------------
 
     async def _sim(self, method: str, path: str, body: Any = None) -> Any:
         assert self._http is not None
-        assert self.sim is not None
         response = await self._http.request(method, f"{self.sim.base_url}{path}", json=body)
         response.raise_for_status()
         return response.json() if response.content else None
@@ -970,7 +750,7 @@ class ChaosRun:
                 self.tally.faults[kind] += 1
 
     async def _kill_daemon(self) -> None:
-        await self.daemon.sigkill()
+        await self.rig.latest_run.kill()
         await asyncio.sleep(self.fault_rng.uniform(0.0, 1.5))
         self.tally.daemon_restart_seconds.append(await self._start_daemon())
 
@@ -993,7 +773,7 @@ class ChaosRun:
         return True
 
     async def _kill_relay(self) -> None:
-        await self.relay.sigkill()
+        await self.relay.kill()
         await asyncio.sleep(self.fault_rng.uniform(0.5, 4.0))
         self.tally.relay_restart_seconds.append(await self._start_relay())
 
@@ -1039,9 +819,9 @@ class ChaosRun:
         await self._await_webhooks()
         await self._await_relay_drained()
         self.tally.stalled_creates = self.proxy.stalled if self.proxy else 0
-        code = await self.daemon.stop(DAEMON_STOP_TIMEOUT)
+        code = await self.rig.stop_daemon(DAEMON_STOP_TIMEOUT)
         if code != 0:
-            raise RuntimeError(f"pointd run stopped with {code}:\n{self.daemon.log_tail()}")
+            raise RuntimeError(f"pointd run stopped with {code}:\n{self.rig.latest_run.log_tail()}")
 
     async def _ask_lost_outcomes(self) -> None:
         deadline = time.monotonic() + STATUS_SETTLE_TIMEOUT
@@ -1096,9 +876,9 @@ class ChaosRun:
         if after is not None:
             params["after"] = after
         response = await self._http.get(
-            f"http://127.0.0.1:{self.relay_port}/stores/{STORE_ID}/events",
+            f"{self.relay.url}/stores/{STORE_ID}/events",
             params=params,
-            headers={"authorization": f"Bearer {self.store_token}"},
+            headers={"authorization": f"Bearer {self.rig.secrets.store_token}"},
         )
         response.raise_for_status()
         events: list[dict[str, Any]] = response.json()["events"]
@@ -1261,7 +1041,7 @@ async def run_chaos(options: ChaosOptions, state_dir: Path) -> dict[str, Any]:
         evidence = await run.evidence()
     checked = check(evidence)
     return report(options, run, checked, time.monotonic() - started,
-                  daemon_failures(run.daemon.log_path))
+                  [line for daemon in run.rig.runs for line in daemon_failures(daemon.log_path)])
 
 
 def main(argv: list[str]) -> int:

@@ -140,7 +140,7 @@ async def run_case(
                 figures["selling"] = await measure(
                     rig.pid, selling_s, work=sell_continuously(rig, seconds=selling_s)
                 )
-            if rig.process is None or rig.process.poll() is not None:
+            if not rig.running:
                 raise RuntimeError(f"the daemon exited: {rig.daemon_log_tail()}")
     return figures
 

@@ -1,9 +1,10 @@
 """The whole product for end-to-end benchmarks: a real ``pointd run`` among simulators.
 
-``ProductRig`` starts the Mercado Pago cloud simulator and one register emulator per lane
-on a real pty in the benchmark's own event loop, and, as subprocesses exactly as they are
-deployed, ``pointd relay`` on SQLite (unless the rig runs without a relay) and the daemon,
-``python -m pointd.cli run --config <generated TOML>``. The daemon therefore has a process
+``ProductRig`` is the store rig (``pointd.rig.StoreRig``) with the daemon and the relay as
+subprocesses: the Mercado Pago cloud simulator and one register emulator per lane on a real
+pty run in the benchmark's own event loop, and, exactly as they are deployed, ``pointd
+relay`` on SQLite (unless the rig runs without a relay) and the daemon, ``python -m
+pointd.cli run --config <generated TOML>``. The daemon therefore has a process
 and an event loop of its own: the footprint benchmark reads it in /proc, and the latency
 benchmark's simulators do not queue their work in front of the daemon's.
 
@@ -19,18 +20,10 @@ No USB library is needed: each lane is pinned to its simulated terminal by devic
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
-import os
 import random
-import re
-import secrets
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,61 +34,20 @@ if str(ROOT) not in sys.path:
 
 from pointd.cloud.sites import Site  # noqa: E402
 from pointd.register import messages as msg  # noqa: E402
-from pointd.relay.service import INTAKE_PATH  # noqa: E402
+from pointd.rig import DAEMON_START_TIMEOUT, RigLane, StoreRig, StoreSpec  # noqa: E402
 from pointd.sim.cloud import CloudSimulator, SimConfig  # noqa: E402
-from pointd.sim.cloud.config import Delays, SimDevice  # noqa: E402
+from pointd.sim.cloud.config import Delays  # noqa: E402
 from pointd.sim.cloud.world import Delivery, SimIntent  # noqa: E402
 from pointd.sim.register import RegisterEmulator  # noqa: E402
 
 STORE_ID = "bench-store"
 SITE = Site.MLB
 FINAL_INTENT_STATES = frozenset({"FINISHED", "CANCELED", "ERROR", "ABANDONED"})
-RELAY_LISTENING = re.compile(r"pointd relay listening on http://127\.0\.0\.1:(\d+)/")
-# A cold `pointd run` imports the whole stack, replays the journal and refreshes the
-# terminal list before it answers HELLO: about a second here; this bounds a broken start.
-DAEMON_START_TIMEOUT = 60.0
-# SIGTERM lets the daemon finish its journal write; it stops in milliseconds.
-DAEMON_STOP_TIMEOUT = 15.0
-# `pointd relay` waits for a store's open long-poll (up to its 25 s wait) before it exits on
-# SIGTERM; its database is thrown away here, so it is killed after this.
-RELAY_STOP_TIMEOUT = 0.5
 
 
 def device_id(lane: int) -> str:
     """The simulated terminal pinned to ``lane``."""
     return f"PAX_A910__BENCH{lane:04d}"
-
-
-def toml_text(table: Mapping[str, Any]) -> str:
-    """A TOML document for the daemon's configuration (tables, arrays of tables, scalars)."""
-    lines: list[str] = []
-
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, str):
-            return json.dumps(value)  # a TOML basic string for the characters used here
-        raise TypeError(f"no TOML form for {value!r}")
-
-    def body(mapping: Mapping[str, Any], prefix: str) -> None:
-        nested = {k: v for k, v in mapping.items() if isinstance(v, dict | list)}
-        for key, value in mapping.items():
-            if key not in nested:
-                lines.append(f"{key} = {scalar(value)}")
-        for key, value in nested.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                lines.append(f"\n[{name}]")
-                body(value, name + ".")
-            else:
-                for item in value:
-                    lines.append(f"\n[[{name}]]")
-                    body(item, name + ".")
-
-    body(table, "")
-    return "\n".join(lines).lstrip() + "\n"
 
 
 @dataclass
@@ -171,190 +123,68 @@ class ProductRig:
     def __init__(self, state_dir: Path, options: RigOptions) -> None:
         self.state_dir = state_dir
         self.options = options
-        self.access_token = "TEST-" + secrets.token_hex(16)
-        self.webhook_secret = secrets.token_hex(32)
-        self.store_token = secrets.token_urlsafe(24)
-        self.sim: TimedCloudSimulator | None = None
-        self.relay_port = 0
-        self.registers: dict[int, RegisterEmulator] = {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.config_path = state_dir / "pointd.toml"
-        self.log_path = state_dir / "daemon.log"
-        self.relay_log_path = state_dir / "relay.log"
-        self.relay_process: subprocess.Popen[bytes] | None = None
-        self._stack = contextlib.AsyncExitStack()
+        daemon_config: dict[str, Any] = {"logging": {"level": options.log_level,
+                                                     "format": "json"}}
+        if options.timers:
+            daemon_config["timers"] = dict(options.timers)
+        if options.relay:
+            daemon_config["relay"] = {"canary_interval": options.canary_interval,
+                                      "silence_alarm": max(180.0, 3 * options.canary_interval)}
+        spec = StoreSpec(
+            store_id=STORE_ID,
+            site=SITE,
+            language="es",
+            lanes=tuple(RigLane(lane, device_id(lane)) for lane in range(1, options.lanes + 1)),
+            relay="process" if options.relay else "none",
+            daemon="process",
+            sim={"delays": options.delays, "time_scale": 1.0},
+            daemon_config=daemon_config,
+        )
+        self.rig = StoreRig(
+            state_dir,
+            spec,
+            sim_factory=lambda config: TimedCloudSimulator(
+                config, customer_delay=options.customer_delay
+            ),
+        )
+
+    @property
+    def sim(self) -> TimedCloudSimulator:
+        """The timing cloud simulator."""
+        sim = self.rig.sim
+        assert isinstance(sim, TimedCloudSimulator)
+        return sim
+
+    @property
+    def registers(self) -> dict[int, RegisterEmulator]:
+        """Each lane's register emulator."""
+        return self.rig.registers
 
     @property
     def pid(self) -> int:
         """The daemon's process id."""
-        assert self.process is not None
-        return self.process.pid
+        return self.rig.latest_run.pid
 
-    async def __aenter__(self) -> ProductRig:
-        try:
-            await self._start()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def _start(self) -> None:
-        options = self.options
-        if options.relay:
-            await self._start_relay()
-        webhook_url = (
-            f"http://127.0.0.1:{self.relay_port}{INTAKE_PATH}" if options.relay else None
-        )
-        self.sim = await self._stack.enter_async_context(
-            TimedCloudSimulator(
-                SimConfig(
-                    access_token=self.access_token,
-                    webhook_secret=self.webhook_secret,
-                    site=SITE,
-                    devices=tuple(
-                        SimDevice(id=device_id(lane), pos_id=lane, external_pos_id=f"LANE{lane}")
-                        for lane in range(1, options.lanes + 1)
-                    ),
-                    delays=options.delays,
-                    time_scale=1.0,
-                    webhook_url=webhook_url,
-                ),
-                customer_delay=options.customer_delay,
-            )
-        )
-        for lane in range(1, options.lanes + 1):
-            self.registers[lane] = await RegisterEmulator.open_pty()
-        self.config_path.write_text(toml_text(self._daemon_config()), encoding="utf-8")
-        self.process = self._spawn(["run", "--config", str(self.config_path)], self.log_path)
-        await self._await_daemon()
-
-    async def _await_daemon(self) -> None:
-        hellos = asyncio.gather(
-            *(emulator.hello(within=DAEMON_START_TIMEOUT) for emulator in self.registers.values())
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DAEMON_START_TIMEOUT
-        while not hellos.done():
-            if self.process is not None and self.process.poll() is not None:
-                hellos.cancel()
-                with contextlib.suppress(BaseException):
-                    await hellos
-                raise RuntimeError(
-                    f"pointd run exited with {self.process.returncode}: {self.daemon_log_tail()}"
-                )
-            if loop.time() > deadline:
-                hellos.cancel()
-                raise RuntimeError(f"pointd run did not answer HELLO: {self.daemon_log_tail()}")
-            await asyncio.wait({hellos}, timeout=0.1)
-        await hellos
+    @property
+    def running(self) -> bool:
+        """Whether the daemon process still lives."""
+        return self.rig.latest_run.running
 
     def daemon_log_tail(self, lines: int = 20) -> str:
         """The end of the daemon's output, for an error message."""
+        return self.rig.latest_run.log_tail(lines)
+
+    async def __aenter__(self) -> ProductRig:
+        await self.rig.__aenter__()
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no daemon output)"
-        return "\n".join(text.splitlines()[-lines:]) or "(no daemon output)"
+            await self.rig.hello_all(DAEMON_START_TIMEOUT)
+        except BaseException:
+            await self.rig.aclose()
+            raise
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for emulator in self.registers.values():
-            await emulator.close()
-        await self._stack.aclose()
-        relay, self.relay_process = self.relay_process, None
-        if relay is not None and relay.poll() is None:
-            relay.send_signal(signal.SIGTERM)
-            try:
-                relay.wait(RELAY_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait()
-
-    async def _start_relay(self) -> None:
-        config = {
-            "server": {"host": "127.0.0.1"},
-            "intake": {"webhook_secret_file": self._secret_file("relay_webhook_secret",
-                                                                self.webhook_secret)},
-            "storage": {"backend": "sqlite",
-                        "sqlite_path": str(self.state_dir / "relay.sqlite3")},
-            "stores": [{"id": STORE_ID,
-                        "token_sha256": hashlib.sha256(self.store_token.encode()).hexdigest()}],
-        }
-        relay_config = self.state_dir / "relay.toml"
-        relay_config.write_text(toml_text(config), encoding="utf-8")
-        self.relay_process = self._spawn(
-            ["relay", "--config", str(relay_config), "--port", "0", "--log-level", "warning"],
-            self.relay_log_path,
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DAEMON_START_TIMEOUT
-        while True:
-            found = RELAY_LISTENING.search(self.relay_log_path.read_text(errors="replace"))
-            if found:
-                self.relay_port = int(found.group(1))
-                return
-            if self.relay_process.poll() is not None or loop.time() > deadline:
-                raise RuntimeError(f"pointd relay did not start: {self.relay_log_path}")
-            await asyncio.sleep(0.05)
-
-    def _spawn(self, arguments: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        # Not under systemd: no READY=1 or watchdog pings to send.
-        env.pop("NOTIFY_SOCKET", None)
-        env.pop("WATCHDOG_USEC", None)
-        with log_path.open("wb") as log_file:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pointd.cli", *arguments],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-
-    def _daemon_config(self) -> dict[str, Any]:
-        assert self.sim is not None
-        options = self.options
-        config: dict[str, Any] = {
-            "store": {"id": STORE_ID, "site": SITE.value, "collector_id": 123456789,
-                      "language": "es"},
-            "cloud": {"base_url": self.sim.base_url,
-                      "access_token_file": self._secret_file("mp_access_token",
-                                                             self.access_token),
-                      "webhook_secret_file": self._secret_file("mp_webhook_secret",
-                                                               self.webhook_secret)},
-            "journal": {"path": str(self.state_dir / "journal.sqlite3")},
-            "control": {"socket": str(self.state_dir / "control.sock")},
-            "logging": {"level": options.log_level, "format": "json"},
-        }
-        if options.relay:
-            config["relay"] = {
-                "url": f"http://127.0.0.1:{self.relay_port}",
-                "store_token_file": self._secret_file("relay_store_token", self.store_token),
-                "canary_interval": options.canary_interval,
-                "silence_alarm": max(180.0, 3 * options.canary_interval),
-            }
-        if options.timers:
-            config["timers"] = dict(options.timers)
-        config["lanes"] = [
-            {"number": lane, "register": emulator.device_path, "baud": 115200,
-             "terminal": device_id(lane)}
-            for lane, emulator in self.registers.items()
-        ]
-        return config
-
-    def _secret_file(self, name: str, value: str) -> str:
-        path = self.state_dir / name
-        path.write_text(value, encoding="utf-8")
-        path.chmod(0o600)
-        return str(path)
+        await self.rig.aclose()
 
 
 @dataclass

@@ -111,23 +111,19 @@ class TerminalCheck(Protocol):
         ...
 
 
-class Checkout:
-    """All lanes of this store PC: the bridge between register sessions and the engine."""
+class StartUp(Protocol):
+    """Whether start-up has finished what a sale's admission depends on."""
 
-    def __init__(self, *, new_id: Callable[[], str] = new_sale_id) -> None:
-        self._sessions: dict[int, RegisterSession] = {}
-        self._terminals: TerminalCheck | None = None
-        self._new_id = new_id
-        self._engine: Submitter | None = None
+    async def wait(self) -> None:
+        """Return once the lanes' terminals are known (the first device list was asked)."""
+        ...
 
-    def add_session(self, session: RegisterSession) -> None:
-        """Serve one lane's register (built with ``handler_for(lane)``)."""
-        self._sessions[session.lane] = session
 
-    def attach(self, engine: Submitter, terminals: TerminalCheck) -> None:
-        """Connect the engine and the terminal checks once they exist."""
-        self._engine = engine
-        self._terminals = terminals
+class RegisterScreens:
+    """What the core decides for the registers, shown through each lane's session."""
+
+    def __init__(self, sessions: Mapping[int, RegisterSession]) -> None:
+        self._sessions = dict(sessions)
 
     @property
     def sessions(self) -> Mapping[int, RegisterSession]:
@@ -138,14 +134,6 @@ class Checkout:
     def lanes(self) -> list[int]:
         """The lane numbers served."""
         return sorted(self._sessions)
-
-    def handler_for(self, lane: int) -> Callable[[RegisterRequest], Awaitable[Reply | None]]:
-        """The request handler for one lane's session."""
-
-        async def handle(request: RegisterRequest) -> Reply | None:
-            return await self.on_request(lane, request)
-
-        return handle
 
     # --- engine → register -----------------------------------------------------------------
 
@@ -187,10 +175,42 @@ class Checkout:
             via=effect.via,
         )
 
+
+class Checkout:
+    """All lanes of this store PC: register requests become core events for the engine.
+
+    A SALE is admitted only once start-up has learnt the lanes' terminals (``startup``):
+    until then it waits (the register waits for its RESULT anyway) rather than being
+    refused for a terminal the daemon simply has not looked up yet.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Submitter,
+        terminals: TerminalCheck,
+        screens: RegisterScreens,
+        startup: StartUp,
+        new_id: Callable[[], str] = new_sale_id,
+    ) -> None:
+        self._engine = engine
+        self._terminals = terminals
+        self._screens = screens
+        self._startup = startup
+        self._new_id = new_id
+
+    def handler_for(self, lane: int) -> Callable[[RegisterRequest], Awaitable[Reply | None]]:
+        """The request handler for one lane's session."""
+
+        async def handle(request: RegisterRequest) -> Reply | None:
+            return await self.on_request(lane, request)
+
+        return handle
+
     async def show_condition(self, lane: int, condition: LaneCondition) -> None:
         """Show a lane's idle condition, unless a sale is in progress there."""
-        session = self._sessions.get(lane)
-        if session is None or self._engine is None:
+        session = self._screens.sessions.get(lane)
+        if session is None:
             return
         if self._engine.state.sale_on_lane(lane) is None:
             await session.show_condition(condition)
@@ -200,8 +220,6 @@ class Checkout:
     async def on_request(self, lane: int, request: RegisterRequest) -> Reply | None:
         """Answer or act on one register request."""
         engine = self._engine
-        if engine is None or self._terminals is None:
-            return RequestRejected(None, msg.ErrorCode.INTERNAL, "daemon is starting")
         if isinstance(request, RefundRequest):
             return await self._refund(engine, lane, request)
         sale = _find(engine.state, lane, request.correlation_id)
@@ -252,7 +270,6 @@ class Checkout:
     async def _sale(
         self, engine: Submitter, lane: int, request: SaleRequest, known: Sale | None
     ) -> Reply | None:
-        assert self._terminals is not None
         if known is not None:
             if known.amount_cents != request.amount_cents:
                 return RequestRejected(
@@ -268,7 +285,7 @@ class Checkout:
                     f"this correlation id names a sale that ended more than {minutes:g} "
                     "minutes ago; a new purchase needs a new id (STATUS still answers it)",
                 )
-            await self.tell(_standing(known), repeated_sale=True)
+            await self._screens.tell(_standing(known), repeated_sale=True)
             return None
         if request.repeated:
             # The register used this id earlier and the journal no longer holds its sale
@@ -278,6 +295,7 @@ class Checkout:
                 msg.ErrorCode.ID_REUSED,
                 "this correlation id names an earlier sale; a new purchase needs a new id",
             )
+        await self._startup.wait()
         terminal_id, refusal = self._terminals.check(lane)
         if request.terminal_id is not None and terminal_id not in {None, request.terminal_id}:
             refusal = refusal or Refusal.INVALID_REQUEST

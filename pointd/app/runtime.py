@@ -1,21 +1,29 @@
-"""``pointd run``: the composition root that builds every part and runs the daemon.
+"""``pointd run``: the composition root. ``build`` makes every part, ``run`` runs them.
 
-Start-up order (each step needs the one before): configuration → secrets → journal
-replay → recovery effects → register links and terminal watch → relay consumer →
-control socket → READY=1. Stop order is the reverse, and the engine finishes the step it
-is in (its journal write) before anything closes; a sale in progress is resumed by
-recovery at the next start.
+``build(config, ports)`` is synchronous and constructs the whole daemon: it reads the
+secrets, takes the journal's lock, replays the journal and wires every part to the ports it
+is given (``Ports.production()`` for ``pointd run``; the rig and the tests pass their own).
+Every part is built whole, with what it calls handed to its constructor; the few callbacks
+by which a part reports upward (a register request for the checkout, a USB change for the
+lanes, a relay health change) are closures over parts built later in the same function.
+Nothing runs until ``run``, so none of them can fire before its target exists.
 
-This is the only module that imports every layer. Tests and the demo build ``Daemon``
-with their own ports (a fake USB bus, a wall clock and the timers that follow it);
-production passes nothing.
+``run(parts)`` starts the parts in the order each needs the one before: recovery effects
+of the replayed sales → register sessions (a SALE waits for the start-up gate) and the
+terminal watch → the first device list (then the gate opens) → relay consumer → control
+socket → jobs → READY=1 and the watchdog. Every long-running part runs under the
+``Supervisor``: any essential one that ends is the daemon's failure (``STATUS=`` says why,
+the watchdog starves, the exit code is 1, systemd restarts it). Stop order is the reverse,
+and the engine finishes the step it is in (its journal write) before anything closes; a
+sale in progress is resumed by recovery at the next start.
+
+This is the only module that imports every layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import fcntl
 import os
@@ -23,19 +31,22 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from pointd import __version__
-from pointd.app.checkout import Checkout
-from pointd.app.control_handlers import DaemonHandlers, reconciliation
-from pointd.app.engine import Alert, Engine, TimerService
+from pointd.app.checkout import Checkout, RegisterScreens
+from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
+from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
 from pointd.app.lane_terminals import LaneSpec, LaneTerminals
 from pointd.app.notifications import NotificationHandler
-from pointd.app.systemd_notify import Notifier, WatchdogLoop, watchdog_interval
+from pointd.app.ports import Ports
+from pointd.app.supervisor import StartUpGate, Supervisor
+from pointd.app.systemd_notify import WatchdogLoop
 from pointd.cloud.backends import build_cloud_port
 from pointd.cloud.client import Timeouts
 from pointd.cloud.port import CloudPort
@@ -55,38 +66,35 @@ from pointd.config import (
 from pointd.control.errors import ControlError
 from pointd.control.methods import register_daemon_methods
 from pointd.control.server import ControlServer
+from pointd.core.effects import Effect
 from pointd.core.events import Event
-from pointd.core.machine import Step
+from pointd.core.machine import CoreState, Step
 from pointd.core.policy import Policy
 from pointd.core.recovery import recover
-from pointd.core.states import SaleState
+from pointd.core.states import LaneCondition, SaleState
 from pointd.journal.errors import JournalError
 from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
 from pointd.logging import configure_logging
 from pointd.register.messages import FRESH_START_TYPES
-from pointd.register.session import RegisterSession
+from pointd.register.session import RegisterRequest, RegisterSession, Reply
 from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
-from pointd.terminal import (
-    DEFAULT_VENDORS,
-    DeviceCatalog,
-    HotplugUnavailable,
-    TerminalWatch,
-    UsbUnavailable,
-    default_usb_backend,
-    open_udev_hotplug,
-)
+from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
 
 log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
-# How often the running loop must prove it is alive before systemd's watchdog is fed:
-# the journal must be writable and the engine healthy.
-HEALTH_CHECK_INTERVAL = 5.0
+# How often the engine's health is looked at: a journal that cannot be written makes the
+# engine unhealthy, and the daemon must then fail within about this long.
+HEALTH_CHECK_INTERVAL = 1.0
 # Sale states announced in systemd's STATUS= line: the goods must stay at the checkout.
 _DO_NOT_HAND_OVER = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
+
+
+class EngineUnhealthy(RuntimeError):
+    """The engine could not journal an event: it decides nothing more until a restart."""
 
 
 def policy_from(config: DaemonConfig) -> Policy:
@@ -164,291 +172,66 @@ class JournalCursor:
         self._journal.set_relay_cursor(str(cursor))
 
 
-class Daemon:
-    """Every part of one store PC's daemon, built from one configuration."""
+class GapEngine(Protocol):
+    """The part of the engine the relay-gap reconciliation uses."""
+
+    @property
+    def state(self) -> CoreState:
+        """The current core state."""
+        ...
+
+    @property
+    def policy(self) -> Policy:
+        """The decision parameters."""
+        ...
+
+    def run_effects(self, effects: list[Effect]) -> None:
+        """Start effects in order."""
+        ...
+
+
+class RelayGap:
+    """After the relay was away, ask Mercado Pago about every open sale.
+
+    Notifications may have been missed while the relay was down or silent (ours are kept,
+    but Mercado Pago's retries are slow), so the first CONNECTED after any other state
+    reconciles every open sale from the API. The first contact after start needs none:
+    start-up recovery already asked.
+    """
+
+    def __init__(self, engine: GapEngine, clock: Callable[[], float]) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._last: HealthState | None = None
+
+    def health_changed(self, health: RelayHealth) -> None:
+        """The relay consumer's health moved to ``health``."""
+        back = (
+            health.state is HealthState.CONNECTED
+            and self._last is not None
+            and self._last is not HealthState.CONNECTED
+        )
+        self._last = health.state
+        if back:
+            engine = self._engine
+            rows, effects = reconciliation(engine.state, self._clock(), engine.policy)
+            log.info("relay.back_reconciling", sales=len(rows), asked=len(effects))
+            engine.run_effects(effects)
+
+
+class RelayStatus:
+    """The relay link's health for the control socket."""
 
     def __init__(
-        self,
-        config: DaemonConfig,
-        *,
-        usb_backend: Any = None,
-        hotplug: Any = None,
-        wall_clock: Callable[[], float] = time.time,
-        cloud: CloudPort | None = None,
-        timers: TimerService | None = None,
+        self, relay: RelayConsumer | None, cursor: JournalCursor, clock: Callable[[], float]
     ) -> None:
-        self.config = config
-        self._usb_backend = usb_backend
-        self._hotplug = hotplug
-        self._clock = wall_clock
-        self._cloud_override = cloud
-        self._timer_service = timers
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.started_at = wall_clock()
-        self.notifier = Notifier.from_environ()
-        self.alerts: list[Alert] = []
-        self.engine: Engine | None = None
-        self.relay: RelayConsumer | None = None
-        self.lanes: LaneTerminals | None = None
-        self.links: dict[int, LinkDriver] = {}
-        self.sessions: dict[int, RegisterSession] = {}
-        self.ready = asyncio.Event()
-        self.handlers: DaemonHandlers | None = None
-        self._cursor: JournalCursor | None = None
-        self._relay_state: HealthState | None = None
-
-    def request_stop(self) -> None:
-        """Ask run() to stop cleanly (SIGTERM, SIGINT)."""
-        self._stop.set()
-
-    async def run(self) -> int:
-        """Start every part, serve until asked to stop, then stop in reverse order."""
-        config = self.config
-        token = read_secret(MP_ACCESS_TOKEN, file=config.cloud.access_token_file)
-        webhook_secret = read_optional_secret(
-            MP_WEBHOOK_SECRET, file=config.cloud.webhook_secret_file
-        )
-        journal_lock = lock_journal(Path(config.journal.path))
-        try:
-            journal = Journal.open(config.journal.path)
-        except BaseException:
-            os.close(journal_lock)
-            raise
-        close_cloud: Callable[[], Awaitable[None]] | None = None
-        server: ControlServer | None = None
-        jobs: DaemonJobs | None = None
-        try:
-            policy = policy_from(config)
-            state = journal.rebuild(config.store.id, policy)
-            journal.record_policy(policy)
-            log.info("journal.replayed", sales=len(state.sales), unfinished=len(state.unfinished()))
-            if self._cloud_override is not None:
-                cloud = self._cloud_override
-            else:
-                cloud, close_cloud = build_cloud_port(
-                    config.cloud.backend,
-                    config.cloud.base_url,
-                    token.reveal(),
-                    Site(config.store.site),
-                    Timeouts(
-                        connect=config.cloud.connect_timeout,
-                        read=config.cloud.read_timeout,
-                        write=config.cloud.write_timeout,
-                        pool=config.cloud.pool_timeout,
-                    ),
-                )
-
-            checkout = Checkout()
-            for lane in config.lanes:
-                session = RegisterSession(
-                    lane.number, config.store.language, checkout.handler_for(lane.number)
-                )
-                self.sessions[lane.number] = session
-                checkout.add_session(session)
-
-            engine = Engine(
-                journal=journal,
-                state=state,
-                policy=policy,
-                cloud=cloud,
-                register=checkout,
-                wall_clock=self._clock,
-                on_alert=self._on_alert,
-                on_step=self._on_step,
-                ticket_numbers=SITE_RULES[Site(config.store.site)].requires_ticket_number,
-                timers=self._timer_service,
-            )
-            self.engine = engine
-            self.lanes = self._build_lane_terminals(cloud, engine, checkout)
-            checkout.attach(engine, self.lanes)
-
-            engine.run_effects(recover(engine.state, self._clock(), policy))
-            engine.resume_refunds()
-            for lane in config.lanes:
-                link = LinkDriver(lane.register, baudrate=lane.baud,
-                                  fresh_start_types=FRESH_START_TYPES)
-                self.links[lane.number] = link
-                self._spawn(self.sessions[lane.number].run(link), f"register-{lane.number}")
-            watch = self._watch
-            if watch is not None:
-                self._spawn(watch.run(), "usb-watch")
-            # Know each lane's terminal before READY, so the first sale after a start is
-            # judged on the device list rather than refused as "terminal unknown". An
-            # unreachable cloud only delays READY by the client's own timeouts.
-            refreshed = await self.lanes.refresh()
-            self._spawn(self.lanes.run(refreshed=refreshed), "lane-terminals")
-
-            store_token: Secret | None = None
-            self._cursor = JournalCursor(journal)
-            if config.relay.url:
-                store_token = read_secret(RELAY_STORE_TOKEN, file=config.relay.store_token_file)
-                self.relay = RelayConsumer(
-                    config.relay.url,
-                    config.store.id,
-                    store_token.reveal(),
-                    NotificationHandler(engine, journal),
-                    self._cursor,
-                    webhook_secret=webhook_secret.reveal() if webhook_secret else None,
-                    on_health_change=self._on_relay_health,
-                    canary_interval=config.relay.canary_interval,
-                )
-                self._spawn(self.relay.run(), "relay-consumer")
-
-            handlers = DaemonHandlers(
-                engine=engine,
-                journal=journal,
-                cloud=cloud,
-                terminals=self.lanes,
-                relay=self,
-                links=self,
-                config=config_snapshot(config),
-                secrets=[secret.reveal() for secret in (token, store_token, webhook_secret)
-                         if secret is not None],
-                clock=self._clock,
-                started_at=self.started_at,
-            )
-            self.handlers = handlers
-            server = ControlServer(
-                config.control.socket,
-                record_audit=handlers.record_audit,
-                read_group=config.control.read_group,
-                admin_group=config.control.admin_group,
-            )
-            register_daemon_methods(server, handlers)
-            handlers.attach(server)
-            await server.start()
-
-            jobs = DaemonJobs(
-                engine=engine,
-                cloud=cloud,
-                wall_clock=self._clock,
-                evaluate_relay=self.relay.evaluate_health if self.relay is not None else None,
-                retention=journal,
-                export_dir=Path(config.journal.path).parent / "exports",
-            )
-            jobs.start()
-
-            self.notifier.ready(self._status_line())
-            handlers.ready = True
-            self.ready.set()
-            interval = watchdog_interval()
-            if interval is not None:
-                loop = WatchdogLoop(self._healthy, self.notifier, interval)
-                self._spawn(loop.run(), "watchdog")
-            log.info(
-                "daemon.ready", version=__version__, lanes=[lane.number for lane in config.lanes]
-            )
-            await self._stop.wait()
-            self.notifier.stopping()
-            log.info("daemon.stopping")
-            await jobs.shutdown()
-            await engine.stop()
-            return EXIT_OK
-        finally:
-            if server is not None:
-                await server.close()
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            if self.relay is not None:
-                await self.relay.close()
-            for link in self.links.values():
-                link.close()
-            if close_cloud is not None:
-                await close_cloud()
-            journal.close()
-            os.close(journal_lock)
-
-    # --- parts ------------------------------------------------------------------------------
-
-    def _build_lane_terminals(
-        self, cloud: CloudPort, engine: Engine, checkout: Checkout
-    ) -> LaneTerminals:
-        config = self.config
-        backend = self._usb_backend
-        if backend is None:
-            try:
-                backend = default_usb_backend()
-            except UsbUnavailable as exc:
-                log.warning("usb.unavailable", detail=str(exc))
-        self._watch: TerminalWatch | None = None
-        lanes: LaneTerminals
-        if backend is not None:
-            hotplug = self._hotplug
-            if hotplug is None:
-                try:
-                    hotplug = open_udev_hotplug()
-                except HotplugUnavailable as exc:
-                    log.info("usb.hotplug_unavailable", detail=str(exc))
-            self._watch = TerminalWatch(
-                backend,
-                DEFAULT_VENDORS,
-                # ``lanes`` is built below with this watch: bind it late.
-                on_change=lambda change: lanes.usb_changed(change),  # noqa: PLW0108
-                hotplug=hotplug,
-                rescan_interval=config.terminals.usb_rescan_interval,
-            )
-
-        def on_condition(lane: int, condition: Any) -> None:
-            self._spawn(checkout.show_condition(lane, condition), f"condition-{lane}")
-
-        lanes = LaneTerminals(
-            [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
-            catalog=DeviceCatalog(time.monotonic),
-            fetch_devices=cloud.list_terminals,
-            live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
-            on_condition=on_condition,
-            watch=self._watch,
-            refresh_interval=config.terminals.refresh_interval,
-        )
-        return lanes
-
-    def _spawn(self, work: Any, name: str) -> None:
-        task = asyncio.ensure_future(work)
-        task.set_name(name)
-        self._tasks.append(task)
-        task.add_done_callback(self._task_ended)
-
-    def _task_ended(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("daemon.task_failed", task=task.get_name(), error=repr(error))
-
-    def _on_step(self, event: Event, result: Step) -> None:
-        if result.sale_id is None:
-            return
-        sale = result.state.sales.get(result.sale_id)
-        if sale is not None and sale.state in _DO_NOT_HAND_OVER:
-            self.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
-
-    def _on_relay_health(self, health: RelayHealth) -> None:
-        self.notifier.status(f"relay {health.state.value}")
-        back = health.state is HealthState.CONNECTED and self._relay_state is not None and (
-            self._relay_state is not HealthState.CONNECTED
-        )
-        self._relay_state = health.state
-        if back and self.engine is not None:
-            # Notifications may have been missed while the relay was away (ours are kept,
-            # but Mercado Pago's retries are slow): ask the API about every open sale now.
-            rows, effects = reconciliation(self.engine.state, self._clock(), self.engine.policy)
-            log.info("relay.back_reconciling", sales=len(rows), asked=len(effects))
-            self.engine.run_effects(effects)
-        if self.handlers is not None:
-            self.handlers.publish_relay()
-
-    def _on_alert(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-        if self.handlers is not None:
-            self.handlers.add_alert(alert)
+        self._relay = relay
+        self._cursor = cursor
+        self._clock = clock
 
     def relay_status(self) -> dict[str, Any]:
-        """The relay link's health for the control socket."""
-        relay = self.relay
+        """State, since when, last delivery's age and the journaled cursor."""
+        relay = self._relay
         if relay is None:
             return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None}
         health = relay.health
@@ -458,27 +241,328 @@ class Daemon:
             "since": health.since,
             "detail": health.detail,
             "last_event_age": None if last is None else max(0.0, self._clock() - last),
-            "cursor": self._cursor.get() if self._cursor is not None else None,
+            "cursor": self._cursor.get(),
         }
 
+
+class RegisterLinks:
+    """Each lane's register link for the control socket."""
+
+    def __init__(self, links: dict[int, LinkDriver]) -> None:
+        self._links = links
+
     def link_status(self) -> list[dict[str, Any]]:
-        """Each lane's register link for the control socket."""
+        """Lane, port and whether the link is up, per lane."""
         return [
-            {
-                "lane": lane,
-                "port": link.url,
-                "connected": link.is_up,
-                "since": None,
-            }
-            for lane, link in sorted(self.links.items())
+            {"lane": lane, "port": link.url, "connected": link.is_up, "since": None}
+            for lane, link in sorted(self._links.items())
         ]
 
-    async def _healthy(self) -> bool:
-        engine = self.engine
-        return engine is not None and engine.healthy and not self._stop.is_set()
 
-    def _status_line(self) -> str:
-        return f"{len(self.config.lanes)} lane(s) ready"
+@dataclass(frozen=True, kw_only=True)
+class Parts:
+    """Every part of one store PC's daemon, built by ``build`` and run by ``run``."""
+
+    config: DaemonConfig
+    ports: Ports
+    supervisor: Supervisor
+    startup: StartUpGate
+    journal: Journal
+    journal_lock: int
+    cloud: CloudPort
+    close_cloud: Callable[[], Awaitable[None]]
+    engine: Engine
+    screens: RegisterScreens
+    checkout: Checkout
+    sessions: dict[int, RegisterSession]
+    links: dict[int, LinkDriver]
+    # None: no USB library on this machine (lanes use their pinned terminal ids).
+    watch: TerminalWatch | None
+    lanes: LaneTerminals
+    # None: no [relay] url configured (the daemon polls Mercado Pago instead).
+    relay: RelayConsumer | None
+    handlers: DaemonHandlers
+    server: ControlServer
+    jobs: DaemonJobs
+    started_at: float
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to stop cleanly."""
+        self.supervisor.request_stop()
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """The core's recent technician alerts."""
+        return self.handlers.alerts
+
+
+def build(config: DaemonConfig, ports: Ports) -> Parts:
+    """Construct every part of the daemon from its configuration and ports (runs nothing).
+
+    Raises ConfigError for a missing secret and JournalError when the journal is locked by
+    another daemon or unreadable; nothing is left open then.
+    """
+    token = read_secret(MP_ACCESS_TOKEN, file=config.cloud.access_token_file)
+    webhook_secret = read_optional_secret(MP_WEBHOOK_SECRET, file=config.cloud.webhook_secret_file)
+    store_token = (
+        read_secret(RELAY_STORE_TOKEN, file=config.relay.store_token_file)
+        if config.relay.url
+        else None
+    )
+    journal_lock = lock_journal(Path(config.journal.path))
+    try:
+        journal = Journal.open(config.journal.path)
+    except BaseException:
+        os.close(journal_lock)
+        raise
+    try:
+        return _wire(config, ports, journal=journal, journal_lock=journal_lock, token=token,
+                     webhook_secret=webhook_secret, store_token=store_token)
+    except BaseException:
+        journal.close()
+        os.close(journal_lock)
+        raise
+
+
+def _wire(
+    config: DaemonConfig,
+    ports: Ports,
+    *,
+    journal: Journal,
+    journal_lock: int,
+    token: Secret,
+    webhook_secret: Secret | None,
+    store_token: Secret | None,
+) -> Parts:
+    clock = ports.wall_clock
+    started_at = clock()
+    supervisor = Supervisor(ports.notifier)
+    startup = StartUpGate()
+    policy = policy_from(config)
+    state = journal.rebuild(config.store.id, policy)
+    journal.record_policy(policy)
+    log.info("journal.replayed", sales=len(state.sales), unfinished=len(state.unfinished()))
+    site = Site(config.store.site)
+    cloud, close_cloud = build_cloud_port(
+        config.cloud.backend,
+        config.cloud.base_url,
+        token.reveal(),
+        site,
+        Timeouts(
+            connect=config.cloud.connect_timeout,
+            read=config.cloud.read_timeout,
+            write=config.cloud.write_timeout,
+            pool=config.cloud.pool_timeout,
+        ),
+        transport=ports.cloud_transport,
+    )
+
+    # Built below; the closures by which lower parts report upward refer to them.
+    checkout: Checkout
+    lanes: LaneTerminals
+    handlers: DaemonHandlers
+
+    def requests_of(lane: int) -> Callable[[RegisterRequest], Awaitable[Reply | None]]:
+        async def handle(request: RegisterRequest) -> Reply | None:
+            return await checkout.on_request(lane, request)
+
+        return handle
+
+    sessions = {
+        lane.number: RegisterSession(lane.number, config.store.language, requests_of(lane.number))
+        for lane in config.lanes
+    }
+    screens = RegisterScreens(sessions)
+
+    def on_alert(alert: Alert) -> None:
+        handlers.add_alert(alert)
+
+    def on_step(event: Event, result: Step) -> None:
+        handlers.engine_stepped(event, result)
+        if result.sale_id is None:
+            return
+        sale = result.state.sales.get(result.sale_id)
+        if sale is not None and sale.state in _DO_NOT_HAND_OVER:
+            ports.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
+
+    engine = Engine(
+        journal=journal,
+        state=state,
+        policy=policy,
+        cloud=cloud,
+        register=screens,
+        wall_clock=clock,
+        on_alert=on_alert,
+        on_step=on_step,
+        ticket_numbers=SITE_RULES[site].requires_ticket_number,
+        timers=ports.timers,
+    )
+
+    def usb_changed(change: TerminalChange) -> None:
+        lanes.usb_changed(change)
+        handlers.publish_terminals()
+
+    watch = (
+        TerminalWatch(
+            ports.usb,
+            DEFAULT_VENDORS,
+            on_change=usb_changed,
+            hotplug=ports.hotplug,
+            rescan_interval=config.terminals.usb_rescan_interval,
+        )
+        if ports.usb is not None
+        else None
+    )
+
+    def on_condition(lane: int, condition: LaneCondition) -> None:
+        supervisor.spawn(checkout.show_condition(lane, condition), f"condition-{lane}",
+                         essential=False)
+        handlers.publish_terminals()
+
+    lanes = LaneTerminals(
+        [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
+        catalog=DeviceCatalog(time.monotonic),
+        fetch_devices=cloud.list_terminals,
+        live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
+        on_condition=on_condition,
+        watch=watch,
+        refresh_interval=config.terminals.refresh_interval,
+    )
+    checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup)
+    links = {
+        lane.number: LinkDriver(lane.register, baudrate=lane.baud,
+                                fresh_start_types=FRESH_START_TYPES,
+                                opener=ports.open_register_port)
+        for lane in config.lanes
+    }
+
+    cursor = JournalCursor(journal)
+    relay_gap = RelayGap(engine, clock)
+
+    def on_relay_health(health: RelayHealth) -> None:
+        ports.notifier.status(f"relay {health.state.value}")
+        relay_gap.health_changed(health)
+        handlers.publish_relay()
+
+    relay = (
+        RelayConsumer(
+            config.relay.url,
+            config.store.id,
+            store_token.reveal(),
+            NotificationHandler(engine, journal),
+            cursor,
+            webhook_secret=webhook_secret.reveal() if webhook_secret else None,
+            on_health_change=on_relay_health,
+            canary_interval=config.relay.canary_interval,
+            transport=ports.relay_transport,
+        )
+        if config.relay.url and store_token is not None
+        else None
+    )
+
+    server = ControlServer(
+        config.control.socket,
+        record_audit=journal_audit(journal, clock),
+        read_group=config.control.read_group,
+        admin_group=config.control.admin_group,
+    )
+    handlers = DaemonHandlers(
+        engine=engine,
+        journal=journal,
+        cloud=cloud,
+        terminals=lanes,
+        relay=RelayStatus(relay, cursor, clock),
+        links=RegisterLinks(links),
+        events=server,
+        config=config_snapshot(config),
+        secrets=[secret.reveal() for secret in (token, store_token, webhook_secret)
+                 if secret is not None],
+        clock=clock,
+        started_at=started_at,
+    )
+    register_daemon_methods(server, handlers)
+    jobs = DaemonJobs(
+        engine=engine,
+        cloud=cloud,
+        wall_clock=clock,
+        evaluate_relay=relay.evaluate_health if relay is not None else None,
+        retention=journal,
+        export_dir=Path(config.journal.path).parent / "exports",
+    )
+    return Parts(
+        config=config, ports=ports, supervisor=supervisor, startup=startup, journal=journal,
+        journal_lock=journal_lock, cloud=cloud, close_cloud=close_cloud, engine=engine,
+        screens=screens, checkout=checkout, sessions=sessions, links=links, watch=watch,
+        lanes=lanes, relay=relay, handlers=handlers, server=server, jobs=jobs,
+        started_at=started_at,
+    )
+
+
+async def run(parts: Parts) -> int:
+    """Start every part, serve until a stop or a failure, then stop in reverse order.
+
+    Returns EXIT_OK after a requested stop, EXIT_FAILED after a failure.
+    """
+    supervisor, engine, config = parts.supervisor, parts.engine, parts.config
+    try:
+        engine.run_effects(recover(engine.state, parts.ports.wall_clock(), engine.policy))
+        engine.resume_refunds()
+        supervisor.spawn(_watch_engine(engine), "engine", essential=True)
+        for number, session in parts.sessions.items():
+            supervisor.spawn(session.run(parts.links[number]), f"register-{number}",
+                             essential=True)
+        if parts.watch is not None:
+            supervisor.spawn(parts.watch.run(), "usb-watch", essential=True)
+        # Know each lane's terminal before admitting a sale: until the gate opens a SALE
+        # waits rather than being refused as "terminal unknown". An unreachable cloud only
+        # delays this by the client's own timeouts (the lanes then say so).
+        refreshed = await parts.lanes.refresh()
+        parts.startup.open()
+        supervisor.spawn(parts.lanes.run(refreshed=refreshed), "lane-terminals", essential=True)
+        if parts.relay is not None:
+            supervisor.spawn(parts.relay.run(), "relay-consumer", essential=True)
+        await parts.server.start()
+        supervisor.spawn(parts.server.watch(), "control-socket", essential=True)
+        parts.jobs.start()
+        if not supervisor.stop_requested:
+            parts.ports.notifier.ready(f"{len(config.lanes)} lane(s) ready")
+            parts.handlers.ready = True
+            interval = parts.ports.watchdog_interval
+            if interval is not None:
+                watchdog = WatchdogLoop(
+                    lambda: _healthy(supervisor, engine), parts.ports.notifier, interval
+                )
+                supervisor.spawn(watchdog.run(), "watchdog", essential=True)
+            log.info("daemon.ready", version=__version__,
+                     lanes=[lane.number for lane in config.lanes])
+        await supervisor.wait()
+        if supervisor.failure is None:
+            parts.ports.notifier.stopping()
+        log.info("daemon.stopping", failure=supervisor.failure)
+        await parts.jobs.shutdown()
+        await engine.stop()
+        return EXIT_OK if supervisor.failure is None else EXIT_FAILED
+    finally:
+        await supervisor.cancel_all()
+        await parts.server.close()
+        if parts.relay is not None:
+            await parts.relay.close()
+        for link in parts.links.values():
+            link.close()
+        await parts.close_cloud()
+        parts.journal.close()
+        os.close(parts.journal_lock)
+
+
+async def _watch_engine(engine: Engine) -> None:
+    while True:
+        await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+        if not engine.healthy:
+            raise EngineUnhealthy("the journal could not be written")
+
+
+async def _healthy(supervisor: Supervisor, engine: Engine) -> bool:
+    return supervisor.healthy and engine.healthy
 
 
 def main(argv: list[str]) -> int:
@@ -493,20 +577,31 @@ def main(argv: list[str]) -> int:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.logging.level, config.logging.format)
-    return asyncio.run(_serve(config))
+    return asyncio.run(serve(config, Ports.production))
 
 
-async def _serve(config: DaemonConfig) -> int:
-    daemon = Daemon(config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, daemon.request_stop)
+async def serve(config: DaemonConfig, make_ports: Callable[[], Ports]) -> int:
+    """Build the daemon on the ports ``make_ports`` gives, run it until SIGTERM or a failure.
+
+    The ports are made inside the event loop (the timers and udev's monitor need it).
+    """
     try:
-        return await daemon.run()
+        parts = build(config, make_ports())
     except ConfigError as exc:
         # stderr, not the log: the log's redaction blanks the word after "<credential>:".
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except JournalError as exc:
+        print(f"pointd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, parts.request_stop)
+    try:
+        return await run(parts)
     except (JournalError, ControlError) as exc:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

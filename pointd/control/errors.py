@@ -2,6 +2,7 @@
 
 ControlError
 ├── MethodError          a handler refuses or fails; becomes an ``error`` response
+├── SocketLost           the daemon's socket file was removed or replaced under it
 ├── NotSent              the request never reached the daemon: nothing was done
 │   ├── ConnectFailed    no socket, nobody listening, or the daemon is not running
 │   └── AccessDenied     the socket file's permissions shut this user out
@@ -29,6 +30,10 @@ class MethodError(ControlError):
         self.code = code
         self.message = message
         self.extra = extra
+
+
+class SocketLost(ControlError):
+    """The socket file no longer names this server's socket: nobody can reach it any more."""
 
 
 class NotSent(ControlError):

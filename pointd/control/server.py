@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from pointd.control.errors import ControlError, MethodError
+from pointd.control.errors import ControlError, MethodError, SocketLost
 from pointd.control.protocol import (
     DEFAULT_SOCKET_PATH,
     MAX_REQUEST_BYTES,
@@ -65,6 +65,8 @@ MAX_SUBSCRIBER_BUFFER = 256 * 1024
 RESPONSE_WRITE_TIMEOUT = 30.0
 # Probing an existing socket file to see whether another daemon still listens on it.
 STALE_PROBE_TIMEOUT = 1.0
+# How often ``watch`` looks whether the socket file is still this server's.
+SOCKET_CHECK_INTERVAL = 1.0
 READ_CHUNK = 65536
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -344,6 +346,23 @@ class ControlServer:
             self._serve_connection, sock=sock, limit=MAX_REQUEST_BYTES
         )
         log.info("control_socket_listening", path=str(self.path))
+
+    async def watch(self, interval: float = SOCKET_CHECK_INTERVAL) -> None:
+        """Return never while the socket file is this server's; raise SocketLost once not.
+
+        A socket file removed (a cleanup of /run, a mistaken rm) or replaced by another
+        process leaves the daemon unreachable for pointctl with no error anywhere; the
+        caller treats this as a failure of the daemon, whose restart binds a new one.
+        """
+        while True:
+            try:
+                inode: int | None = self.path.lstat().st_ino
+            except FileNotFoundError:
+                inode = None
+            if inode != self._socket_inode:
+                what = "removed" if inode is None else "replaced by another file"
+                raise SocketLost(f"control socket {self.path} was {what}")
+            await asyncio.sleep(interval)
 
     async def close(self) -> None:
         """Stop accepting, drop every connection and remove the socket file."""

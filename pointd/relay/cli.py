@@ -1,4 +1,4 @@
-"""``pointd relay``: load the relay's settings, open its storage and serve it with uvicorn."""
+"""``pointd relay``: load the relay's configuration, open its storage and serve it with uvicorn."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import uvicorn
 
-from pointd.config import ConfigError
+from pointd.config.relay import RelayConfig, RelaySecrets, load_relay_config
+from pointd.config.schema import ConfigError
 from pointd.logging import configure_logging
 from pointd.relay.errors import ConfigurationError, StorageError
 from pointd.relay.service import INTAKE_PATH, RelayService
-from pointd.relay.settings import RelaySettings, load_settings
 from pointd.relay.storage import Storage
 
 # The SQLite writer thread needs the GIL back after every statement and after each fsync;
@@ -29,17 +29,17 @@ CONFIG_ERROR_EXIT = 78  # EX_CONFIG: systemd and operators read it as "fix the c
 STORAGE_ERROR_EXIT = 69  # EX_UNAVAILABLE
 
 
-def open_storage(settings: RelaySettings) -> Storage:
+def open_storage(config: RelayConfig, secrets: RelaySecrets) -> Storage:
     """The configured backend, not yet opened."""
-    if settings.backend == "postgres":
+    if config.storage.backend == "postgres":
         from pointd.relay.postgres_backend import PostgresStorage  # noqa: PLC0415
 
-        if settings.postgres_dsn is None:
+        if secrets.postgres_dsn is None:
             raise ConfigurationError("storage.postgres_dsn_file is required for postgres")
-        return PostgresStorage(settings.postgres_dsn.reveal())
+        return PostgresStorage(secrets.postgres_dsn.reveal())
     from pointd.relay.sqlite_backend import SqliteStorage  # noqa: PLC0415
 
-    return SqliteStorage(settings.sqlite_path)
+    return SqliteStorage(str(config.storage.sqlite_path))
 
 
 def http_implementation() -> str:
@@ -57,14 +57,18 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def serve(
-    settings: RelaySettings, *, port: int | None = None, http: str | None = None
+    config: RelayConfig,
+    secrets: RelaySecrets,
+    *,
+    port: int | None = None,
+    http: str | None = None,
 ) -> None:
     """Serve the relay until the process is told to stop."""
-    service = RelayService(settings, open_storage(settings))
-    config = uvicorn.Config(
+    service = RelayService(config, secrets, open_storage(config, secrets))
+    server_config = uvicorn.Config(
         service.app,
-        host=settings.host,
-        port=settings.port if port is None else port,
+        host=config.server.host,
+        port=config.server.port if port is None else port,
         # httptools parses a request in C, several times faster than h11; the intake's
         # throughput target is met only with it (docs/benchmarks.md).
         http=http or http_implementation(),
@@ -79,7 +83,7 @@ async def serve(
         # must not wait for it (the store simply polls again after the restart).
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
     )
-    server = _AnnouncingServer(config, service)
+    server = _AnnouncingServer(server_config, service)
     await server.serve()
     if not server.started:
         raise StorageError("the relay did not start; see the log above")
@@ -125,21 +129,22 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     configure_logging(level=args.log_level)
     try:
-        settings = load_settings(args.config)
+        config, secrets = load_relay_config(args.config)
     except (ConfigError, ConfigurationError) as exc:
         print(f"pointd relay: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     if args.check:
         print(
-            f"pointd relay: {args.config} is valid ({settings.backend}, "
-            f"{len(settings.stores)} stores)"
+            f"pointd relay: {args.config} is valid ({config.storage.backend}, "
+            f"{len(config.stores)} stores)"
         )
         return 0
     factory = None if args.portable else loop_factory()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(settings, port=args.port, http="h11" if args.portable else None))
+            http = "h11" if args.portable else None
+            runner.run(serve(config, secrets, port=args.port, http=http))
     except (StorageError, ConfigurationError) as exc:
         print(f"pointd relay: {exc}", file=sys.stderr)
         return STORAGE_ERROR_EXIT

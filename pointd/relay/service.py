@@ -40,12 +40,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pointd.config.relay import RelayConfig, RelaySecrets
 from pointd.relay import intake
 from pointd.relay.errors import NotStored, RequestRefused, StorageError
 from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import CONTENT_TYPE, RelayMetrics
 from pointd.relay.notification import ID_SCAN_LIMIT, Kind
-from pointd.relay.settings import RelaySettings
 from pointd.relay.storage import (
     LISTINGS,
     MAX_READ_LIMIT,
@@ -110,27 +110,28 @@ class RelayService:
 
     def __init__(
         self,
-        settings: RelaySettings,
+        config: RelayConfig,
+        secrets: RelaySecrets,
         storage: Storage,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.storage = storage
         self.clock = clock
         self.metrics = RelayMetrics()
         self._store_digests = {
-            store.id: bytes.fromhex(store.token_sha256) for store in settings.stores
+            store.id: bytes.fromhex(store.token_sha256) for store in config.stores
         }
         self._admin_digest = (
-            hashlib.sha256(settings.admin_token.reveal().encode()).digest()
-            if settings.admin_token is not None
+            hashlib.sha256(secrets.admin_token.reveal().encode()).digest()
+            if secrets.admin_token is not None
             else None
         )
         self._policy = intake.IntakePolicy(
-            secret=settings.webhook_secret.reveal() if settings.webhook_secret else None,
-            signature_required=settings.signature_required,
-            window_seconds=settings.window_seconds,
+            secret=secrets.webhook_secret.reveal() if secrets.webhook_secret else None,
+            signature_required=config.intake.signature_required,
+            window_seconds=config.intake.ts_window or None,
             stores=frozenset(self._store_digests),
         )
         self._wakers: dict[str, asyncio.Event] = {}
@@ -138,8 +139,8 @@ class RelayService:
         self._last_poll: dict[str, float] = {}
         self.committer: GroupCommitter[Incoming, WriteResult] = GroupCommitter(
             storage.write_batch,
-            batch_max=settings.batch_max,
-            batch_wait=settings.batch_wait,
+            batch_max=config.storage.batch_max,
+            batch_wait=config.storage.batch_wait,
             on_commit=self.metrics.observe_commit,
         )
         self._refusal_logged_at = -math.inf
@@ -169,7 +170,8 @@ class RelayService:
         loop = asyncio.get_running_loop()
         cleanup = loop.create_task(self._cleanup_loop(), name="retention")
         alerts = loop.create_task(self._alert_loop(), name="unroutable-alerts")
-        log.info("relay_started", backend=self.settings.backend, stores=len(self._store_digests))
+        log.info("relay_started", backend=self.config.storage.backend,
+                 stores=len(self._store_digests))
         try:
             yield
         finally:
@@ -272,7 +274,7 @@ class RelayService:
         if intake.unsigned_before_reading(query, headers, self._policy):
             limit, too_large = intake.UNSIGNED_BODY_LIMIT, intake.UNSIGNED_TOO_LARGE
         else:
-            limit = self.settings.body_limit
+            limit = self.config.intake.body_limit
             too_large = f"body larger than {limit} bytes"
         body = _Body(receive, headers, limit, too_large)
         # The signature is decided on the body's first bytes: a request it refuses is
@@ -303,7 +305,9 @@ class RelayService:
         try:
             store = self._authorize_store(request)
             after = _int_param(request, "after", None, minimum=0)
-            wait = _float_param(request, "wait", 0.0, maximum=self.settings.long_poll_timeout)
+            wait = _float_param(
+                request, "wait", 0.0, maximum=self.config.delivery.long_poll_timeout
+            )
             limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1)
         except RequestRefused as exc:
             return _auth_error(exc)
@@ -468,7 +472,7 @@ class RelayService:
         return [
             store
             for store in sorted(self._store_digests)
-            if now - self._last_poll.get(store, -math.inf) > self.settings.canary_window
+            if now - self._last_poll.get(store, -math.inf) > self.config.delivery.canary_window
         ]
 
     # ---- health -------------------------------------------------------------------------
@@ -503,7 +507,7 @@ class RelayService:
 
     async def run_cleanup(self) -> int:
         """Delete what is older than the retention period; return events deleted."""
-        cutoff = self.clock() - self.settings.retention_days * 86400.0
+        cutoff = self.clock() - self.config.delivery.retention_days * 86400.0
         deleted = await self.storage.purge(cutoff)
         log.info("retention_purged", events=deleted, before=cutoff)
         return deleted
@@ -519,7 +523,7 @@ class RelayService:
             for store in {store for _event, store in moved}:
                 self._wake(store)
             log.info("events_rerouted", events=[event for event, _store in moved], by="sweep")
-        after = self.settings.config.delivery.unroutable_alert_after
+        after = self.config.delivery.unroutable_alert_after
         alerted = await self.storage.alert_unroutable(now - after, now)
         if alerted:
             self.metrics.count_alerted(len(alerted))
@@ -538,7 +542,7 @@ class RelayService:
         return [event.event_id for event in alerted]
 
     async def _alert_loop(self) -> None:
-        after = self.settings.config.delivery.unroutable_alert_after
+        after = self.config.delivery.unroutable_alert_after
         low, high = ALERT_CHECK_BOUNDS
         interval = min(max(after * ALERT_CHECK_FRACTION, low), high)
         while True:

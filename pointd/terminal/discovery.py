@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
+import usb.backend
 import usb.backend.libusb1
 import usb.core
 import usb.util
@@ -24,6 +25,9 @@ from pointd.terminal.errors import UsbUnavailable
 from pointd.terminal.vendors import VendorTable
 
 log = structlog.get_logger(__name__)
+
+# pyusb's backend interface: libusb-1.0's in production, the simulated bus's in the rig.
+UsbBackend: TypeAlias = usb.backend.IBackend
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,7 @@ def diff_views(before: TerminalView, after: TerminalView) -> TerminalChange | No
     )
 
 
-def default_usb_backend() -> Any:
+def default_usb_backend() -> UsbBackend:
     """The libusb-1.0 backend for pyusb; raise UsbUnavailable when libusb is missing."""
     backend = usb.backend.libusb1.get_backend()
     if backend is None:
@@ -118,7 +122,7 @@ def _read_string(device: Any, attribute: str, bus_path: str) -> str | None:
     return text or None
 
 
-def scan_usb(backend: Any, vendors: VendorTable) -> TerminalView:
+def scan_usb(backend: UsbBackend, vendors: VendorTable) -> TerminalView:
     """Enumerate the bus and return the terminals on it; raise UsbUnavailable on failure."""
     try:
         found = list(usb.core.find(find_all=True, backend=backend))

@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from pointd.terminal.discovery import TerminalChange, TerminalView, diff_views, scan_usb
+from pointd.terminal.discovery import (
+    TerminalChange,
+    TerminalView,
+    UsbBackend,
+    diff_views,
+    scan_usb,
+)
 from pointd.terminal.errors import HotplugUnavailable, UsbUnavailable
 from pointd.terminal.vendors import VendorTable
 
@@ -108,7 +114,7 @@ class TerminalWatch:
 
     def __init__(
         self,
-        backend: Any,
+        backend: UsbBackend,
         vendors: VendorTable,
         *,
         on_change: ChangeCallback | None = None,

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 import structlog
 
-from pointd.app.control_handlers import DaemonHandlers
+from pointd.app.control_handlers import DaemonHandlers, EventSink, journal_audit
 from pointd.app.engine import Alert, Engine
-from pointd.cloud.errors import NotFound, ServerError
 from pointd.cloud.models import Payment
-from pointd.cloud.port import AttemptFound, AttemptQuery, IntentView, RefundView, TerminalView
 from pointd.control.client import ControlClient
 from pointd.control.methods import register_daemon_methods
 from pointd.control.server import ControlServer
@@ -29,6 +27,7 @@ from pointd.core.machine import CoreState, Step
 from pointd.core.policy import Policy
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
+from tests.support.cloud import FakeCloud
 
 STORE = "loja-centro"
 COLLECTOR = "987654321"
@@ -76,67 +75,6 @@ def payment(payment_id: str, status: str, cents: int, ref: str | None) -> Paymen
         last_four_digits="4242",
         refunds=(),
     )
-
-
-@dataclass
-class FakeCloud:
-    """A CloudPort that answers from dictionaries and records every call."""
-
-    payments: dict[str, Payment] = field(default_factory=dict)
-    intents: dict[str, IntentView] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-    hold_creates: asyncio.Event | None = None  # when set, creates wait for it
-    failing: bool = False
-    creates_are_idempotent: bool = False  # the Payment Intent API's behaviour
-
-    async def list_terminals(self) -> list[TerminalView]:
-        return []
-
-    async def create_payment(self, terminal_id: str, amount_cents: int,
-                             external_reference: str, idempotency_key: str, *,
-                             ticket_number: str | None = None, description: str | None = None,
-                             print_on_terminal: bool = True) -> str:
-        self.calls.append(("create", external_reference))
-        if self.hold_creates is not None:
-            await self.hold_creates.wait()
-        intent_id = f"INT-{external_reference}"
-        self.intents[intent_id] = IntentView(intent_id, "OPEN", None, None,
-                                             external_reference, amount_cents)
-        return intent_id
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("get_intent", intent_id))
-        return self.intents[intent_id]
-
-    async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
-        self.calls.append(("cancel", intent_id))
-
-    async def get_payment(self, payment_id: str) -> Payment:
-        self.calls.append(("get_payment", payment_id))
-        if self.failing:
-            raise ServerError(503, "unavailable", "from the test")
-        if payment_id not in self.payments:
-            raise NotFound(404, "not_found", "payment not found")
-        return self.payments[payment_id]
-
-    async def find_payments(self, external_reference: str) -> list[Payment]:
-        self.calls.append(("find_payments", external_reference))
-        return []
-
-    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
-        self.calls.append(("find_attempt", query))
-        return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
-
-    async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
-                             amount_cents: int | None, idempotency_key: str) -> RefundView:
-        raise AssertionError("the control handlers never refund (refund is not supported)")
-
-    async def get_refund(self, intent_or_order_id: str, payment_id: str,
-                         refund_id: str) -> RefundView:
-        raise AssertionError("the control handlers never refund (refund is not supported)")
-
-    def called(self, kind: str) -> list[Any]:
-        return [arg for name, arg in self.calls if name == kind]
 
 
 class RecordingRegister:
@@ -193,6 +131,19 @@ class FakeLinks:
 
 
 @dataclass
+class EventsTap:
+    """The handlers' event sink: the control server, until a test swaps in a broken one."""
+
+    sink: EventSink
+
+    def publish(self, topic: str, data: Any) -> int:
+        return self.sink.publish(topic, data)
+
+    def connection_report(self) -> list[dict[str, Any]]:
+        return self.sink.connection_report()
+
+
+@dataclass
 class Rig:
     """Everything a test drives: the engine, its parts and a connected control client."""
 
@@ -206,6 +157,7 @@ class Rig:
     server: ControlServer
     client: ControlClient
     logs: list[str]
+    events: EventsTap
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         async def poll() -> None:
@@ -283,6 +235,11 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
         on_step=on_step,
     )
     terminals, relay, links = FakeTerminals(), FakeRelay(), FakeLinks()
+    ticks = itertools.count(step=RATE_LIMIT_STEP)
+    server = ControlServer(sock_dir / "control.sock",
+                           record_audit=journal_audit(journal, lambda: T0),
+                           monotonic=lambda: float(next(ticks)))
+    events = EventsTap(server)
     handlers = DaemonHandlers(
         engine=engine,
         journal=journal,
@@ -290,6 +247,7 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
         terminals=terminals,
         relay=relay,
         links=links,
+        events=events,
         config={"store": {"id": STORE}, "cloud": {"access_token_file": "/etc/pointd/token"}},
         secrets=[ACCESS_TOKEN, STORE_TOKEN],
         clock=lambda: T0,
@@ -298,16 +256,12 @@ async def rig(tmp_path: Path, sock_dir: Path) -> AsyncIterator[Rig]:
     )
     holder["handlers"] = handlers
     handlers.ready = True
-    ticks = itertools.count(step=RATE_LIMIT_STEP)
-    server = ControlServer(sock_dir / "control.sock", record_audit=handlers.record_audit,
-                           monotonic=lambda: float(next(ticks)))
     register_daemon_methods(server, handlers)
-    handlers.attach(server)
     await server.start()
     client = await ControlClient.connect(server.path)
     try:
         yield Rig(engine, journal, cloud, terminals, relay, links, handlers, server, client,
-                  logs)
+                  logs, events)
     finally:
         await client.close()
         # Let the server read the client's EOF, so closing it cancels no live reader.

@@ -163,7 +163,7 @@ async def test_reconcile_asks_the_api_for_every_unfinished_sale(rig: Rig) -> Non
         {"sale_id": "S6", "state": "open", "action": f"fetch intent {intent}"},
     ]}
     await rig.until(lambda: len(rig.cloud.called("get_payment")) > payments_before)
-    await rig.until(lambda: intent in rig.cloud.called("get_intent"))
+    await rig.until(lambda: intent in rig.cloud.called("get_state"))
     assert [o for _u, o, _s in audit_rows(rig, "reconcile")] == ["requested", "done"]
 
 

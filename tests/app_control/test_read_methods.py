@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pointd.app.control_views import StatusView
 from pointd.control import views
 from pointd.control.errors import RemoteError
 from pointd.core.events import OverrideDecision, OverrideGiven
@@ -169,8 +170,11 @@ async def test_relay_view_and_disabled_relay(rig: Rig) -> None:
     relay = await rig.client.call("relay")
     assert relay == {"state": "connected", "connected": True, "since": "2026-11-18T11:05:40Z",
                      "last_event_age": 3.0, "cursor": "42"}
-    rig.handlers._relay = None
-    assert await rig.client.call("relay") == {"state": "disabled", "connected": None}
+    without_relay = StatusView(
+        engine=rig.engine, journal=rig.journal, terminals=rig.terminals, relay=None,
+        links=rig.links, alerts=list, clock=lambda: T0, started_at=T0, version="test",
+    )
+    assert without_relay.relay_view() == {"state": "disabled", "connected": None}
 
 
 async def test_pointctl_views_render_the_real_results(rig: Rig) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,12 @@ from pointd.cloud.errors import (
     DeviceBusy,
     IdempotencyConflict,
     IdempotencyInProgress,
-    NotFound,
     NotSent,
     OutcomeUnknown,
     ServerError,
 )
 from pointd.cloud.models import Payment
-from pointd.cloud.port import AttemptFound, AttemptQuery, IntentView, RefundView, TerminalView
+from pointd.cloud.port import IntentView
 from pointd.core.effects import TellRegister
 from pointd.core.events import CreateRejected, SaleRequested, TimerKind
 from pointd.core.machine import CoreState, step
@@ -37,6 +36,8 @@ from pointd.core.policy import Policy
 from pointd.core.recovery import recover
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 STORE = "loja-1"
 T0 = 1_795_000_000.0
@@ -55,90 +56,6 @@ TASK_TIMEOUT = 5.0
 Answer = str | Exception
 
 
-@dataclass
-class ScriptedCloud:
-    """A CloudPort whose creates answer from a script and that records every call."""
-
-    creates_are_idempotent: bool
-    create_answers: list[Answer] = field(default_factory=list)
-    views: dict[str, IntentView] = field(default_factory=dict)
-    payments: dict[str, Payment] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-
-    async def list_terminals(self) -> list[TerminalView]:
-        return []
-
-    async def create_payment(self, terminal_id: str, amount_cents: int,
-                             external_reference: str, idempotency_key: str, *,
-                             ticket_number: str | None = None, description: str | None = None,
-                             print_on_terminal: bool = True) -> str:
-        self.calls.append(("create", (terminal_id, amount_cents, external_reference,
-                                      idempotency_key, ticket_number)))
-        answer = self.create_answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("get_state", intent_id))
-        return self.views[intent_id]
-
-    async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
-        self.calls.append(("cancel", intent_id))
-
-    async def get_payment(self, payment_id: str) -> Payment:
-        self.calls.append(("get_payment", payment_id))
-        if payment_id not in self.payments:
-            raise NotFound(404, "not_found", "no such payment")
-        return self.payments[payment_id]
-
-    async def find_payments(self, external_reference: str) -> list[Payment]:
-        self.calls.append(("find_payments", external_reference))
-        return []
-
-    async def find_attempt(self, query: AttemptQuery) -> AttemptFound:
-        self.calls.append(("find_attempt", query))
-        return AttemptFound(None, (), ("payments_by_reference", "intent_events"))
-
-    async def refund_payment(self, terminal_id: str, intent_or_order_id: str, payment_id: str,
-                             amount_cents: int | None, idempotency_key: str) -> RefundView:
-        raise AssertionError("no refunds here")
-
-    async def get_refund(self, intent_or_order_id: str, payment_id: str,
-                         refund_id: str) -> RefundView:
-        raise AssertionError("no refunds here")
-
-    def called(self, kind: str) -> list[Any]:
-        return [arg for name, arg in self.calls if name == kind]
-
-
-class HandTimers:
-    """Timers that fire only when the test says so."""
-
-    def __init__(self) -> None:
-        self.armed: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._next = 0
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
-        self._next += 1
-        self.armed[self._next] = (when, callback)
-        return _Handle(self, self._next)
-
-    def fire_all(self) -> None:
-        due, self.armed = self.armed, {}
-        for _when, callback in due.values():
-            callback()
-
-
-@dataclass
-class _Handle:
-    timers: HandTimers
-    number: int
-
-    def cancel(self) -> None:
-        self.timers.armed.pop(self.number, None)
-
-
 class NoRegister:
     async def tell(self, effect: TellRegister) -> None:
         return None
@@ -147,8 +64,8 @@ class NoRegister:
 @dataclass
 class Rig:
     engine: Engine
-    cloud: ScriptedCloud
-    timers: HandTimers
+    cloud: FakeCloud
+    timers: ManualClock
     alerts: list[Alert]
 
     async def until(self, what: str, predicate: Callable[[], bool]) -> None:
@@ -194,11 +111,11 @@ def make_rig(tmp_path: Path, *, idempotent: bool, answers: list[Answer],
              state: CoreState | None = None) -> Rig:
     journal = Journal.open(tmp_path / "journal.db")
     journal.record_policy(POLICY)
-    cloud = ScriptedCloud(creates_are_idempotent=idempotent, create_answers=answers)
-    timers = HandTimers()
+    cloud = FakeCloud(creates_are_idempotent=idempotent, create_answers=answers)
+    timers = ManualClock(T0)
     alerts: list[Alert] = []
     engine = Engine(journal=journal, state=state or CoreState.empty(STORE), policy=POLICY,
-                    cloud=cloud, register=NoRegister(), wall_clock=lambda: T0,
+                    cloud=cloud, register=NoRegister(), wall_clock=timers,
                     on_alert=alerts.append, timers=timers)
     return Rig(engine, cloud, timers, alerts)
 
@@ -206,7 +123,7 @@ def make_rig(tmp_path: Path, *, idempotent: bool, answers: list[Answer],
 async def test_a_lost_create_answer_is_resent_with_the_same_key_and_adopts_the_order(
         tmp_path: Path, logs: list[MutableMapping[str, Any]]) -> None:
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("read timeout"), ORDER])
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     await rig.start_sale()
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     await rig.until("its state observed", lambda: rig.kinds()[-1] == "IntentObserved")
@@ -225,7 +142,7 @@ async def test_a_lost_create_answer_is_resent_with_the_same_key_and_adopts_the_o
 async def test_a_resend_that_finds_the_order_paid_goes_straight_to_verification(
         tmp_path: Path) -> None:
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("reset"), ORDER])
-    rig.cloud.views[ORDER] = order_view("FINISHED", PAYMENT)
+    rig.cloud.intents[ORDER] = order_view("FINISHED", PAYMENT)
     rig.cloud.payments[PAYMENT] = approved_payment()
     await rig.start_sale()
     await rig.until("approval", lambda: rig.sale().state is SaleState.APPROVED)
@@ -270,10 +187,10 @@ async def test_in_progress_on_the_resend_keeps_reconciling_until_the_order_is_na
         tmp_path: Path) -> None:
     busy = IdempotencyInProgress(423, "locked", "still processing")
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("timeout"), busy, ORDER])
-    rig.cloud.views[ORDER] = order_view("ON_TERMINAL")
+    rig.cloud.intents[ORDER] = order_view("ON_TERMINAL")
     await rig.start_sale()
     await rig.until("the second send", lambda: len(rig.cloud.called("create")) == 2)
-    await rig.until("the reconcile timer", lambda: bool(rig.timers.armed))
+    await rig.until("the reconcile timer", lambda: bool(rig.timers.pending()))
     assert rig.sale().state is SaleState.CREATE_UNKNOWN
     assert rig.kinds() == ["SaleRequested", "CreateOutcomeUnknown"]
     assert (SALE, TimerKind.RECONCILE) in rig.engine.pending_timers()
@@ -287,7 +204,7 @@ async def test_in_progress_on_the_resend_keeps_reconciling_until_the_order_is_na
 async def test_in_progress_on_the_first_send_is_an_unknown_outcome(tmp_path: Path) -> None:
     busy = IdempotencyInProgress(423, "locked", "still processing")
     rig = make_rig(tmp_path, idempotent=True, answers=[busy, ORDER])
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     await rig.start_sale()
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     assert rig.kinds()[:3] == ["SaleRequested", "CreateOutcomeUnknown", "IntentCreated"]
@@ -306,7 +223,7 @@ async def test_a_resend_without_a_2xx_never_proves_absence(tmp_path: Path,
     rig = make_rig(tmp_path, idempotent=True, answers=[OutcomeUnknown("timeout"), error])
     await rig.start_sale()
     await rig.until("the second send", lambda: len(rig.cloud.called("create")) == 2)
-    await rig.until("the reconcile timer", lambda: bool(rig.timers.armed))
+    await rig.until("the reconcile timer", lambda: bool(rig.timers.pending()))
     assert rig.kinds() == ["SaleRequested", "CreateOutcomeUnknown"]
     assert rig.sale().state is SaleState.CREATE_UNKNOWN
     assert rig.sale().attempt == 1
@@ -320,7 +237,7 @@ async def test_after_a_restart_a_creating_sale_is_resent_not_given_a_new_attempt
                  now=T0, policy=POLICY)
     assert first.state.sales[SALE].state is SaleState.CREATING
     rig = make_rig(tmp_path, idempotent=True, answers=[ORDER], state=first.state)
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     rig.engine.run_effects(recover(first.state, T0, POLICY))
     await rig.until("the order adopted", lambda: rig.sale().intent_id == ORDER)
     assert rig.cloud.called("create") == [(TERMINAL, CENTS, REFERENCE, REFERENCE, None)]
@@ -332,7 +249,7 @@ async def test_without_idempotent_creates_the_attempt_is_searched_never_resent(
         tmp_path: Path) -> None:
     rig = make_rig(tmp_path, idempotent=False,
                    answers=[OutcomeUnknown("timeout"), "INT-2"])
-    rig.cloud.views["INT-2"] = IntentView("INT-2", "OPEN", None, None, None, CENTS)
+    rig.cloud.intents["INT-2"] = IntentView("INT-2", "OPEN", None, None, None, CENTS)
     await rig.start_sale()
     await rig.until("a second attempt", lambda: rig.sale().intent_id == "INT-2")
     [query] = rig.cloud.called("find_attempt")

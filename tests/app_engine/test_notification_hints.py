@@ -90,7 +90,7 @@ def test_a_fraud_alert_without_a_usable_payment_id_is_only_noted() -> None:
 
 async def open_sale(tmp_path: Path) -> Rig:
     rig = make_rig(tmp_path, idempotent=False, answers=[INTENT])
-    rig.cloud.views[INTENT] = view("OPEN")
+    rig.cloud.intents[INTENT] = view("OPEN")
     await rig.start_sale()
     await rig.until("the intent", lambda: rig.sale().intent_id == INTENT)
     return rig
@@ -109,7 +109,7 @@ async def test_a_finished_body_naming_another_payment_is_answered_by_the_api(
     assert seen.keys == {"relay:1"}
 
     # The API says FINISHED with the real payment: that one, and only it, is verified.
-    rig.cloud.views[INTENT] = view("FINISHED", PAYMENT)
+    rig.cloud.intents[INTENT] = view("FINISHED", PAYMENT)
     rig.cloud.payments[PAYMENT] = approved_payment()
     await NotificationHandler(rig.engine, seen)(
         [relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT}, 2)])
@@ -146,7 +146,7 @@ async def test_a_flood_of_hints_for_one_intent_costs_at_most_two_fetches(
 async def test_an_unknown_intent_is_fetched_only_for_an_attempt_still_reconciling(
         tmp_path: Path) -> None:
     rig = make_rig(tmp_path, idempotent=False, answers=[OutcomeUnknown("read timeout")])
-    rig.cloud.views[INTENT] = view("ON_TERMINAL")
+    rig.cloud.intents[INTENT] = view("ON_TERMINAL")
 
     async def reconciliation_unanswered(query: object) -> object:
         raise ServerError(503, "internal_error", "try later")

@@ -81,10 +81,10 @@ class Seen:
 async def test_the_handler_fetches_a_known_order_and_ignores_a_foreign_one(
         tmp_path: Path) -> None:
     rig = make_engine_rig(tmp_path, idempotent=True, answers=[ORDER])
-    rig.cloud.views[ORDER] = order_view("OPEN")
+    rig.cloud.intents[ORDER] = order_view("OPEN")
     await rig.start_sale()
     await rig.until("the order", lambda: rig.sale().intent_id == ORDER)
-    rig.cloud.views[ORDER] = order_view("ON_TERMINAL")
+    rig.cloud.intents[ORDER] = order_view("ON_TERMINAL")
     fetched = len(rig.cloud.called("get_state"))
     seen = Seen()
     handler = NotificationHandler(rig.engine, seen)

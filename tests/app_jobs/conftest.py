@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pointd.cloud.errors import NotFound, NotSent
 from pointd.cloud.models import Payment, Refund
 from pointd.core.effects import Effect
 from pointd.core.events import Event
@@ -45,16 +44,6 @@ def payment(payment_id: str, status: str, cents: int, reference: str | None,
                    live_mode=False, last_four_digits="4242", refunds=refunds)
 
 
-class Clock:
-    """A settable wall clock."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class FakeEngine:
     """The engine surface the jobs use, recording the effects it is asked to run.
@@ -81,35 +70,6 @@ class FakeEngine:
         self.submitted.append(event)
         self.run_effects(result.effects)
         return result
-
-
-@dataclass
-class FakeCloud:
-    """Answers /v1/payments search and GET from tables; ``down`` makes every call fail."""
-
-    by_reference: dict[str, list[Payment]] = field(default_factory=dict)
-    by_id: dict[str, Payment] = field(default_factory=dict)
-    down: bool = False
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    async def find_payments(self, external_reference: str) -> list[Payment]:
-        self.calls.append(("search", external_reference))
-        if self.down:
-            raise NotSent("connection refused")
-        return list(self.by_reference.get(external_reference, []))
-
-    async def get_payment(self, payment_id: str) -> Payment:
-        self.calls.append(("get", payment_id))
-        if self.down:
-            raise NotSent("connection refused")
-        found = self.by_id.get(payment_id)
-        if found is None:
-            for payments in self.by_reference.values():
-                for candidate in payments:
-                    if candidate.id == payment_id:
-                        return candidate
-            raise NotFound(404, "not_found", f"payment {payment_id}")
-        return found
 
 
 class Store:

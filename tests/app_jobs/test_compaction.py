@@ -26,13 +26,13 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    Clock,
-    FakeCloud,
     FakeEngine,
     Store,
     ref,
 )
 from tests.app_jobs.test_sweep import SilentRegister
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 T0 = 1_773_000_000.0
 DAY = 86400.0
@@ -59,7 +59,7 @@ def a_store_week(store: Store) -> None:
     paid(store, T0 - DAY, "S02", 2)
 
 
-def real_engine(store: Store, clock: Clock) -> Engine:
+def real_engine(store: Store, clock: ManualClock) -> Engine:
     return Engine(journal=store.journal, state=store.journal.rebuild(STORE, POLICY),
                   policy=POLICY, cloud=FakeCloud(), register=SilentRegister(),  # type: ignore[arg-type]
                   wall_clock=clock)
@@ -67,7 +67,7 @@ def real_engine(store: Store, clock: Clock) -> Engine:
 
 async def test_old_settled_sales_leave_memory_and_a_snapshot_is_written(store: Store) -> None:
     a_store_week(store)
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     engine = real_engine(store, clock)
     jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ)
     try:
@@ -93,7 +93,7 @@ async def test_old_settled_sales_leave_memory_and_a_snapshot_is_written(store: S
 
 async def test_after_compaction_the_live_engine_refuses_a_forgotten_id(store: Store) -> None:
     a_store_week(store)
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     engine = real_engine(store, clock)
     jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ)
     try:
@@ -109,15 +109,15 @@ async def test_after_compaction_the_live_engine_refuses_a_forgotten_id(store: St
 
 async def test_forget_after_days_is_honoured(store: Store) -> None:
     a_store_week(store)
-    engine = FakeEngine(store.state, store.journal, clock=Clock(T0))
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+    engine = FakeEngine(store.state, store.journal, clock=ManualClock(T0))
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                       forget_after_days=7)
     assert (await jobs.compact_core())["forgotten"] == 0
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                       forget_after_days=1)
     assert (await jobs.compact_core())["forgotten"] == 1  # S01; S02 ended 1 day - 4 s ago
     assert set(engine.state.sales) == {"S02", "S03"}
-    clock = Clock(T0 + DAY)
+    clock = ManualClock(T0 + DAY)
     jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ,
                       forget_after_days=1)
     engine.clock = clock
@@ -130,21 +130,21 @@ async def test_forget_after_days_is_honoured(store: Store) -> None:
 def test_bad_forget_after_days_is_refused(store: Store, bad: object) -> None:
     with pytest.raises(ValueError, match="forget_after_days"):
         DaemonJobs(engine=FakeEngine(store.state, store.journal), cloud=FakeCloud(),
-                   wall_clock=Clock(T0), timezone=TZ, forget_after_days=bad)  # type: ignore[arg-type]
+                   wall_clock=ManualClock(T0), timezone=TZ, forget_after_days=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [0, -5.0, float("inf"), True])
 def test_bad_compaction_interval_is_refused(store: Store, bad: object) -> None:
     with pytest.raises(ValueError, match="compaction_interval"):
         DaemonJobs(engine=FakeEngine(store.state, store.journal), cloud=FakeCloud(),
-                   wall_clock=Clock(T0), timezone=TZ, compaction_interval=bad)  # type: ignore[arg-type]
+                   wall_clock=ManualClock(T0), timezone=TZ, compaction_interval=bad)  # type: ignore[arg-type]
 
 
 async def test_start_catches_up_when_the_newest_snapshot_is_a_day_old(store: Store) -> None:
     """A store PC switched off every night never runs a day: start-up compacts instead."""
     a_store_week(store)
-    engine = FakeEngine(store.state, store.journal, clock=Clock(T0))
-    clock = Clock(T0)
+    engine = FakeEngine(store.state, store.journal, clock=ManualClock(T0))
+    clock = ManualClock(T0)
     jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ)
     jobs.start()
     try:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pointd.app.jobs import (
+from pointd.app.jobs import DaemonJobs
+from pointd.app.reconciliation_export import (
     CSV_COLUMNS,
     EXPORT_FAILURES_BEFORE_GIVING_UP,
-    DaemonJobs,
     ExportError,
     ReconciliationExport,
 )
@@ -38,14 +38,14 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    Clock,
-    FakeCloud,
     FakeEngine,
     Store,
     local,
     payment,
     ref,
 )
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 POLL = ObservationSource.POLL
 
@@ -71,7 +71,7 @@ def exporter(store: Store, cloud: FakeCloud, tmp_path: Path,
     return ReconciliationExport(
         journal=store.journal, cloud=cloud, policy=POLICY, store_id=STORE,
         directory=tmp_path / "exports", timezone=TZ,
-        clock=Clock(now if now is not None else local(DAY, 23, 55)),
+        clock=ManualClock(now if now is not None else local(DAY, 23, 55)),
     )
 
 
@@ -82,7 +82,9 @@ def rows_by_payment(csv_path: Path) -> dict[str, dict[str, str]]:
 
 async def test_a_paid_and_handed_over_sale_matches(store: Store, tmp_path: Path) -> None:
     paid_sale(store, local(DAY, 10), "S1", 1)
-    cloud = FakeCloud({ref("S1", 1): [payment("P-S1", "approved", 1500, ref("S1", 1))]})
+    cloud = FakeCloud(
+        by_reference={ref("S1", 1): [payment("P-S1", "approved", 1500, ref("S1", 1))]}
+    )
 
     csv_path, json_path = await exporter(store, cloud, tmp_path).export_day(DAY)
 
@@ -100,7 +102,9 @@ async def test_a_paid_and_handed_over_sale_matches(store: Store, tmp_path: Path)
 
 async def test_a_sale_held_on_the_way_is_marked_held(store: Store, tmp_path: Path) -> None:
     paid_sale(store, local(DAY, 10), "S2", 2, confirmation=True)
-    cloud = FakeCloud({ref("S2", 2): [payment("P-S2", "approved", 1500, ref("S2", 2))]})
+    cloud = FakeCloud(
+        by_reference={ref("S2", 2): [payment("P-S2", "approved", 1500, ref("S2", 2))]}
+    )
 
     csv_path, _ = await exporter(store, cloud, tmp_path).export_day(DAY)
 
@@ -118,7 +122,9 @@ async def test_an_override_is_exported_and_a_rejected_payment_behind_it_is_a_mis
         # A second override after the sale ended is refused by the core: not exported.
         OverrideGiven("S3", OverrideDecision.VOID, "too late", 1002),
     ])
-    cloud = FakeCloud({ref("S3", 3): [payment("P-S3", "rejected", 2000, ref("S3", 3))]})
+    cloud = FakeCloud(
+        by_reference={ref("S3", 3): [payment("P-S3", "rejected", 2000, ref("S3", 3))]}
+    )
 
     csv_path, json_path = await exporter(store, cloud, tmp_path).export_day(DAY)
 
@@ -139,7 +145,7 @@ async def test_amount_currency_status_and_refund_differences_are_mismatches(
     paid_sale(store, local(DAY, 9), "A1", 1)
     paid_sale(store, local(DAY, 9, 10), "A2", 2)
     paid_sale(store, local(DAY, 9, 20), "A3", 3)
-    cloud = FakeCloud({
+    cloud = FakeCloud(by_reference={
         ref("A1", 1): [payment("P-A1", "approved", 1600, ref("A1", 1))],
         ref("A2", 2): [payment("P-A2", "approved", 1500, ref("A2", 2), currency="ARS")],
         ref("A3", 3): [payment("P-A3", "refunded", 1500, ref("A3", 3), refunded=1500)],
@@ -164,12 +170,12 @@ async def test_a_journaled_payment_unknown_to_mercado_pago_is_missing(
 
     assert rows["P-M1"]["matched"] == "missing_at_mercado_pago"
     # Search first, then GET by id before calling it missing (the search index lags).
-    assert cloud.calls == [("search", ref("M1", 1)), ("get", "P-M1")]
+    assert cloud.calls == [("find_payments", ref("M1", 1)), ("get_payment", "P-M1")]
 
 
 async def test_a_payment_the_search_misses_is_found_by_id(store: Store, tmp_path: Path) -> None:
     paid_sale(store, local(DAY, 12), "G1", 1)
-    cloud = FakeCloud(by_id={"P-G1": payment("P-G1", "approved", 1500, ref("G1", 1))})
+    cloud = FakeCloud(payments={"P-G1": payment("P-G1", "approved", 1500, ref("G1", 1))})
 
     rows = rows_by_payment((await exporter(store, cloud, tmp_path).export_day(DAY))[0])
 
@@ -185,7 +191,7 @@ async def test_a_payment_for_a_canceled_sale_is_extra_and_flagged(
         IntentObserved("I-C1", "CANCELED", None, None, POLL, ref("C1", 4)),
     ])
     charged = payment("P-X", "approved", 900, ref("C1", 4))
-    cloud = FakeCloud({ref("C1", 4): [charged]})
+    cloud = FakeCloud(by_reference={ref("C1", 4): [charged]})
 
     csv_path, json_path = await exporter(store, cloud, tmp_path).export_day(DAY)
 
@@ -203,7 +209,7 @@ async def test_an_approved_payment_of_a_declined_sale_is_a_mismatch(
         IntentObserved("I-D1", "FINISHED", "P-D1", None, POLL, ref("D1", 5)),
         PaymentVerified("P-D1", "rejected", None, 900, "BRL", COLLECTOR, ref("D1", 5)),
     ])
-    cloud = FakeCloud({ref("D1", 5): [payment("P-D1", "approved", 900, ref("D1", 5))]})
+    cloud = FakeCloud(by_reference={ref("D1", 5): [payment("P-D1", "approved", 900, ref("D1", 5))]})
 
     rows = rows_by_payment((await exporter(store, cloud, tmp_path).export_day(DAY))[0])
 
@@ -319,7 +325,7 @@ async def test_daemon_jobs_export_defaults_to_the_journal_directory(
         store: Store, tmp_path: Path) -> None:
     paid_sale(store, local(DAY, 10), "J1", 1)
     engine = FakeEngine(store.state, store.journal)
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(local(DAY, 23, 55)),
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(local(DAY, 23, 55)),
                       timezone=TZ)
 
     csv_path, json_path = await jobs.export_day(DAY)
@@ -334,7 +340,7 @@ async def test_the_nightly_run_rewrites_yesterday_and_writes_today(
     paid_sale(store, local(previous, 23, 58), "N1", 1)  # after yesterday's 23:55 run
     paid_sale(store, local(DAY, 10), "N2", 2)
     engine = FakeEngine(store.state, store.journal)
-    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(local(DAY, 23, 55)),
+    jobs = DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(local(DAY, 23, 55)),
                       timezone=TZ)
 
     result = await jobs.export_closing_days()

@@ -27,9 +27,13 @@ from pointd.app.jobs import (
     SWEEP_INTERVAL,
     SWEEP_JOB,
     DaemonJobs,
+)
+from pointd.app.reconciliation_export import (
     DayReport,
 )
-from tests.app_jobs.conftest import DAY, TZ, Clock, FakeCloud, FakeEngine, Store, local
+from tests.app_jobs.conftest import DAY, TZ, FakeEngine, Store, local
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 NOW = local(DAY, 12)
 
@@ -70,7 +74,7 @@ class Recorder:
 
 def full(store: Store, recorder: Recorder, pruner: Pruner, **options: Any) -> DaemonJobs:
     return DaemonJobs(engine=FakeEngine(store.state, store.journal), cloud=FakeCloud(),
-                      wall_clock=Clock(NOW), refresh_devices=recorder.refresh,
+                      wall_clock=ManualClock(NOW), refresh_devices=recorder.refresh,
                       evaluate_relay=recorder.evaluate, retention=pruner, timezone=TZ,
                       **options)
 
@@ -112,7 +116,7 @@ def test_configured_intervals_and_export_time_are_used(store: Store) -> None:
 
 def test_optional_jobs_are_absent_without_their_parts(store: Store) -> None:
     jobs = DaemonJobs(engine=FakeEngine(store.state, store.journal), cloud=FakeCloud(),
-                      wall_clock=Clock(NOW), timezone=TZ)
+                      wall_clock=ManualClock(NOW), timezone=TZ)
     assert {job.id for job in jobs.scheduler.get_jobs()} == {SWEEP_JOB, COMPACTION_JOB,
                                                              EXPORT_JOB}
 

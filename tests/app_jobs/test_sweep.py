@@ -41,13 +41,13 @@ from tests.app_jobs.conftest import (
     POLICY,
     STORE,
     TZ,
-    Clock,
-    FakeCloud,
     FakeEngine,
     Store,
     payment,
     ref,
 )
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 T0 = 1_773_000_000.0
 POLL = ObservationSource.POLL
@@ -71,9 +71,9 @@ def four_sales(store: Store) -> None:
     store.feed(T0 + 5, [HandoverConfirmed("S4")])
 
 
-def build(store: Store, now: float) -> tuple[DaemonJobs, FakeEngine, Clock]:
+def build(store: Store, now: float) -> tuple[DaemonJobs, FakeEngine]:
     engine = FakeEngine(store.state, store.journal)
-    clock = Clock(now)
+    clock = ManualClock(now)
     return DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=clock, timezone=TZ), \
         engine, clock
 
@@ -152,12 +152,12 @@ def test_a_threshold_that_would_sweep_healthy_sales_is_refused(store: Store) -> 
     engine = FakeEngine(store.state, store.journal)
     quiet = longest_quiet_interval(POLICY)
     with pytest.raises(ValueError, match="stale_after"):
-        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                    stale_after=quiet)
     slow = dataclasses.replace(POLICY, reconcile_max_backoff=600.0)
     with pytest.raises(ValueError, match="600"):
         DaemonJobs(engine=FakeEngine(store.state, store.journal, policy=slow),
-                   cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ)
+                   cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ)
 
 
 @pytest.mark.parametrize("name", ["sweep_interval", "stale_after", "device_refresh_interval",
@@ -166,7 +166,7 @@ def test_a_threshold_that_would_sweep_healthy_sales_is_refused(store: Store) -> 
 def test_bad_intervals_are_refused_by_name(store: Store, name: str, bad: object) -> None:
     engine = FakeEngine(store.state, store.journal)
     with pytest.raises(ValueError, match=name):
-        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=Clock(T0), timezone=TZ,
+        DaemonJobs(engine=engine, cloud=FakeCloud(), wall_clock=ManualClock(T0), timezone=TZ,
                    **{name: bad})  # type: ignore[arg-type]
 
 
@@ -180,19 +180,15 @@ class SilentRegister:
         self.told.append(effect)
 
 
-class PaidCloud(FakeCloud):
-    """The intent finished and its payment is approved at Mercado Pago."""
-
-    async def get_payment_state(self, intent_id: str) -> IntentView:
-        self.calls.append(("intent", intent_id))
-        return IntentView(intent_id, "FINISHED", "P1", "approved", ref("S1", 1), 1000)
-
-
 async def test_a_sale_with_lost_timers_reaches_the_truth_through_the_real_engine(
         store: Store) -> None:
     store.feed(T0, [SaleRequested("S1", 1, "c1", 1000, "T1", None), IntentCreated("S1", 1, "I1")])
-    cloud = PaidCloud(by_id={"P1": payment("P1", "approved", 1000, ref("S1", 1))})
-    clock = Clock(T0 + STALE_AFTER + 10)
+    # The intent finished and its payment is approved at Mercado Pago.
+    cloud = FakeCloud(
+        intents={"I1": IntentView("I1", "FINISHED", "P1", "approved", ref("S1", 1), 1000)},
+        payments={"P1": payment("P1", "approved", 1000, ref("S1", 1))},
+    )
+    clock = ManualClock(T0 + STALE_AFTER + 10)
     approved = asyncio.Event()
 
     def on_step(event: object, result: Step) -> None:
@@ -214,7 +210,7 @@ async def test_a_sale_with_lost_timers_reaches_the_truth_through_the_real_engine
 
     assert engine.state.sales["S1"].state is SaleState.APPROVED
     assert store.journal.sales()[0].state is SaleState.APPROVED
-    assert cloud.calls[:2] == [("intent", "I1"), ("get", "P1")]
+    assert cloud.calls[:2] == [("get_state", "I1"), ("get_payment", "P1")]
 
 
 async def test_a_creating_sale_is_reconciled_only_long_after_its_create_could_end(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from pointd.app.lane_terminals import LaneSpec, LaneTerminals
 from pointd.core.states import LaneCondition
 from pointd.sim.usb.bus import FakeUsbBus
 from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 USB_FIXTURES = Path(__file__).resolve().parents[2] / "hardware-fixtures" / "usb"
 
@@ -32,41 +34,6 @@ class Device:
     operating_mode: str | None
     store_id: object = "store-1"
     pos_id: object = 7
-
-
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class FakeCloud:
-    """The device list call: answers ``devices`` or raises while ``failing``."""
-
-    devices: list[Any] = field(default_factory=list)
-    failing: bool = False
-    calls: int = 0
-    fetched: asyncio.Queue[bool] = field(default_factory=asyncio.Queue)
-    mode_changes: list[tuple[str, str]] = field(default_factory=list)
-    mode_change_fails: bool = False
-
-    async def list_terminals(self) -> list[Any]:
-        self.calls += 1
-        self.fetched.put_nowait(not self.failing)
-        if self.failing:
-            raise ConnectionError("https://api.example/secret-path unreachable")
-        return list(self.devices)
-
-    async def set_operating_mode(self, device_id: str, mode: str) -> str:
-        self.mode_changes.append((device_id, mode))
-        if self.mode_change_fails:
-            raise TimeoutError("no answer")
-        return mode
 
 
 class GatedSleep:
@@ -90,7 +57,7 @@ class Harness:
 
     lanes: LaneTerminals
     cloud: FakeCloud
-    clock: Clock
+    clock: ManualClock
     watch: TerminalWatch | None
     sleep: GatedSleep
     busy: set[str]
@@ -120,7 +87,7 @@ def build(bus: FakeUsbBus) -> Build:
         refresh_interval: float = 300.0,
     ) -> Harness:
         cloud = FakeCloud(devices=list(devices or []))
-        clock = Clock()
+        clock = ManualClock(1000.0)
         sleep = GatedSleep()
         busy: set[str] = set()
         announced: list[tuple[int, LaneCondition]] = []

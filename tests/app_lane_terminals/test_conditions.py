@@ -88,7 +88,7 @@ async def test_cloud_down_shows_card_payments_unavailable_and_recovers_on_its_ow
         await asyncio.wait_for(h.cloud.fetched.get(), EVENT_WAIT)
         assert await asyncio.wait_for(h.changes.get(), EVENT_WAIT) == (1, READY)
 
-        h.cloud.failing = True
+        h.cloud.devices_failing = True
         h.clock.now += 300
         h.sleep.release()
         assert await asyncio.wait_for(h.cloud.fetched.get(), EVENT_WAIT) is False
@@ -100,7 +100,7 @@ async def test_cloud_down_shows_card_payments_unavailable_and_recovers_on_its_ow
         assert row["terminal"] == GERTEC  # the last good list is still used
         assert row["catalog_error"] == "ConnectionError"
 
-        h.cloud.failing = False
+        h.cloud.devices_failing = False
         h.sleep.release()
         assert await asyncio.wait_for(h.cloud.fetched.get(), EVENT_WAIT) is True
         assert await asyncio.wait_for(h.changes.get(), EVENT_WAIT) == (1, READY)
@@ -134,11 +134,11 @@ async def test_a_failed_first_refresh_announces_card_payments_unavailable(
 ) -> None:
     h = build(LaneSpec(1), devices=[Device(GERTEC, "PDV")])
     bus.plug("gertec-mp35p")
-    h.cloud.failing = True
+    h.cloud.devices_failing = True
     assert await h.lanes.refresh() is False
     assert h.announced == [(1, UNAVAILABLE)]
     assert h.lanes.check(1) == (None, Refusal.CLOUD_UNAVAILABLE)
-    h.cloud.failing = False
+    h.cloud.devices_failing = False
     assert await h.lanes.refresh() is True
     assert h.announced[-1] == (1, READY)
 

@@ -75,7 +75,7 @@ async def test_no_switch_is_attempted_from_a_stale_list(build: Build, bus: FakeU
     bus.plug("gertec-mp35p")
     await h.lanes.refresh()
     h.cloud.devices = [Device(GERTEC, "STANDALONE")]
-    h.cloud.failing = True
+    h.cloud.devices_failing = True
     await h.lanes.refresh()
     assert h.cloud.mode_changes == []
 

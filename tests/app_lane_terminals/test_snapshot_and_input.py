@@ -70,7 +70,7 @@ async def test_the_snapshot_before_any_refresh_says_the_list_was_never_loaded(
 
 async def test_the_snapshot_never_quotes_the_failed_request(build: Build, bus: FakeUsbBus) -> None:
     h = build(LaneSpec(1), devices=[Device(GERTEC, "PDV")])
-    h.cloud.failing = True
+    h.cloud.devices_failing = True
     await h.lanes.refresh()
     assert "secret-path" not in json.dumps(h.lanes.snapshot())
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pointd.app.runtime import Daemon
-from pointd.config import DaemonConfig, config_from_mapping
-from pointd.core.effects import Effect, FetchIntent, ReconcileAttempt
+from pointd.app.runtime import RelayGap
+from pointd.core.effects import Effect, FetchIntent
 from pointd.core.events import IntentCreated, SaleRequested
 from pointd.core.machine import CoreState, step
 from pointd.core.policy import Policy
@@ -29,16 +27,6 @@ class RecordingEngine:
         self.ran.extend(effects)
 
 
-def _config(tmp_path: Path) -> DaemonConfig:
-    return config_from_mapping(
-        {"store": {"id": "s1", "site": "MLB", "collector_id": 1},
-         "journal": {"path": str(tmp_path / "j.sqlite3")},
-         "lanes": [{"number": 1, "register": "socket://127.0.0.1:9", "terminal": "PAX__1"},
-                   {"number": 2, "register": "socket://127.0.0.1:10", "terminal": "PAX__2"}]},
-        DaemonConfig,
-    )
-
-
 def _state() -> CoreState:
     state = CoreState.empty("s1")
     for lane, sale in ((1, "A1"), (2, "B2")):
@@ -52,26 +40,23 @@ def _health(state: HealthState) -> RelayHealth:
     return RelayHealth(state, NOW)
 
 
-def test_relay_coming_back_reconciles_open_sales_but_not_creates_in_flight(tmp_path: Path) -> None:
-    daemon = Daemon(_config(tmp_path), wall_clock=lambda: NOW)
+def test_relay_coming_back_reconciles_open_sales_but_not_creates_in_flight() -> None:
     engine = RecordingEngine(_state())
-    daemon.engine = engine  # type: ignore[assignment]  # only state, policy, run_effects are used
+    gap = RelayGap(engine, lambda: NOW)
 
-    daemon._on_relay_health(_health(HealthState.CONNECTED))
+    gap.health_changed(_health(HealthState.CONNECTED))
     assert engine.ran == []  # first contact: nothing was missed yet
 
-    daemon._on_relay_health(_health(HealthState.DOWN))
+    gap.health_changed(_health(HealthState.DOWN))
     assert engine.ran == []
-    daemon._on_relay_health(_health(HealthState.CONNECTED))
-    assert [type(effect) for effect in engine.ran] == [FetchIntent]
-    assert engine.ran[0] == FetchIntent(sale_id="A1", intent_id="intent-a")
-    assert not any(isinstance(effect, ReconcileAttempt) for effect in engine.ran)
+    gap.health_changed(_health(HealthState.CONNECTED))
+    # B2's create is in flight: no ReconcileAttempt for it.
+    assert engine.ran == [FetchIntent(sale_id="A1", intent_id="intent-a")]
 
 
-def test_a_silent_relay_that_recovers_reconciles_too(tmp_path: Path) -> None:
-    daemon = Daemon(_config(tmp_path), wall_clock=lambda: NOW)
+def test_a_silent_relay_that_recovers_reconciles_too() -> None:
     engine = RecordingEngine(_state())
-    daemon.engine = engine  # type: ignore[assignment]  # only state, policy, run_effects are used
+    gap = RelayGap(engine, lambda: NOW)
     for state in (HealthState.CONNECTED, HealthState.SILENT, HealthState.CONNECTED):
-        daemon._on_relay_health(_health(state))
+        gap.health_changed(_health(state))
     assert FetchIntent(sale_id="A1", intent_id="intent-a") in engine.ran

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+# Starts whole processes (crash, chaos, bench): left out of the inner loop, not of CI.
+pytestmark = pytest.mark.slow
+
 MAIN = Path(__file__).resolve().parents[2]
 # Quick runs take 1-15 s (the end-to-end ones start the whole product); the bound only
 # stops a hang.

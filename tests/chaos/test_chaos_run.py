@@ -20,6 +20,9 @@ import pytest
 from bench.chaos import PART_FAULT_WEIGHTS, SALE_FAULTS
 from bench.chaos_invariants import RULES
 
+# Starts whole processes (crash, chaos, bench): left out of the inner loop, not of CI.
+pytestmark = pytest.mark.slow
+
 MAIN = Path(__file__).resolve().parents[2]
 SEED = 20261122
 SALES = 50

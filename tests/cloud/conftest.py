@@ -9,6 +9,7 @@ import pytest
 from pointd.cloud.client import PointApiClient
 from pointd.cloud.sites import Site
 from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
+from tests.support.clock import ManualClock as FakeClock
 
 TOKEN = "TEST-cloud-tests-token-7f3a"
 SECRET = "cloud-tests-webhook-secret"
@@ -16,24 +17,9 @@ DEVICE = "PAX_A910__SMARTPOS0001"
 OTHER_DEVICE = "GERTEC_MP35P__8701016695109435"
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def fake_clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def sim_config(**overrides: object) -> SimConfig:

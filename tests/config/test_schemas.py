@@ -67,7 +67,7 @@ def test_the_shipped_example_is_rendered_from_the_schema(schema: type[Any]) -> N
 
 
 def test_the_reference_command_prints_a_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    from pointd.config import main
+    from pointd.config.__main__ import main
 
     assert main(["relay"]) == 0
     assert capsys.readouterr().out == render_reference(RelayConfig)

@@ -252,11 +252,26 @@ def _world_runnable_python() -> str | None:
     return None
 
 
+def readable_copy_of_pointd(directory: Path) -> Path:
+    """A copy of the pointd package that any user may read; returns the directory to import from.
+
+    The checkout may sit in a private (mode 0700) directory, as a fresh clone in a temporary
+    directory does, and the outsider must still be able to import pointctl (which needs
+    nothing beyond the standard library and pointd itself).
+    """
+    shutil.copytree(REPO / "pointd", directory / "pointd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (directory, *directory.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return directory
+
+
 @needs_root
 async def test_pointctl_run_by_an_outsider_exits_3(sock_dir: Path, daemon: FakeDaemon) -> None:
     python = _world_runnable_python()
     if python is None:
         pytest.skip("no Python >= 3.11 that the nobody user may execute")
+    library = readable_copy_of_pointd(sock_dir / "lib")
     server = serve(
         daemon, str(sock_dir / "c.sock"), read_group="nogroup", admin_group="pointd-test-absent"
     )
@@ -275,7 +290,7 @@ async def test_pointctl_run_by_an_outsider_exits_3(sock_dir: Path, daemon: FakeD
                 group=NOGROUP_GID,
                 extra_groups=[],
                 cwd="/",
-                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                env={"PYTHONPATH": str(library), "PATH": "/usr/bin:/bin"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )

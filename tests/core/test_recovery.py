@@ -9,6 +9,7 @@ import pytest
 from pointd.core.effects import (
     CancelIntent,
     CreateIntent,
+    Effect,
     Notice,
     ReconcileAttempt,
     ScheduleTimer,
@@ -26,6 +27,7 @@ from pointd.core.events import (
 from pointd.core.machine import CoreState, step
 from pointd.core.recovery import OrphanDecision, orphan_decision, recover
 from pointd.core.states import FINAL_STATES, SaleState
+from tests.core.golden import golden, rendered
 from tests.core.scenario import INTENT, PAYMENT, POLICY, REF1, SALE, STORE, T0, reach, run
 
 S = SaleState
@@ -51,10 +53,19 @@ def test_every_unfinished_state_has_a_recovery() -> None:
     assert set(EXPECTED) == set(SaleState) - FINAL_STATES
 
 
+def golden_rows() -> list[tuple[str, tuple[Effect, ...]]]:
+    """Each state's recovery effects as the core returns them (tests/core/golden.py)."""
+    return [(state.value, tuple(recover(reach(state), LATER, POLICY))) for state in EXPECTED]
+
+
+GOLDEN_EFFECTS = golden("recovery")
+
+
 @pytest.mark.parametrize("state", list(EXPECTED), ids=lambda s: s.value)
 def test_recovery_re_establishes_truth_and_re_tells_the_register(state: SaleState) -> None:
     effects = recover(reach(state), LATER, POLICY)
     assert tuple(type(e).__name__ for e in effects) == EXPECTED[state]
+    assert rendered(effects) == GOLDEN_EFFECTS[state.value]
     tell = effects[0]
     assert isinstance(tell, TellRegister)
     assert tell.state is state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pointd.core.effects import Notice
+from pointd.core.effects import Effect, Notice, TellRegister
 from pointd.core.events import (
     AttemptNotFound,
     CancelRefused,
@@ -28,6 +28,7 @@ from pointd.core.events import (
 )
 from pointd.core.machine import step
 from pointd.core.states import Refusal, SaleState
+from tests.core.golden import golden, rendered
 from tests.core.scenario import (
     AMOUNT,
     INTENT,
@@ -186,21 +187,36 @@ GOLDEN: list[tuple[SaleState, Event, SaleState, tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize(("start", "event", "expected", "effects"), GOLDEN,
-                         ids=[f"{g[0].value}-{type(g[1]).__name__}-{i}"
-                              for i, g in enumerate(GOLDEN)])
-def test_golden_transition(start: SaleState, event: Event, expected: SaleState,
+GOLDEN_IDS = [f"{g[0].value}-{type(g[1]).__name__}-{i}" for i, g in enumerate(GOLDEN)]
+GOLDEN_EFFECTS = golden("transitions")
+
+
+def golden_rows() -> list[tuple[str, tuple[Effect, ...]]]:
+    """Each golden row's id and the effects the core returns for it (tests/core/golden.py)."""
+    return [(key, step(reach(start), event, now=T0 + 100, policy=POLICY).effects)
+            for key, (start, event, _expected, _kinds) in zip(GOLDEN_IDS, GOLDEN, strict=True)]
+
+
+def test_every_golden_row_has_its_effect_values() -> None:
+    assert set(GOLDEN_EFFECTS) == set(GOLDEN_IDS)
+
+
+@pytest.mark.parametrize(("key", "start", "event", "expected", "effects"),
+                         [(key, *row) for key, row in zip(GOLDEN_IDS, GOLDEN, strict=True)],
+                         ids=GOLDEN_IDS)
+def test_golden_transition(key: str, start: SaleState, event: Event, expected: SaleState,
                            effects: tuple[str, ...]) -> None:
     result = step(reach(start), event, now=T0 + 100, policy=POLICY)
     assert result.state.sales[SALE].state is expected
     assert tuple(type(e).__name__ for e in result.effects) == effects
+    assert rendered(result.effects) == GOLDEN_EFFECTS[key]
     check_invariants(result.state)
 
 
 def test_cancel_refused_tells_the_register_to_cancel_on_the_terminal() -> None:
     result = step(reach(S.CANCELING), CancelRefused(SALE, "409"), now=T0 + 100, policy=POLICY)
-    (tell,) = [e for e in result.effects if type(e).__name__ == "TellRegister"]
-    assert tell.notice is Notice.CANCEL_ON_TERMINAL  # type: ignore[union-attr]
+    (tell,) = [e for e in result.effects if isinstance(e, TellRegister)]
+    assert tell.notice is Notice.CANCEL_ON_TERMINAL
 
 
 @pytest.mark.parametrize(("start", "notice"), [

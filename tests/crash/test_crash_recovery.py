@@ -46,6 +46,9 @@ from pointd.journal.store import Journal
 from pointd.sim.cloud import CloudSimulator, Delays, SimConfig
 from tests.crash.driver import LANE, STORE_ID, TOKEN_ENV, crash_policy
 
+# Starts whole processes (crash, chaos, bench): left out of the inner loop, not of CI.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One driver run takes under a second; this bounds a hung one generously on a loaded box.
 DRIVER_RUN_TIMEOUT = 45.0

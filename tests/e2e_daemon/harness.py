@@ -16,10 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,13 @@ import httpx
 from pointd.core.states import SaleState
 from pointd.register import messages as msg
 from pointd.register.prompts import prompt_for
+from pointd.rig import PACKAGE_ROOT, DaemonRun, NotifySocket, child_environment, spawn_daemon
 from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
 from pointd.sim.register.emulator import RegisterEmulator, SaleOutcome
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["NotifySocket", "child_environment"]
+
+PROJECT_ROOT = PACKAGE_ROOT
 TOKEN = "TEST-e2e-daemon-token-7f3a91"
 WEBHOOK_SECRET = "e2e-daemon-webhook-secret"
 STORE_ID = "e2e-daemon"
@@ -85,79 +86,12 @@ async def eventually_async(
         await asyncio.sleep(LOOK_INTERVAL)
 
 
-class NotifySocket:
-    """A systemd-style notify socket: an AF_UNIX datagram socket bound in the test's tmp dir."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[dict[str, str]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.setblocking(False)
-        self._reader: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start collecting datagrams."""
-        self._reader = asyncio.create_task(self._read(), name="notify-socket")
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            datagram = await loop.sock_recv(self._sock, 65536)
-            fields = dict(
-                line.split("=", 1) for line in datagram.decode().splitlines() if "=" in line
-            )
-            self.messages.append(fields)
-
-    def seen(self, key: str, value: str | None = None, *, since: int = 0) -> list[dict[str, str]]:
-        """Messages from index ``since`` on that carry ``key`` (with ``value`` if given)."""
-        return [
-            m
-            for m in self.messages[since:]
-            if key in m and (value is None or m[key] == value)
-        ]
-
-    async def wait(
-        self, key: str, value: str | None = None, *, since: int = 0, within: float = EVENT_TIMEOUT
-    ) -> dict[str, str]:
-        """The first message from index ``since`` on carrying ``key`` (= ``value``)."""
-        await eventually(
-            f"{key}={value or '*'} on the notify socket",
-            lambda: bool(self.seen(key, value, since=since)),
-            within,
-        )
-        return self.seen(key, value, since=since)[0]
-
-    async def close(self) -> None:
-        """Stop reading and unbind."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment for a product subprocess: no inherited systemd or pointd settings."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                       "WATCHDOG_PID", "POINTD_CONTROL_SOCKET"}
-    }
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    env.update(extra)
-    return env
-
-
 async def run_pointd(config: Path, *, within: float = START_TIMEOUT) -> tuple[int, str, str]:
     """Run ``pointd run`` to its exit (for start-up failures): exit code, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pointd.cli", "run", "--config", str(config),
         cwd=PROJECT_ROOT,
-        env=child_environment({}),
+        env=child_environment(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -172,70 +106,6 @@ async def run_pointd(config: Path, *, within: float = START_TIMEOUT) -> tuple[in
 
 
 @dataclass
-class DaemonProcess:
-    """One run of the real daemon; its output goes to a log file the test can read."""
-
-    process: asyncio.subprocess.Process
-    log_path: Path
-    notify: NotifySocket
-    notify_from: int
-
-    @property
-    def pid(self) -> int:
-        """The daemon's process id."""
-        return self.process.pid
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        """Every JSON log line the daemon wrote so far."""
-        entries = []
-        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entries.append(json.loads(line))
-        return entries
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The end of the daemon's output, for failure messages."""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def failures(self) -> list[dict[str, Any]]:
-        """Log entries at a level that means a bug."""
-        return [e for e in self.log_entries() if e.get("level") in FAILURE_LEVELS]
-
-    async def wait_ready(self) -> dict[str, str]:
-        """Wait for READY=1 from this run; fail with its output if it exits instead."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while not self.notify.seen("READY", "1", since=self.notify_from):
-            if self.process.returncode is not None:
-                raise AssertionError(
-                    f"pointd exited {self.process.returncode} during start-up:\n{self.log_tail()}"
-                )
-            if loop.time() >= deadline:
-                raise AssertionError(f"no READY=1 from pointd:\n{self.log_tail()}")
-            await asyncio.sleep(LOOK_INTERVAL)
-        return self.notify.seen("READY", "1", since=self.notify_from)[0]
-
-    async def terminate(self) -> int:
-        """SIGTERM, as ``systemctl stop`` sends; return the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return await self._exit()
-
-    async def kill(self) -> int:
-        """SIGKILL: the process dies wherever it is."""
-        self.process.kill()
-        return await self._exit()
-
-    async def _exit(self) -> int:
-        try:
-            return await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-            raise AssertionError(f"pointd did not exit:\n{self.log_tail()}") from None
-
-
-@dataclass
 class Store:
     """The cloud simulator, one lane's register emulator and a (re)startable daemon."""
 
@@ -245,33 +115,19 @@ class Store:
     notify: NotifySocket
     config_path: Path
     control_socket: Path
-    runs: list[DaemonProcess] = field(default_factory=list)
+    runs: list[DaemonRun] = field(default_factory=list)
     _sales: list[asyncio.Task[SaleOutcome]] = field(default_factory=list)
 
     @property
-    def daemon(self) -> DaemonProcess:
+    def daemon(self) -> DaemonRun:
         """The latest daemon run."""
         return self.runs[-1]
 
-    async def start_daemon(self) -> DaemonProcess:
+    async def start_daemon(self) -> DaemonRun:
         """Start ``pointd run``; return once it sent READY=1 and the lane can take a sale."""
-        log_path = self.tmp / f"daemon-{len(self.runs) + 1}.log"
-        with log_path.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pointd.cli", "run", "--config", str(self.config_path),
-                cwd=PROJECT_ROOT,
-                env=child_environment(
-                    {"NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-                ),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        run = DaemonProcess(process, log_path, self.notify, len(self.notify.messages))
-        self.runs.append(run)
-        await run.wait_ready()
-        # READY=1 comes before the first terminal list; a sale taken earlier is refused
-        # (terminal_unknown), so wait for the lane as a cashier would see it.
+        run = await self.spawn()
+        await run.wait_ready(START_TIMEOUT)
+        # A cashier looks at the lane before selling: wait until status says it is ready.
         await self.wait_status(
             "lane 1 ready",
             lambda status: status["cloud"]["reachable"]
@@ -280,13 +136,21 @@ class Store:
         )
         return run
 
+    async def spawn(self, command: tuple[str, list[str]] | None = None) -> DaemonRun:
+        """Start the daemon process (``command``: another entry point) without waiting."""
+        log_path = self.tmp / f"daemon-{len(self.runs) + 1}.log"
+        run = await spawn_daemon(self.config_path, log_path, self.notify,
+                                 watchdog_usec=WATCHDOG_USEC, command=command)
+        self.runs.append(run)
+        return run
+
     async def pointctl_raw(self, *args: str) -> tuple[int, str, str]:
         """Run ``pointctl --json ARGS`` against this store's socket: exit code, stdout, stderr."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pointd.control.cli",
             "--socket", str(self.control_socket), "--json", *args,
             cwd=PROJECT_ROOT,
-            env=child_environment({}),
+            env=child_environment(),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -375,9 +239,8 @@ class Store:
     async def close(self) -> None:
         """Stop the daemon if it still runs, then the sales in flight and the emulator."""
         for run in self.runs:
-            if run.process.returncode is None:
-                with contextlib.suppress(AssertionError):
-                    await run.terminate()
+            if run.child.running:
+                await run.terminate(STOP_TIMEOUT)
         for task in self._sales:
             task.cancel()
         for task in self._sales:

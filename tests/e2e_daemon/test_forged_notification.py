@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import sys
@@ -31,7 +32,6 @@ from pointd.cloud.signature import sign
 from pointd.core.states import SaleState
 from pointd.register import messages as msg
 from pointd.relay.service import INTAKE_PATH
-from pointd.relay.settings import token_digest
 from tests.e2e_daemon.harness import (
     APPROVED_CENTS,
     DEVICE,
@@ -53,6 +53,7 @@ from tests.e2e_daemon.harness import (
 pytestmark = pytest.mark.slow
 
 RELAY_STORE_TOKEN = "e2e-forged-relay-store-token-91c2"
+STORE_TOKEN_SHA256 = hashlib.sha256(RELAY_STORE_TOKEN.encode()).hexdigest()
 
 
 @contextlib.asynccontextmanager
@@ -66,7 +67,7 @@ async def pointd_relay(tmp: Path) -> AsyncIterator[str]:
         f'[server]\nhost = "127.0.0.1"\nport = 8080\n'
         f'[intake]\nwebhook_secret_file = "{secret}"\n'
         f'[storage]\nbackend = "sqlite"\nsqlite_path = "{tmp / "relay.sqlite3"}"\n'
-        f'[[stores]]\nid = "{STORE_ID}"\ntoken_sha256 = "{token_digest(RELAY_STORE_TOKEN)}"\n',
+        f'[[stores]]\nid = "{STORE_ID}"\ntoken_sha256 = "{STORE_TOKEN_SHA256}"\n',
         encoding="utf-8",
     )
     process = await asyncio.create_subprocess_exec(

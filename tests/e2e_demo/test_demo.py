@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pointd.app.demo import SCRIPT
+from pointd.rig.demo import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 # The scripted sales take about 25 s of simulated terminal time on this machine.

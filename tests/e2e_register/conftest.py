@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import structlog
 
-from pointd.relay.service import INTAKE_PATH
-from pointd.sim.cloud import CloudSimulator, SimConfig
+from pointd.rig import StoreRig
 from pointd.sim.cloud.world import INTENT_API, ORDERS_API
-from pointd.sim.register.emulator import RegisterEmulator
-from pointd.sim.usb.bus import FakeUsbBus
 from tests.e2e_register.harness import (
     BACKENDS,
-    DEVICES,
     FAILURE_LEVELS,
     START_WALL,
     STORE_ID,
-    USB_FIXTURES,
-    USB_MODELS,
-    ManualClock,
     Register,
     Store,
-    daemon_config,
-    serve_relay,
-    sim_config,
+    hand_driven,
+    store_spec,
 )
+from tests.support.clock import ManualClock
 
 # What the simulator records a job's API as, per daemon backend.
 SIM_API = {"payment-intent": INTENT_API, "orders": ORDERS_API}
@@ -44,67 +38,38 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def store(tmp_path: Path, backend: str) -> AsyncIterator[Store]:
     """Two lanes, each a register emulator on a pty and a pinned, plugged-in terminal."""
-    async with running_store(tmp_path, backend, sim_config()) as running:
+    async with running_store(tmp_path, backend, relayed=False) as running:
         yield running
 
 
 @pytest.fixture
 async def relayed_store(tmp_path: Path, backend: str) -> AsyncIterator[Store]:
     """The same store, with the simulator's webhooks reaching the daemon through a relay."""
-    sim_holder: list[CloudSimulator] = []
-
-    def sim_wall() -> float:
-        sim = sim_holder[0] if sim_holder else None
-        return START_WALL if sim is None else sim.world.start_wall + sim.clock.now()
-
-    async with serve_relay(tmp_path, sim_wall) as relay_url:
-        config = sim_config(webhook_url=f"{relay_url}{INTAKE_PATH}")
-        async with running_store(
-            tmp_path, backend, config, relay_url=relay_url, on_sim=sim_holder.append
-        ) as running:
-            yield running
+    async with running_store(tmp_path, backend, relayed=True) as running:
+        yield running
 
 
 @contextlib.asynccontextmanager
-async def running_store(
-    tmp_path: Path,
-    backend: str,
-    simulated: SimConfig,
-    *,
-    relay_url: str | None = None,
-    on_sim: Callable[[CloudSimulator], None] = lambda sim: None,
-) -> AsyncIterator[Store]:
-    """Start the simulator, the register emulators and the daemon; check them at the end."""
-    bus = FakeUsbBus.from_directory(USB_FIXTURES)
-    for lane in DEVICES:
-        model, serial = USB_MODELS[lane]
-        bus.plug(model, serial)
-    registers: dict[int, Register] = {}
-    running: Store | None = None
+async def running_store(tmp_path: Path, backend: str, *, relayed: bool) -> AsyncIterator[Store]:
+    """Start the store on the rig with the daemon on a hand-driven clock; check it at the end."""
+    clock = ManualClock(START_WALL)
+    spec = store_spec(backend, relayed=relayed)
     with structlog.testing.capture_logs() as logs:
-        async with CloudSimulator(simulated) as sim:
-            on_sim(sim)
+        rig = StoreRig(tmp_path, dataclasses.replace(spec, start_daemon=False),
+                       ports=hand_driven(clock))
+        async with rig:
+            running = Store(rig, clock, {n: Register(n, e) for n, e in rig.registers.items()})
             try:
-                for lane in DEVICES:
-                    emulator = await RegisterEmulator.open_pty(tmp_path / f"register-{lane}")
-                    registers[lane] = Register(lane, emulator)
-                paths = {n: r.emulator.device_path for n, r in registers.items()}
-                config = daemon_config(tmp_path, sim.base_url, paths, backend, relay_url)
-                running = Store(tmp_path, sim, ManualClock(START_WALL), bus, registers, config)
                 await running.start_daemon()
                 yield running
                 # Jobs some other program queued (tests of foreign intents) do not count.
                 apis = {
                     intent.api
-                    for intent in sim.world.intents.values()
+                    for intent in rig.sim.world.intents.values()
                     if (intent.external_reference or "").startswith(f"pd1_{STORE_ID}_")
                 }
                 assert apis <= {SIM_API[backend]}, f"{backend} daemon created {apis} jobs"
             finally:
-                if running is not None:
-                    await running.close()
-                else:
-                    for register in registers.values():
-                        await register.emulator.close()
+                await running.close()
     failures = [entry for entry in logs if entry.get("log_level") in FAILURE_LEVELS]
     assert failures == [], "the daemon logged errors"

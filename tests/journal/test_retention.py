@@ -13,9 +13,11 @@ from pointd.app.jobs import DaemonJobs
 from pointd.core.events import SettledSalesForgotten
 from pointd.core.machine import CoreState, step
 from pointd.journal import Journal, JournalWriteFailed
-from tests.app_jobs.conftest import Clock, FakeCloud, FakeEngine
+from tests.app_jobs.conftest import FakeEngine
 from tests.core.scenario import POLICY, STORE, T0, requested
 from tests.journal.test_journal import journaled_run
+from tests.support.clock import ManualClock
+from tests.support.cloud import FakeCloud
 
 DAY = 86400.0
 
@@ -106,6 +108,6 @@ async def test_the_retention_job_prunes_the_journal(journal: Journal) -> None:
     state = filled(journal)
     now = T0 + 10 * DAY + 400 * DAY
     jobs = DaemonJobs(engine=FakeEngine(state, journal), cloud=FakeCloud(),
-                      wall_clock=Clock(now), retention=journal, retention_days=400)
+                      wall_clock=ManualClock(now), retention=journal, retention_days=400)
     assert await jobs.prune_journal() == {"pruned": 2}  # older than 400 days before now
     assert journal.notification_seen("with-event")

@@ -24,7 +24,7 @@ from pointd.core.refunds import REFUND_POLL_INTERVAL, Refund, TellRefund
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
 from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
-from tests.e2e_register.harness import ManualClock
+from tests.support.clock import ManualClock
 
 TOKEN = "TEST-refund-tests-token-2b7e"
 STORE = "refund-shop"
@@ -110,7 +110,13 @@ class Rig:
                 break
             await self.sim.advance(SIM_SETTLE)
             await self._poll_once()
-        return self.refund(refund_id)
+        refund = self.refund(refund_id)
+        # The register hears a refund's standing from the engine's per-lane queue, after
+        # the step that decided it: wait for that, not only for the book.
+        await eventually("the register told the refund's standing", lambda: any(
+            told.refund_id == refund_id and told.status is refund.status
+            for told in self.screens.refunds))
+        return refund
 
     async def _poll_once(self) -> None:
         # The poll timer's event is journaled at once, its GET's answer later (the client
@@ -156,10 +162,11 @@ async def rig(
         engine = Engine(journal=journal, state=CoreState.empty(STORE), policy=POLICY,
                         cloud=cloud, register=screens, wall_clock=clock, timers=clock,
                         new_refund_id=lambda: f"RF{next(ids):04d}")
+        rig = Rig(request.param, engine, journal, cloud, sim, clock, screens)
         try:
-            yield Rig(request.param, engine, journal, cloud, sim, clock, screens)
+            yield rig
         finally:
-            await engine.stop()
+            await rig.engine.stop()  # the test's own engine, if it restarted one
             await close()
             journal.close()
         failures = [e for e in quiet_logs if e.get("log_level") in FAILURE_LEVELS]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pointd.app.control_handlers import DaemonHandlers
+from pointd.app.control_handlers import DaemonHandlers, journal_audit
 from pointd.control.client import ControlClient
 from pointd.control.errors import RemoteError
 from pointd.control.methods import register_daemon_methods
@@ -28,15 +28,15 @@ def sock_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def control(rig: Rig, sock_dir: Path) -> AsyncIterator[ControlClient]:
+    server = ControlServer(sock_dir / "control.sock",
+                           record_audit=journal_audit(rig.journal, rig.clock))
     handlers = DaemonHandlers(
         engine=rig.engine, journal=rig.journal, cloud=rig.cloud, terminals=FakeTerminals(),
-        relay=FakeRelay(), links=FakeLinks(), config={"store": {"id": STORE}}, secrets=[],
-        clock=rig.clock, started_at=START, recent_logs=list,
+        relay=FakeRelay(), links=FakeLinks(), events=server, config={"store": {"id": STORE}},
+        secrets=[], clock=rig.clock, started_at=START, recent_logs=list,
     )
     handlers.ready = True
-    server = ControlServer(sock_dir / "control.sock", record_audit=handlers.record_audit)
     register_daemon_methods(server, handlers)
-    handlers.attach(server)
     await server.start()
     client = await ControlClient.connect(server.path)
     try:

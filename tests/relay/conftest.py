@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay.harness import FakeClock, RunningRelay, make_settings, running_relay
+from tests.relay.harness import RunningRelay, make_settings, relay_clock, running_relay
 from tests.support.postgres import PostgresServer, postgres_server
 
 __all__ = ["postgres_server"]
@@ -44,7 +44,7 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
 async def relay(tmp_path: Path, backend: tuple[str, str | None]) -> AsyncIterator[RunningRelay]:
     """A relay for stores store-a and store-b, with a hand-moved clock."""
     name, dsn = backend
-    async with running_relay(make_settings(tmp_path, name, dsn), clock=FakeClock()) as running:
+    async with running_relay(make_settings(tmp_path, name, dsn), clock=relay_clock()) as running:
         yield running
 
 
@@ -52,5 +52,6 @@ async def relay(tmp_path: Path, backend: tuple[str, str | None]) -> AsyncIterato
 async def sqlite_relay(tmp_path: Path) -> AsyncIterator[RunningRelay]:
     """A relay on SQLite only, for checks made before storage is touched (both backends
     share that code path; the parametrised suite covers what reaches storage)."""
-    async with running_relay(make_settings(tmp_path, "sqlite", None), clock=FakeClock()) as running:
+    setup = make_settings(tmp_path, "sqlite", None)
+    async with running_relay(setup, clock=relay_clock()) as running:
         yield running

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,11 +15,12 @@ import httpx
 import uvicorn
 
 from pointd.cloud.signature import sign
-from pointd.config import Secret
+from pointd.config import RelayConfig, RelaySecrets, Secret
 from pointd.relay.client import RelayEvent
 from pointd.relay.service import INTAKE_PATH, RelayService
-from pointd.relay.settings import RelaySettings, StoreCredential
 from pointd.relay.storage import Storage
+from pointd.rig.relay import relay_config, relay_document
+from tests.support.clock import ManualClock
 
 SEEDS = Path(__file__).resolve().parent.parent / "fixtures" / "relay" / "seeds"
 SECRET = "test-webhook-secret-1234"
@@ -30,43 +30,59 @@ REF_A = "pd1_store-a_1_SALE1_1"
 REF_B = "pd1_store-b_2_SALE2_1"
 # Server start-up and real I/O on a loaded 2-core machine; generous, never a timing check.
 IO_TIMEOUT = 10.0
+# The relay tests' wall clock starts here.
+RELAY_EPOCH = 1_763_000_000.0
 
 
-@dataclass
-class FakeClock:
-    """Wall-clock time the tests move by hand."""
-
-    now: float = 1_763_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+def relay_clock() -> ManualClock:
+    """A wall clock the relay tests move by hand."""
+    return ManualClock(RELAY_EPOCH)
 
 
-def make_settings(tmp_path: Path, backend: str, dsn: str | None, **overrides: Any) -> RelaySettings:
-    """Settings for two stores and an admin, on the given backend."""
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "webhook_secret": Secret(SECRET),
-        "backend": backend,
-        "sqlite_path": str(tmp_path / "relay.sqlite3"),
-        "postgres_dsn": Secret(dsn) if dsn else None,
-        "batch_wait": 0.0,
-        "admin_token": Secret(ADMIN_TOKEN),
-        "stores": tuple(
-            StoreCredential(store, hashlib.sha256(token.encode()).hexdigest())
-            for store, token in TOKENS.items()
+@dataclass(frozen=True)
+class RelaySetup:
+    """A relay's validated configuration and the secrets it would have read."""
+
+    config: RelayConfig
+    secrets: RelaySecrets
+
+
+# make_settings' keyword overrides, by the relay.toml table each key lives in.
+_TABLE_OF = {
+    "body_limit": "intake", "signature_required": "intake", "ts_window": "intake",
+    "batch_max": "storage", "batch_wait": "storage",
+    "retention_days": "delivery", "long_poll_timeout": "delivery", "canary_window": "delivery",
+}
+
+
+def make_settings(tmp_path: Path, backend: str, dsn: str | None, **overrides: Any) -> RelaySetup:
+    """A relay for two stores and an admin, on the given backend.
+
+    ``overrides`` name relay.toml keys (``body_limit=4096``) and are validated exactly as
+    the file would be; ``admin_token=None`` turns the admin API off.
+    """
+    admin_token = overrides.pop("admin_token", ADMIN_TOKEN)
+    changes: dict[str, Any] = {"storage": {"backend": backend, "batch_wait": 0.0}}
+    for key, value in overrides.items():
+        changes.setdefault(_TABLE_OF[key], {})[key] = value
+    document = relay_document(
+        sqlite_path=tmp_path / "relay.sqlite3", stores=TOKENS, changes=changes
+    )
+    return RelaySetup(
+        relay_config(document),
+        RelaySecrets(
+            webhook_secret=Secret(SECRET),
+            postgres_dsn=Secret(dsn) if dsn else None,
+            admin_token=Secret(admin_token) if admin_token is not None else None,
         ),
-    }
-    values.update(overrides)
-    return RelaySettings(**values)
+    )
 
 
-def open_storage(settings: RelaySettings) -> Storage:
-    """A fresh backend instance for the settings."""
+def open_storage(setup: RelaySetup) -> Storage:
+    """A fresh backend instance for the setup."""
     from pointd.relay.cli import open_storage as build
 
-    return build(settings)
+    return build(setup.config, setup.secrets)
 
 
 @dataclass
@@ -77,7 +93,7 @@ class RunningRelay:
     url: str
     port: int
     client: httpx.AsyncClient
-    clock: FakeClock
+    clock: ManualClock
     secret: str = SECRET
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,15 +172,15 @@ async def serve_app(app: Any, port: int = 0) -> AsyncIterator[tuple[uvicorn.Serv
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    settings: RelaySettings,
+    setup: RelaySetup,
     *,
-    clock: FakeClock | None = None,
+    clock: ManualClock | None = None,
     port: int = 0,
-    storage_factory: Callable[[RelaySettings], Storage] = open_storage,
+    storage_factory: Callable[[RelaySetup], Storage] = open_storage,
 ) -> AsyncIterator[RunningRelay]:
-    """Start a relay for the settings and stop it afterwards."""
-    clock = clock or FakeClock()
-    service = RelayService(settings, storage_factory(settings), clock=clock)
+    """Start a relay for the setup and stop it afterwards."""
+    clock = clock or relay_clock()
+    service = RelayService(setup.config, setup.secrets, storage_factory(setup), clock=clock)
     async with serve_app(service.app, port) as (_server, bound):
         url = f"http://127.0.0.1:{bound}"
         async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:

@@ -205,7 +205,7 @@ async def test_a_route_learned_without_rerouting_is_caught_up_by_route_waiting(
     (routed,) = await storage.write_batch([item(2, store="store-b")])
     insert = "INSERT INTO routes(key, store, learned_at) VALUES ('payment:p7', 'store-b', 1)"
     if name == "sqlite":
-        path = make_settings(tmp_path, name, dsn).sqlite_path
+        path = make_settings(tmp_path, name, dsn).config.storage.sqlite_path
         with contextlib.closing(sqlite3.connect(path)) as connection:
             connection.execute(insert)
             connection.commit()

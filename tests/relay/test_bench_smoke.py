@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Starts whole processes (crash, chaos, bench): left out of the inner loop, not of CI.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 # Relay processes, load generators and a journal on a loaded 2-core machine; each run
 # itself is a few seconds.

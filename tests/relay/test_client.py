@@ -19,20 +19,21 @@ from tests.relay.harness import (
     IO_TIMEOUT,
     REF_A,
     TOKENS,
-    FakeClock,
     Journal,
     MemoryCursor,
     RunningRelay,
     make_settings,
+    relay_clock,
     running_relay,
     seed,
     webhook,
     with_reference,
 )
+from tests.support.clock import ManualClock
 
 
 def consumer_for(
-    relay_url: str, journal: Journal, cursor: MemoryCursor, clock: FakeClock, **kwargs: object
+    relay_url: str, journal: Journal, cursor: MemoryCursor, clock: ManualClock, **kwargs: object
 ) -> RelayConsumer:
     return RelayConsumer(
         relay_url,
@@ -118,7 +119,7 @@ async def test_daemon_rechecks_mercado_pago_signature(relay: RunningRelay) -> No
 
 
 async def test_client_survives_relay_restarts_without_loss_or_duplicates(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = relay_clock()
     settings = make_settings(tmp_path, "sqlite", None)
     journal, cursor = Journal(), MemoryCursor()
     states: list[HealthState] = []
@@ -187,7 +188,7 @@ async def test_backoff_is_capped_and_jittered() -> None:
         "t",
         Journal(),
         MemoryCursor(),
-        clock=FakeClock(),
+        clock=relay_clock(),
         sleep=record,
         random=lambda: next(rolls),
         canary_interval=3600.0,

@@ -148,7 +148,7 @@ async def test_signature_variants_are_accepted_and_recorded(sqlite_relay: Runnin
 
 
 async def test_oversize_bodies_get_413_and_nothing_is_stored(relay: RunningRelay) -> None:
-    limit = relay.service.settings.body_limit
+    limit = relay.service.config.intake.body_limit
     big = b"{" + b" " * limit + b"}"
     assert (await relay.post_signed(big)).status_code == 413
 

@@ -156,7 +156,7 @@ async def test_admin_assigns_an_unrouted_event_and_learns_its_routes(relay: Runn
     ]
     stats = (await relay.admin("GET", "/admin/stats")).json()
     assert stats["missing_stores"] == ["store-b"]  # store-a polled just now
-    relay.clock.now += relay.service.settings.canary_window + 1
+    relay.clock.now += relay.service.config.delivery.canary_window + 1
     assert (await relay.admin("GET", "/admin/stats")).json()["missing_stores"] == [
         "store-a",
         "store-b",

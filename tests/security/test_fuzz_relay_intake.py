@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pointd.cloud.signature import sign
-from tests.relay.harness import FakeClock, RunningRelay, make_settings, running_relay
+from tests.relay.harness import RunningRelay, make_settings, relay_clock, running_relay
 from tests.security.loop_thread import LoopThread
 
 INTAKE = "/mp/webhook"
@@ -35,7 +35,7 @@ class Relay:
     def __init__(self, tmp: Path) -> None:
         self.loop = LoopThread()
         self.database = tmp / "relay.sqlite3"
-        self.clock = FakeClock()
+        self.clock = relay_clock()
         self._context = running_relay(
             make_settings(tmp, "sqlite", None, body_limit=4096), clock=self.clock
         )

@@ -23,9 +23,9 @@ from pointd.cloud.signature import MILLISECONDS_THRESHOLD, sign
 from tests.relay.harness import (
     REF_A,
     REF_B,
-    FakeClock,
     RunningRelay,
     make_settings,
+    relay_clock,
     running_relay,
     seed,
     webhook,
@@ -41,7 +41,7 @@ INTENT_A_ID = "abcdef123-8ab5-4139-9aa3-abcd123"  # the seed's id
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[RunningRelay]:
     """A relay for store-a and store-b on SQLite, with a hand-moved clock."""
-    async with running_relay(make_settings(tmp_path, "sqlite", None), clock=FakeClock()) as r:
+    async with running_relay(make_settings(tmp_path, "sqlite", None), clock=relay_clock()) as r:
         r.extra["database"] = tmp_path / "relay.sqlite3"
         yield r
 

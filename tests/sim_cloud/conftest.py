@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from pointd.cloud.client import PointApiClient
 from pointd.sim.cloud import CloudSimulator, LoopbackServer, SimConfig, SimDevice
+from tests.support.clock import ManualClock
 
 TOKEN = "TEST-sim-tests-token-51c2"
 SECRET = "sim-tests-webhook-secret"
@@ -114,28 +115,14 @@ async def sim(start_sim: SimFactory, receiver: Receiver) -> CloudSimulator:
     return await start_sim(receiver.url)
 
 
-class NoWait:
+@pytest.fixture
+def no_wait() -> ManualClock:
     """Clock and sleep for the client: time moves only when it sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+    return ManualClock(0.0)
 
 
 @pytest.fixture
-def no_wait() -> NoWait:
-    return NoWait()
-
-
-@pytest.fixture
-async def client(sim: CloudSimulator, no_wait: NoWait) -> AsyncIterator[PointApiClient]:
+async def client(sim: CloudSimulator, no_wait: ManualClock) -> AsyncIterator[PointApiClient]:
     async with PointApiClient(sim.base_url, TOKEN, clock=no_wait, sleep=no_wait.sleep) as api:
         yield api
 

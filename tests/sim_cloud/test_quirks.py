@@ -8,7 +8,8 @@ import pytest
 from pointd.cloud import errors
 from pointd.cloud.client import PointApiClient
 from pointd.sim.cloud import CloudSimulator
-from tests.sim_cloud.conftest import DEVICE, TOKEN, NoWait, SimFactory, advance
+from tests.sim_cloud.conftest import DEVICE, TOKEN, SimFactory, advance
+from tests.support.clock import ManualClock
 
 REF = "pd1_shop_1_S1_1"
 TO_THE_END = 10.0
@@ -51,7 +52,7 @@ async def test_create_answer_lost_after_the_intent_was_really_created(
 
 
 async def test_429_burst_on_intent_gets_is_waited_out(
-    client: PointApiClient, control: httpx.AsyncClient, no_wait: NoWait
+    client: PointApiClient, control: httpx.AsyncClient, no_wait: ManualClock
 ) -> None:
     await control.post("/_sim/scenarios", json={"next": True, "get_429": 2, "retry_after": 2})
     created = await client.create_payment_intent(DEVICE, 1500, REF, ticket_number="T")

@@ -16,13 +16,13 @@ from tests.sim_cloud.conftest import (
     DEVICE,
     SECRET,
     TOKEN,
-    NoWait,
     Receiver,
     SimFactory,
     advance,
     expected_signature,
     split_signature,
 )
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "mercadopago"
 REF = "pd1_shop_1_S1_1"
@@ -74,7 +74,7 @@ async def test_a_wrong_secret_does_not_verify(
 
 
 async def test_millisecond_ts_when_configured(
-    start_sim: SimFactory, receiver: Receiver, no_wait: NoWait
+    start_sim: SimFactory, receiver: Receiver, no_wait: ManualClock
 ) -> None:
     sim = await start_sim(receiver.url, signature_ts_unit="ms")
     async with PointApiClient(sim.base_url, TOKEN, clock=no_wait, sleep=no_wait.sleep) as api:
@@ -139,7 +139,7 @@ async def test_retried_every_fifteen_minutes_until_answered_2xx(
 
 
 async def test_gives_up_after_the_configured_attempts(
-    start_sim: SimFactory, receiver: Receiver, no_wait: NoWait
+    start_sim: SimFactory, receiver: Receiver, no_wait: ManualClock
 ) -> None:
     sim = await start_sim(receiver.url, webhook_max_attempts=3)
     receiver.statuses = [500] * 10
@@ -152,7 +152,7 @@ async def test_gives_up_after_the_configured_attempts(
 
 
 async def test_an_unreachable_receiver_is_recorded_and_retried(
-    start_sim: SimFactory, no_wait: NoWait
+    start_sim: SimFactory, no_wait: ManualClock
 ) -> None:
     sim = await start_sim("http://127.0.0.1:9/unreachable")
     async with PointApiClient(sim.base_url, TOKEN, clock=no_wait, sleep=no_wait.sleep) as api:
@@ -165,7 +165,7 @@ async def test_an_unreachable_receiver_is_recorded_and_retried(
 
 
 async def test_every_state_is_notified_when_configured(
-    start_sim: SimFactory, receiver: Receiver, no_wait: NoWait
+    start_sim: SimFactory, receiver: Receiver, no_wait: ManualClock
 ) -> None:
     sim = await start_sim(receiver.url, notify_all_states=True)
     async with PointApiClient(sim.base_url, TOKEN, clock=no_wait, sleep=no_wait.sleep) as api:

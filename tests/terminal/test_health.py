@@ -18,6 +18,7 @@ from pointd.terminal.health import (
     switch_to_pdv,
 )
 from pointd.terminal.identity import IdentityProblem, Resolution, UsbPresence
+from tests.support.clock import ManualClock
 
 DEVICE_ID = "PAX_A910__SMARTPOS1234345545"
 
@@ -28,14 +29,6 @@ class Device:
     operating_mode: str | None
     store_id: str | int = "47792478"
     pos_id: int = 1
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 ATTACHED = Resolution(DEVICE_ID, UsbPresence.ATTACHED)
@@ -126,7 +119,7 @@ async def test_the_cloud_clients_device_model_is_accepted() -> None:
     async def list_devices() -> list[CloudModelDevice]:
         return [listed, unlisted]
 
-    catalog = DeviceCatalog(ManualClock())
+    catalog = DeviceCatalog(ManualClock(1000.0))
     assert await catalog.refresh(list_devices)
     found = catalog.lookup(DEVICE_ID)
     assert found is not None
@@ -171,7 +164,7 @@ def fetcher(*results: Sequence[Device] | Exception):  # type: ignore[no-untyped-
 
 
 async def test_catalog_keeps_the_last_good_list_and_flags_staleness() -> None:
-    clock = ManualClock()
+    clock = ManualClock(1000.0)
     catalog = DeviceCatalog(clock)
     assert not catalog.loaded
     assert catalog.lookup(DEVICE_ID) is None
@@ -203,7 +196,7 @@ async def test_catalog_keeps_the_last_good_list_and_flags_staleness() -> None:
 
 
 async def test_a_failure_before_any_success_is_not_stale_but_empty() -> None:
-    catalog = DeviceCatalog(ManualClock())
+    catalog = DeviceCatalog(ManualClock(1000.0))
     assert not await catalog.refresh(fetcher(TimeoutError()))
     assert (catalog.loaded, catalog.stale, catalog.devices) == (False, False, ())
     assert catalog.last_error == "TimeoutError"
@@ -224,7 +217,7 @@ class Nameless:
     ],
 )
 async def test_a_malformed_list_does_not_replace_the_good_one(bad: object) -> None:
-    catalog = DeviceCatalog(ManualClock())
+    catalog = DeviceCatalog(ManualClock(1000.0))
     assert await catalog.refresh(fetcher([Device(DEVICE_ID, "PDV")]))
     assert not await catalog.refresh(fetcher(bad))  # type: ignore[arg-type]
     assert catalog.last_error == "MalformedDeviceList"

@@ -1,11 +1,11 @@
 """``pointd demo``: the whole product on embedded defaults, with no hardware and no internet.
 
-It starts, in one process and one event loop: the Mercado Pago cloud simulator, the relay on
-SQLite (the simulator's webhooks go through it), the real daemon (``Daemon``, the same
-composition ``pointd run`` uses) with a simulated USB bus carrying the terminals, and one
-register emulator per lane on a real pty. Then it plays a script of sales covering every
-outcome the cashier can meet, prints the register display as it changes, and ends with a
-table. The exit code is 0 only if every sale ended as expected.
+It starts, in one process and one event loop, a store on the rig (``pointd.rig``): the
+Mercado Pago cloud simulator, the relay on SQLite (the simulator's webhooks go through it),
+the real daemon (the same ``build`` and ``run`` as ``pointd run``) with a simulated USB bus
+carrying the terminals, and one register emulator per lane on a real pty. Then it plays a
+script of sales covering every outcome the cashier can meet, prints the register display
+as it changes, and ends with a table. The exit code is 0 only if every sale ended as expected.
 
 ``--interactive`` skips the script: type an amount in cents and watch the display.
 """
@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import functools
 import grp
-import hashlib
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -31,21 +29,13 @@ from typing import TextIO
 
 import httpx
 
-from pointd.app.runtime import Daemon
 from pointd.cloud.client import PointApiClient
 from pointd.cloud.sites import Site
-from pointd.config import DaemonConfig, Secret, config_from_mapping
 from pointd.logging import configure_logging
 from pointd.register import messages as msg
-from pointd.relay.service import INTAKE_PATH, RelayService
-from pointd.relay.settings import RelaySettings, StoreCredential
-from pointd.relay.sqlite_backend import SqliteStorage
-from pointd.sim.cloud import CloudSimulator, SimConfig
-from pointd.sim.cloud.config import Delays, SimDevice
-from pointd.sim.cloud.server import LoopbackServer
-from pointd.sim.register import RegisterEmulator
-from pointd.sim.usb import FakeUsbBus
-from pointd.sim.usb.dumps import default_dump_directory
+from pointd.rig.relay import InProcessRelay
+from pointd.rig.store import RigLane, StoreRig, StoreSpec
+from pointd.sim.cloud.config import Delays
 
 STORE_ID = "demo-store"
 SITE = Site.MLB
@@ -112,149 +102,74 @@ class Printer:
         print(text, file=self._out, flush=True)
 
 
+def demo_spec() -> StoreSpec:
+    """The demo store: two lanes whose terminals sit on the simulated USB bus."""
+    return StoreSpec(
+        store_id=STORE_ID,
+        site=SITE,
+        language="en",
+        lanes=tuple(
+            RigLane(lane, device, usb=(model, serial), pin_by_serial=True)
+            for lane, (model, serial, device) in LANE_TERMINALS.items()
+        ),
+        sim={"delays": DEMO_DELAYS, "time_scale": 1.0},
+        daemon_config={
+            "relay": {"canary_interval": 5.0},
+            # pointctl from the demo's own user group may read; no pointd group needed.
+            "control": {"read_group": grp.getgrgid(os.getgid()).gr_name},
+            # Short timers so that the demo's fallbacks show within seconds.
+            "timers": {"poll_fallback_after": 2.0, "verify_initial_backoff": 1.0,
+                       "verify_max_backoff": 2.0, "confirmation_escalate_after": 30.0},
+            "terminals": {"refresh_interval": 30.0, "usb_rescan_interval": 1.0},
+            "logging": {"level": "warning"},
+        },
+    )
+
+
 class DemoWorld:
-    """The simulators, the relay and the daemon, started together."""
+    """The simulators, the relay and the daemon, started together on the rig."""
 
     def __init__(self, state_dir: Path, printer: Printer) -> None:
         self.state_dir = state_dir
         self.printer = printer
-        self.access_token = "TEST-" + secrets.token_hex(16)
-        self.webhook_secret = secrets.token_hex(32)
-        self.store_token = secrets.token_urlsafe(24)
-        self.sim: CloudSimulator | None = None
-        self.relay_server: LoopbackServer | None = None
-        self.relay_port = 0
-        self.daemon: Daemon | None = None
-        self.registers: dict[int, RegisterEmulator] = {}
-        self._stack = contextlib.AsyncExitStack()
-        self._relay_stack: contextlib.AsyncExitStack | None = None
-        self._relay_service: RelayService | None = None
-        self._daemon_task: asyncio.Task[int] | None = None
+        self.rig = StoreRig(
+            state_dir,
+            demo_spec(),
+            on_register=lambda lane, emulator: emulator.on_display(
+                functools.partial(printer.display, lane)
+            ),
+        )
+
+    @property
+    def relay(self) -> InProcessRelay:
+        """The relay on SQLite."""
+        relay = self.rig.relay
+        assert isinstance(relay, InProcessRelay)
+        return relay
 
     async def __aenter__(self) -> DemoWorld:
-        await self.start_relay()
-        self.sim = await self._stack.enter_async_context(
-            CloudSimulator(
-                SimConfig(
-                    access_token=self.access_token,
-                    webhook_secret=self.webhook_secret,
-                    site=SITE,
-                    devices=tuple(
-                        SimDevice(id=device, pos_id=lane, external_pos_id=f"LANE{lane}")
-                        for lane, (_model, _serial, device) in LANE_TERMINALS.items()
-                    ),
-                    delays=DEMO_DELAYS,
-                    time_scale=1.0,
-                    webhook_url=f"http://127.0.0.1:{self.relay_port}{INTAKE_PATH}",
-                )
-            )
-        )
-        for lane in LANE_TERMINALS:
-            emulator = await RegisterEmulator.open_pty()
-            emulator.on_display(functools.partial(self.printer.display, lane))
-            self.registers[lane] = emulator
-        bus = FakeUsbBus.from_directory(default_dump_directory())
-        for model, serial, _device in LANE_TERMINALS.values():
-            bus.plug(model, serial=serial)
-        config = self._daemon_config()
-        self.daemon = Daemon(config, usb_backend=bus.backend, hotplug=bus.hotplug())
-        self._daemon_task = asyncio.ensure_future(self.daemon.run())
-        ready = asyncio.ensure_future(self.daemon.ready.wait())
-        await asyncio.wait({ready, self._daemon_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            await self._daemon_task  # raises what stopped the daemon
-            raise RuntimeError("the daemon stopped before it was ready")
-        for emulator in self.registers.values():
-            await emulator.hello()
+        await self.rig.__aenter__()
+        await self.rig.hello_all()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self.daemon is not None and self._daemon_task is not None:
-            self.daemon.request_stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._daemon_task, 15)
-        for emulator in self.registers.values():
-            await emulator.close()
-        await self.stop_relay()
-        await self._stack.aclose()
-
-    async def start_relay(self) -> None:
-        """Start the relay on SQLite (again on the same port and file after a stop)."""
-        settings = RelaySettings(
-            host="127.0.0.1",
-            port=self.relay_port,
-            webhook_secret=Secret(self.webhook_secret),
-            backend="sqlite",
-            sqlite_path=str(self.state_dir / "relay.sqlite3"),
-            stores=(
-                StoreCredential(STORE_ID, hashlib.sha256(self.store_token.encode()).hexdigest()),
-            ),
-        )
-        service = RelayService(settings, SqliteStorage(settings.sqlite_path))
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(service.running())
-        server = await stack.enter_async_context(
-            LoopbackServer(service.app, port=self.relay_port)
-        )
-        self.relay_port = server.port
-        self._relay_stack = stack
-        self._relay_service = service
+        await self.rig.aclose()
 
     async def stop_relay(self) -> None:
         """Stop the relay as if its host went away."""
-        if self._relay_stack is not None:
-            stack, self._relay_stack = self._relay_stack, None
-            if self._relay_service is not None:
-                self._relay_service.begin_shutdown()
-            await stack.aclose()
+        await self.relay.stop()
 
-    def _daemon_config(self) -> DaemonConfig:
-        token_file = self._secret_file("mp_access_token", self.access_token)
-        store_token_file = self._secret_file("relay_store_token", self.store_token)
-        secret_file = self._secret_file("mp_webhook_secret", self.webhook_secret)
-        assert self.sim is not None
-        return config_from_mapping(
-            {
-                "store": {"id": STORE_ID, "site": SITE.value, "collector_id": 123456789,
-                          "language": "en"},
-                "cloud": {"base_url": self.sim.base_url, "access_token_file": str(token_file),
-                          "webhook_secret_file": str(secret_file)},
-                "relay": {"url": f"http://127.0.0.1:{self.relay_port}",
-                          "store_token_file": str(store_token_file), "canary_interval": 5.0},
-                "journal": {"path": str(self.state_dir / "journal.sqlite3")},
-                # pointctl from the demo's own user group may read; no pointd group needed.
-                "control": {"socket": str(self.state_dir / "control.sock"),
-                            "read_group": grp.getgrgid(os.getgid()).gr_name},
-                # Short timers so that the demo's fallbacks show within seconds.
-                "timers": {"poll_fallback_after": 2.0, "verify_initial_backoff": 1.0,
-                           "verify_max_backoff": 2.0, "confirmation_escalate_after": 30.0},
-                "terminals": {"refresh_interval": 30.0, "usb_rescan_interval": 1.0},
-                "lanes": [
-                    {"number": lane, "register": str(self.registers[lane].device_path),
-                     "terminal_serial": serial}
-                    for lane, (_model, serial, _device) in LANE_TERMINALS.items()
-                ],
-                "logging": {"level": "warning"},
-            },
-            DaemonConfig,
-            source="demo",
-        )
-
-    def _secret_file(self, name: str, value: str) -> Path:
-        path = self.state_dir / name
-        path.write_text(value)
-        path.chmod(0o600)
-        return path
+    async def start_relay(self) -> None:
+        """Start the relay again on the same port and file."""
+        await self.relay.start()
 
     async def advance_cloud(self, seconds: float) -> None:
         """Move the simulated Mercado Pago clock forward."""
-        assert self.sim is not None
-        await self.sim.advance(seconds)
+        await self.rig.sim.advance(seconds)
 
 
 async def _run_sale(world: DemoWorld, sale: ScriptedSale) -> str:
-    emulator = world.registers[sale.lane]
+    emulator = world.rig.registers[sale.lane]
     outcome_task = asyncio.ensure_future(emulator.sale(sale.amount_cents, within=SALE_TIMEOUT))
     if sale.expected == "abandoned":
         await asyncio.sleep(1.0)
@@ -271,13 +186,13 @@ async def _run_sale(world: DemoWorld, sale: ScriptedSale) -> str:
 
 async def _queue_foreign_intent(world: DemoWorld, lane: int) -> Callable[[], Awaitable[None]]:
     """Another system queues an intent on the lane's terminal; returns how to clear it."""
-    assert world.sim is not None
-    base_url, device = world.sim.base_url, LANE_TERMINALS[lane][2]
-    async with PointApiClient(base_url, world.access_token, site=SITE) as client:
+    base_url, device = world.rig.sim.base_url, LANE_TERMINALS[lane][2]
+    token = world.rig.secrets.access_token
+    async with PointApiClient(base_url, token, site=SITE) as client:
         intent = await client.create_payment_intent(device, 999, "other-pos-1")
 
     async def clear() -> None:
-        async with PointApiClient(base_url, world.access_token, site=SITE) as client:
+        async with PointApiClient(base_url, token, site=SITE) as client:
             with contextlib.suppress(Exception):
                 await client.cancel_payment_intent(device, intent.id)
 
@@ -348,10 +263,9 @@ async def run_demo(*, interactive: bool, state_dir: Path, out: TextIO, quiet: bo
     printer = Printer(out, quiet=quiet)
     printer.say(f"pointd demo: state in {state_dir}")
     async with DemoWorld(state_dir, printer) as world:
-        assert world.sim is not None
-        printer.say(f"  cloud simulator  {world.sim.base_url}")
-        printer.say(f"  relay (SQLite)   http://127.0.0.1:{world.relay_port}{INTAKE_PATH}")
-        for lane, emulator in world.registers.items():
+        printer.say(f"  cloud simulator  {world.rig.sim.base_url}")
+        printer.say(f"  relay (SQLite)   {world.relay.intake_url}")
+        for lane, emulator in world.rig.registers.items():
             printer.say(f"  lane {lane} register  {emulator.device_path} (emulator on a pty)")
         printer.say(f"  pointctl         pointctl --socket {state_dir / 'control.sock'} status")
         if interactive:

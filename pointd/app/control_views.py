@@ -1,0 +1,427 @@
+"""What the control socket shows: rows, the status snapshot, the reconciliation plan.
+
+Everything here reads (the engine's core state, the journal's rows, the status providers)
+and returns plain JSON-able data; nothing here changes a sale. The read methods
+(``control_reads``) and the pushed events (``control_handlers``) are built from these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from pointd.app.engine import Alert, Engine
+from pointd.control.errors import MethodError
+from pointd.control.protocol import ErrorCode
+from pointd.core.effects import Effect, FetchIntent, FetchPayment, ReconcileAttempt
+from pointd.core.events import Event
+from pointd.core.machine import CoreState, Sale
+from pointd.core.policy import Policy
+from pointd.core.recovery import recover
+from pointd.core.reference import MAX_LANE
+from pointd.core.refunds import Refund
+from pointd.core.states import LaneCondition, SaleState
+from pointd.journal.store import Journal, SaleRow
+
+log = structlog.get_logger(__name__)
+
+S = SaleState
+
+# Sales in these states keep the goods in the store until a verified payment or a person
+# settles them: the ``holds`` list, and a problem in ``status``.
+HOLD_STATES = frozenset({S.HELD, S.ESCALATED, S.BLOCKED})
+ALERTS_IN_STATUS = 10
+# A live sale in CREATING has its create request in flight: reconciling it now could prove
+# "not found" before the create lands and start a second attempt. Its own answer (or the
+# reconcile timer after an unknown outcome) settles it.
+_NOT_RECONCILED_NOW = frozenset({S.CREATING})
+_ASKING_EFFECTS = (FetchIntent, FetchPayment, ReconcileAttempt)
+_LANE_TEXT = re.compile(r"[0-9]{1,3}")
+
+
+class LaneTerminalView(Protocol):
+    """What the handlers read from the lane terminal service."""
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Each lane's terminal row: lane, terminal, presence, usb, mode, condition, …"""
+        ...
+
+
+class RelayStatusSource(Protocol):
+    """The relay consumer's health, as plain data."""
+
+    def relay_status(self) -> dict[str, Any]:
+        """``state`` (connected/silent/down/disabled), ``since``, ``last_event_age``, ``cursor``."""
+        ...
+
+
+class RegisterLinkSource(Protocol):
+    """The register serial links' health, one row per lane."""
+
+    def link_status(self) -> list[dict[str, Any]]:
+        """Rows of ``lane``, ``port``, ``connected``, ``since``."""
+        ...
+
+
+class ConnectionReporter(Protocol):
+    """The control server, as far as the handlers use it."""
+
+    def publish(self, topic: str, data: Any) -> int:
+        """Push an event to subscribers."""
+        ...
+
+    def connection_report(self) -> list[dict[str, Any]]:
+        """Open connections and their recent requests."""
+        ...
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC to the second (``2026-11-22T10:05:00Z``)."""
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refund_row(refund: Refund) -> dict[str, Any]:
+    """One refund as the control socket shows it."""
+    return {
+        "refund_id": refund.refund_id,
+        "sale_id": refund.sale_id,
+        "status": refund.status.value,
+        "amount_cents": refund.amount_cents,
+        "via": refund.via,
+        "refusal": refund.refusal.value if refund.refusal is not None else None,
+        "idempotency_key": refund.idempotency_key,
+        "by": refund.by,
+        "detail": refund.detail,
+        "requested_at": iso_time(refund.requested_at),
+        "updated_at": iso_time(refund.updated_at),
+    }
+
+
+def sale_event(sale: Sale) -> dict[str, Any]:
+    """The ``sale`` topic's data for a sale's current standing."""
+    return {
+        "sale_id": sale.sale_id,
+        "lane": str(sale.lane),
+        "state": sale.state.value,
+        "amount_cents": sale.amount_cents,
+        "payment_id": sale.payment_id,
+        "detail": sale.detail or None,
+        "at": iso_time(sale.updated_at),
+    }
+
+
+def sale_summary(sale: Sale) -> dict[str, Any]:
+    """A sale's list row built from the core state (same fields as a ``sales`` row)."""
+    return {
+        "sale_id": sale.sale_id,
+        "lane": str(sale.lane),
+        "state": sale.state.value,
+        "amount_cents": sale.amount_cents,
+        "payment_id": sale.payment_id,
+        "started_at": iso_time(sale.requested_at),
+        "updated_at": iso_time(sale.updated_at),
+        "terminal_id": sale.terminal_id or None,
+        "intent_id": sale.intent_id,
+        "attempt": sale.attempt,
+        "refusal": sale.refusal.value if sale.refusal else None,
+        "detail": sale.detail or None,
+    }
+
+
+def row_summary(row: SaleRow) -> dict[str, Any]:
+    """A journaled sale's list row (the ``sales`` method)."""
+    return {
+        "sale_id": row.sale_id,
+        "lane": str(row.lane),
+        "state": row.state.value,
+        "amount_cents": row.amount_cents,
+        "payment_id": row.payment_id,
+        "started_at": iso_time(row.requested_at),
+        "updated_at": iso_time(row.updated_at),
+        "terminal_id": row.terminal_id or None,
+        "intent_id": row.intent_id,
+        "attempt": row.attempt,
+        "refusal": row.refusal,
+        "detail": row.detail or None,
+    }
+
+
+def hold_row(sale: Sale) -> dict[str, Any]:
+    """A held sale's row (the ``holds`` method)."""
+    return {
+        "sale_id": sale.sale_id,
+        "lane": str(sale.lane),
+        "state": sale.state.value,
+        "amount_cents": sale.amount_cents,
+        "payment_id": sale.payment_id,
+        "held_since": iso_time(sale.verify_started_at or sale.updated_at),
+        "reason": sale.detail or None,
+    }
+
+
+def alert_row(alert: Alert) -> dict[str, Any]:
+    """A core alert's row (status and bundles)."""
+    return {
+        "at": iso_time(alert.at),
+        "sale_id": alert.sale_id,
+        "severity": alert.severity,
+        "message": alert.message,
+    }
+
+
+def lane_number(text: str) -> int:
+    """A ``lane`` param as a lane number; MethodError(bad_params) otherwise."""
+    if _LANE_TEXT.fullmatch(text) is None or not 1 <= int(text) <= MAX_LANE:
+        raise MethodError(
+            ErrorCode.BAD_PARAMS, f"param 'lane' must be a lane number 1-{MAX_LANE}", param="lane"
+        )
+    return int(text)
+
+
+def epoch_of(text: str) -> float:
+    """A ``since`` param (ISO-8601, UTC when no offset) as epoch seconds."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise MethodError(
+            ErrorCode.BAD_PARAMS,
+            "param 'since' must be an ISO-8601 time such as 2026-11-22T10:00:00Z",
+            param="since",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def event_detail(event: Event) -> dict[str, Any]:
+    """A journaled event's fields for a timeline row (kind and sale id are columns)."""
+    body: dict[str, Any] = json.loads(event.to_json())
+    body.pop("kind", None)
+    body.pop("sale_id", None)
+    return body
+
+
+def held_sales(state: CoreState) -> list[Sale]:
+    """Sales held, escalated or blocked: the goods must not leave."""
+    return [sale for sale in state.unfinished() if sale.state in HOLD_STATES]
+
+
+def reconciliation(
+    state: CoreState, now: float, policy: Policy
+) -> tuple[list[dict[str, Any]], list[Effect]]:
+    """The API checks that re-establish every unfinished sale's truth on a running daemon.
+
+    The same checks as start-up recovery, minus re-telling and timers, and never for a sale
+    whose create may still be in flight: reconciling it now could prove the attempt absent
+    while its request is on the wire, and a second attempt could charge twice.
+    """
+    asks: dict[str, list[Effect]] = {}
+    for effect in recover(state, now, policy):
+        if isinstance(effect, _ASKING_EFFECTS):
+            asks.setdefault(effect.sale_id, []).append(effect)
+    rows: list[dict[str, Any]] = []
+    started: list[Effect] = []
+    for sale in state.unfinished():
+        own = asks.get(sale.sale_id, [])
+        if sale.state in _NOT_RECONCILED_NOW:
+            action = "wait: create in flight"
+        elif not own:
+            action = "none"
+        else:
+            action = ", ".join(_action_name(effect) for effect in own)
+            started.extend(own)
+        rows.append({"sale_id": sale.sale_id, "state": sale.state.value, "action": action})
+    return rows, started
+
+
+class StatusView:
+    """The status snapshot and the rows it is made of, from the engine and the providers."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        journal: Journal,
+        terminals: LaneTerminalView,
+        relay: RelayStatusSource | None,
+        links: RegisterLinkSource | None,
+        alerts: Callable[[], Sequence[Alert]],
+        clock: Callable[[], float],
+        started_at: float,
+        version: str,
+    ) -> None:
+        self._engine = engine
+        self._journal = journal
+        self._terminals = terminals
+        self._relay = relay
+        self._links = links
+        self._alerts = alerts
+        self._clock = clock
+        self._started_at = started_at
+        self._version = version
+        self.ready = False  # set by the runtime once the daemon has told systemd READY=1
+        self.cloud_reachable: bool | None = None  # None: take the lane terminals' view
+
+    def terminal_rows(self) -> list[dict[str, Any]]:
+        """Each lane's terminal: identity, USB presence, cloud mode, live intent."""
+        state = self._engine.state
+        rows = []
+        for lane in self._terminals.snapshot():
+            terminal = lane.get("terminal")
+            holder_id = state.terminals.get(terminal) if terminal else None
+            holder = state.sales.get(holder_id) if holder_id else None
+            usb = lane.get("usb") or {}
+            presence = lane.get("presence")
+            rows.append(
+                {
+                    "lane": str(lane.get("lane")),
+                    "terminal_id": terminal,
+                    "serial": usb.get("serial"),
+                    "usb_present": {"attached": True, "detached": False}.get(str(presence)),
+                    "presence": presence,
+                    "mode": lane.get("mode"),
+                    "condition": lane.get("condition"),
+                    "problem": lane.get("problem"),
+                    "live_intent": holder.intent_id if holder else None,
+                    "live_sale": holder.sale_id if holder else None,
+                    "catalog_stale": lane.get("catalog_stale"),
+                    "catalog_error": lane.get("catalog_error"),
+                    "pdv_switch": lane.get("pdv_switch"),
+                }
+            )
+        return rows
+
+    def relay_view(self) -> dict[str, Any]:
+        """The relay consumer's health and cursor, times as ISO-8601."""
+        if self._relay is None:
+            return {"state": "disabled", "connected": None}
+        try:
+            raw = dict(self._relay.relay_status())
+        except Exception:
+            log.exception("control_relay_status_failed")
+            return {"state": "unknown", "connected": None, "detail": "relay status failed"}
+        view: dict[str, Any] = {**raw}
+        relay_state = str(raw.get("state", "unknown"))
+        view["state"] = relay_state
+        view["connected"] = None if relay_state == "disabled" else relay_state == "connected"
+        since = raw.get("since")
+        if isinstance(since, int | float) and not isinstance(since, bool):
+            view["since"] = iso_time(float(since))
+        if raw.get("cursor") is not None:
+            view["cursor"] = str(raw["cursor"])
+        return view
+
+    def link_rows(self) -> dict[str, dict[str, Any]]:
+        """Each lane's register link by lane number."""
+        if self._links is None:
+            return {}
+        try:
+            rows = self._links.link_status()
+        except Exception:
+            log.exception("control_link_status_failed")
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            since = row.get("since")
+            out[str(row.get("lane"))] = {
+                "port": row.get("port"),
+                "connected": row.get("connected"),
+                "since": iso_time(float(since))
+                if isinstance(since, int | float) and not isinstance(since, bool)
+                else since,
+            }
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Daemon, cloud, relay, lanes with their sale and register, holds and problems."""
+        now = self._clock()
+        engine = self._engine
+        state = engine.state
+        problems: list[str] = []
+        if not engine.healthy:
+            problems.append("the journal could not be written: the daemon is unhealthy")
+
+        try:
+            snapshot = self._terminals.snapshot()
+        except Exception:
+            log.exception("control_terminal_snapshot_failed")
+            snapshot = []
+            problems.append("the lane terminal view failed (see the daemon log)")
+        reachable = self.cloud_reachable
+        if reachable is None and snapshot:
+            reachable = bool(snapshot[0].get("cloud_reachable", True))
+        if reachable is False:
+            problems.append("Mercado Pago cannot be reached: card payments unavailable")
+
+        relay = self.relay_view()
+        if relay["state"] in ("silent", "down", "unknown"):
+            detail = f": {relay['detail']}" if relay.get("detail") else ""
+            problems.append(f"relay {relay['state']} since {relay.get('since')}{detail}")
+
+        links = self.link_rows()
+        lanes = []
+        for row in snapshot:
+            number = row.get("lane")
+            name = str(number)
+            sale = state.sale_on_lane(number) if isinstance(number, int) else None
+            register = links.get(name)
+            condition = row.get("condition")
+            if condition is not None and condition != LaneCondition.READY:
+                problems.append(f"lane {name}: {condition}")
+            if register is not None and register.get("connected") is False:
+                problems.append(f"lane {name}: register not connected since {register['since']}")
+            lanes.append(
+                {
+                    "lane": name,
+                    "condition": condition,
+                    "terminal": row.get("terminal"),
+                    "presence": row.get("presence"),
+                    "mode": row.get("mode"),
+                    "register": register,
+                    "sale": None if sale is None else {
+                        "sale_id": sale.sale_id,
+                        "state": sale.state.value,
+                        "amount_cents": sale.amount_cents,
+                        "payment_id": sale.payment_id,
+                    },
+                }
+            )
+
+        held = held_sales(state)
+        for sale in held:
+            why = f" ({sale.detail})" if sale.detail else ""
+            problems.append(
+                f"sale {sale.sale_id} on lane {sale.lane} is {sale.state.value}: "
+                f"do not hand over{why}"
+            )
+        return {
+            "version": self._version,
+            "started_at": iso_time(self._started_at),
+            "uptime_s": round(max(0.0, now - self._started_at), 1),
+            "ready": self.ready and engine.healthy,
+            "healthy": engine.healthy,
+            "journal": str(self._journal.path),
+            "last_step_at": iso_time(engine.last_step_at),
+            "cloud": {"reachable": reachable},
+            "relay": relay,
+            "lanes": lanes,
+            "unfinished": len(state.unfinished()),
+            "holds": len(held),
+            "problems": problems,
+            "alerts": [alert_row(alert) for alert in list(self._alerts())[-ALERTS_IN_STATUS:]],
+        }
+
+
+def _action_name(effect: Effect) -> str:
+    if isinstance(effect, FetchPayment):
+        return f"fetch payment {effect.payment_id}"
+    if isinstance(effect, FetchIntent):
+        return f"fetch intent {effect.intent_id}"
+    return "reconcile attempt"
