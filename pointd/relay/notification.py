@@ -345,13 +345,25 @@ def _classify_webhook(
 
 
 def _order_payment_keys(inner: dict[str, Any]) -> tuple[str, ...]:
-    """Route keys of the /v1/payments ids an order names (``transactions.payments[]``'s
-    ``reference_id``), so that a fraud alert naming one finds the order's store."""
+    """Route keys of the /v1/payments ids an order names, so that a fraud alert naming one
+    finds the order's store.
+
+    The order webhook carries each payment's id as ``transactions.payments[].reference.id``
+    (tests/fixtures/mercadopago/real/order_webhook_processed.json); the Orders API's own
+    answer spells it ``reference_id``. Both are read: a notification that uses either
+    teaches the route, and neither moves money (the daemon still asks the API).
+    """
     payments = _dict(inner.get("transactions")).get("payments")
     if not isinstance(payments, list):
         return ()
-    ids = (_text(_dict(payment).get("reference_id")) for payment in payments[:8])
-    return tuple(payment_key(payment_id) for payment_id in ids if payment_id is not None)
+    keys: list[str] = []
+    for payment in payments[:8]:
+        entry = _dict(payment)
+        payment_id = _text(_dict(entry.get("reference")).get("id")) or _text(
+            entry.get("reference_id"))
+        if payment_id is not None:
+            keys.append(payment_key(payment_id))
+    return tuple(keys)
 
 
 def _signable(

@@ -51,10 +51,9 @@ async def approved(store: Store, lane: int, cents: int, cid: str) -> SaleOutcome
     return outcome
 
 
-# With the Orders backend the relay learns no payment id from the order notifications, so
-# it cannot route a fraud alert to the store yet (issue 12 §4, the relay's side); the core
-# withdraws the same way for both backends (tests/core/test_register_contract.py).
-@pytest.mark.parametrize("backend", ["payment-intent"])
+# With the Orders backend the relay learns the payment id from the order webhook
+# (transactions.payments[].reference.id), so the fraud alert finds the store either way.
+@pytest.mark.parametrize("backend", ["payment-intent", "orders"])
 async def test_a_fraud_alert_after_an_approved_result_withdraws_it(relayed_store: Store) -> None:
     store = relayed_store
     register = store.registers[1]

@@ -62,11 +62,15 @@ def intent(intent_id: str, payment_id: int, reference: str) -> bytes:
     )
 
 
-def order(order_id: str, reference: str | None) -> bytes:
-    """An Orders-API ``order`` webhook, as the cloud simulator sends it."""
+def order(order_id: str, reference: str | None, payment_id: str | None = None) -> bytes:
+    """An Orders-API ``order`` webhook in the shape Mercado Pago sends (its payment's
+    /v1/payments id under ``transactions.payments[].reference.id``)."""
     data: dict[str, Any] = {"id": order_id, "status": "processed", "type": "point"}
     if reference is not None:
         data["external_reference"] = reference
+    if payment_id is not None:
+        data["transactions"] = {"payments": [{"id": "PAY01AAA", "status": "processed",
+                                              "reference": {"id": payment_id}}]}
     return json.dumps({"action": "order.processed", "type": "order", "id": order_id + "-n",
                        "data": data}).encode()
 
@@ -215,6 +219,38 @@ async def test_events_that_arrive_before_their_route_reach_the_store_that_it_nam
     assert all(e.verified for e in got_a)
     [alert] = [e for e in got_a if e.topic == "stop_delivery_op_wh"]
     assert alert.signed_field == "data.payment_id"
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+async def test_a_fraud_alert_on_an_orders_api_payment_reaches_the_orders_store(
+    tmp_path: Path, backend_name: str, request: pytest.FixtureRequest
+) -> None:
+    # With the Orders API the store learns its payment ids only from order webhooks: the
+    # fraud alert names nothing else, so the order must have taught the route.
+    dsn = request.getfixturevalue("postgres_dsn") if backend_name == "postgres" else None
+    journal = Journal()
+    async with (
+        relay_process(write_config(tmp_path, backend_name, dsn)) as (_process, url, _log),
+        httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client,
+    ):
+        store_a = consumer(url, "store-a", journal)
+        running = asyncio.create_task(store_a.run())
+        sender = Sender(client)
+        order_query = {"data.id": "ORD01BBB", "type": "order"}
+        taught = await sender.post(order("ORD01BBB", REF_A, "9100"), order_query, "ORD01BBB")
+        assert taught.status_code == 200, taught.text
+        alert = await sender.post(fraud_alert(9100, 1, "n-9"),
+                                  {"data.id": "9100", "type": "stop_delivery_op_wh"}, "9100")
+        assert alert.status_code == 200, alert.text
+        await journal.wait_for(2)
+        unrouted = (await sender.admin("/admin/events", status="unrouted"))["events"]
+        store_a.stop()
+        await asyncio.wait_for(running, IO_TIMEOUT)
+        await store_a.close()
+    assert unrouted == []
+    assert [(e.topic, e.query.get("data.id")) for e in journal.events] == [
+        ("order", "ORD01BBB"), ("stop_delivery_op_wh", "9100"),
+    ]
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)

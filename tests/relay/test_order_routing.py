@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 from pointd.cloud.signature import sign
-from pointd.relay.notification import Kind, classify, intent_key
+from pointd.relay.notification import Kind, classify, intent_key, payment_key
 from tests.relay.harness import REF_A, REF_B, RunningRelay
 
 ORDER_A = "ORD01JQ4S4KY8HWQ6NA5PXB65B3D3"
@@ -41,6 +42,22 @@ def test_an_order_with_our_reference_names_its_store_and_teaches_its_id() -> Non
     assert classified.store == "store-a"
     assert classified.asks == intent_key(ORDER_A)
     assert classified.teaches == (intent_key(ORDER_A),)
+
+
+def test_an_order_webhook_as_mercado_pago_sends_it_teaches_its_payments() -> None:
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "mercadopago" / "real" / (
+        "order_webhook_processed.json")
+    body = json.dumps(json.loads(fixture.read_text(encoding="utf-8"))["body"]).encode()
+    classified = classify(body, query("ORD01K6Z3TV9CQ2B8M4XG7H5JWN0E"))
+    # transactions.payments[].reference.id: the /v1/payments id a fraud alert will name.
+    assert payment_key("123456789") in classified.teaches
+
+
+def test_an_order_names_its_payments_as_the_orders_api_spells_them_too() -> None:
+    document = json.loads(order_body(ORDER_A, REF_A))
+    document["data"]["transactions"] = {"payments": [{"id": "PAY1", "reference_id": "555"}]}
+    classified = classify(json.dumps(document).encode(), query(ORDER_A))
+    assert classified.teaches == (intent_key(ORDER_A), payment_key("555"))
 
 
 def test_an_order_without_a_reference_asks_for_its_id() -> None:
