@@ -167,8 +167,13 @@ async def running_relay(
     service = RelayService(settings, storage_factory(settings), clock=clock)
     async with serve_app(service.app, port) as (_server, bound):
         url = f"http://127.0.0.1:{bound}"
-        async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
-            yield RunningRelay(service=service, url=url, port=bound, client=client, clock=clock)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
+                yield RunningRelay(
+                    service=service, url=url, port=bound, client=client, clock=clock
+                )
+        finally:
+            service.begin_shutdown()  # as `pointd relay` does: open streams end first
 
 
 class MemoryCursor:
