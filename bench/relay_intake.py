@@ -11,9 +11,10 @@ paced to that many requests per second in total). Afterwards every store stream 
 back and each request answered 2xx but not delivered counts as lost (must be 0).
 
 Hop: notifications sent one at a time at a steady ``--hop-rate`` while a
-``pointd.relay.client.RelayConsumer`` long-polls its store; the time is from just before the
-POST is written until the consumer's handler has committed the event to a real pointd
-journal (``Journal.mark_notification_seen``, fsynced). Then the consumer goes away for
+``pointd.relay.client.RelayConsumer`` reads its store (streaming); the time is from just
+before the POST is written until the consumer's handler has committed the event to a real
+pointd journal (``Journal.record_relay_batch``: the batch's seen keys and cursor, one
+fsync). Then the consumer goes away for
 ``--away`` notifications, comes back, and every one must reach the journal exactly once.
 
     python bench/relay_intake.py                       # fast (httptools+uvloop) and portable
@@ -386,9 +387,6 @@ class _JournalCursor:
         value = self._journal.relay_cursor()
         return int(value) if value else 0
 
-    def set(self, cursor: int) -> None:
-        self._journal.set_relay_cursor(str(cursor))
-
 
 async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
     """POST → relay → long-polling consumer → fsynced journal row; then an away period."""
@@ -405,13 +403,16 @@ async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
                 journaled_at: dict[str, float] = {}
                 repeats = 0
 
-                async def handler(events: Sequence[RelayEvent]) -> None:
+                async def handler(events: Sequence[RelayEvent], cursor: int) -> None:
                     nonlocal repeats
-                    for event in events:
-                        if not journal.mark_notification_seen(f"relay:{event.id}"):
+                    keys = [f"relay:{event.id}" for event in events]
+                    recorded = journal.record_relay_batch(keys, cursor)
+                    now = time.perf_counter()
+                    for event, fresh in zip(events, recorded, strict=True):
+                        if not fresh:
                             repeats += 1
                             continue
-                        journaled_at[event.headers["x-request-id"]] = time.perf_counter()
+                        journaled_at[event.headers["x-request-id"]] = now
 
                 def consumer() -> RelayConsumer:
                     return RelayConsumer(

@@ -156,10 +156,6 @@ class JournalCursor:
         value = self._journal.relay_cursor()
         return int(value) if value else 0
 
-    def set(self, cursor: int) -> None:
-        """Remember a cursor after its events were journaled."""
-        self._journal.set_relay_cursor(str(cursor))
-
 
 class Daemon:
     """Every part of one store PC's daemon, built from one configuration."""
@@ -287,6 +283,7 @@ class Daemon:
                     self._cursor,
                     webhook_secret=webhook_secret.reveal() if webhook_secret else None,
                     on_health_change=self._on_relay_health,
+                    delivery=config.relay.delivery,
                     canary_interval=config.relay.canary_interval,
                 )
                 self._spawn(self.relay.run(), "relay-consumer")
@@ -446,13 +443,15 @@ class Daemon:
         """The relay link's health for the control socket."""
         relay = self.relay
         if relay is None:
-            return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None}
+            return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None,
+                    "delivery": None}
         health = relay.health
         last = health.last_event_at
         return {
             "state": health.state.value,
             "since": health.since,
             "detail": health.detail,
+            "delivery": str(relay.delivery),
             "last_event_age": None if last is None else max(0.0, self._clock() - last),
             "cursor": self._cursor.get() if self._cursor is not None else None,
         }

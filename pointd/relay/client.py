@@ -8,12 +8,13 @@ together are one batch. With ``delivery="long-poll"``, or while the stream is un
 (the relay refuses it, or its opening message does not come through: a proxy that buffers),
 it long-polls ``/events`` instead and tries the stream again ``STREAM_RETRY_AFTER`` later.
 Either way each batch drops canaries and ids already handed up and awaits
-``handler(events)``, which must journal them before it returns. Only then is the cursor
-stored; the relay is acknowledged later and coalesced (``ACK_DELAY``), off the delivery
-path, because the ack only feeds the relay's lag figures: the journal's cursor is what the
-next stream or poll starts from. A crash anywhere in between makes the relay send the same
-events again (at-least-once); the journal's cursor and the id memory keep them from being
-handed up twice.
+``handler(events, cursor)``, which must journal the events and the batch's cursor together
+(the daemon: in one transaction) before it returns. The relay is acknowledged only after
+that, later and coalesced (``ACK_DELAY``), off the delivery path, because the ack only
+feeds the relay's lag figures: the journal's cursor is what the next stream or poll starts
+from. A crash anywhere in between makes the relay send the same events again
+(at-least-once); the journal's cursor and the id memory keep them from being handed up
+twice.
 
 Health. Every answer, stream chunk and keep-alive counts as contact. A canary is posted to
 the relay every ``canary_interval`` seconds and must come back through the store's own
@@ -141,11 +142,12 @@ class CursorStore(Protocol):
     def get(self) -> int | Awaitable[int]:
         """The last stored cursor, 0 when none."""
 
-    def set(self, cursor: int) -> Awaitable[None] | None:
-        """Store a cursor durably."""
 
-
-Handler = Callable[[Sequence[RelayEvent]], Awaitable[None]]
+# handler(events, cursor): journal the events and the stream's cursor together, durably,
+# before returning (the daemon: one transaction). ``cursor`` is the batch's newest position,
+# at or above every event's; ``events`` may be empty when only canaries or events already
+# handed up moved it.
+Handler = Callable[[Sequence[RelayEvent], int], Awaitable[None]]
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -506,14 +508,13 @@ class RelayConsumer:
         return handed
 
     async def _deliver(self, events: Sequence[RelayEvent], cursor: int, new_cursor: int) -> int:
-        """Hand the fresh events of one batch up, then store the batch's cursor."""
+        """Hand the fresh events of one batch up with the batch's cursor, then ack it."""
         fresh = self._select(events, cursor)
-        if fresh:
-            await self._handler(fresh)
+        if fresh or new_cursor > cursor:
+            await self._handler(fresh, max(new_cursor, cursor))
             for event in fresh:
                 self._remember(event.id)
         if new_cursor > cursor:
-            await _maybe_await(self._cursor_store.set(new_cursor))
             self._ack_soon(new_cursor)
         self.evaluate_health()
         return len(fresh)

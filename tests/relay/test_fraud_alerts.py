@@ -33,7 +33,6 @@ from tests.relay.harness import (
     SECRET,
     TOKENS,
     Journal,
-    MemoryCursor,
     seed,
     with_reference,
 )
@@ -103,7 +102,7 @@ def consumer(
     url: str, store: str, journal: Journal, delivery: Delivery = Delivery.STREAM
 ) -> RelayConsumer:
     return RelayConsumer(
-        url, store, TOKENS[store], journal, MemoryCursor(), webhook_secret=SECRET,
+        url, store, TOKENS[store], journal, journal, webhook_secret=SECRET,
         delivery=delivery, long_poll_wait=1.0, canary_interval=3600.0,
     )
 

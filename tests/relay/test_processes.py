@@ -19,7 +19,6 @@ from tests.relay.harness import (
     SECRET,
     TOKENS,
     Journal,
-    MemoryCursor,
     seed,
     with_reference,
 )
@@ -100,7 +99,7 @@ def store_consumer(url: str, store: str, journal: Journal, delivery: Delivery) -
         store,
         TOKENS[store],
         journal,
-        MemoryCursor(),
+        journal,
         delivery=delivery,
         long_poll_wait=1.0,
         canary_interval=3600.0,

@@ -20,7 +20,6 @@ from tests.relay.harness import (
     REF_A,
     TOKENS,
     Journal,
-    MemoryCursor,
     RunningRelay,
     seed,
     webhook,
@@ -156,15 +155,13 @@ async def test_relay_shutdown_ends_open_streams(relay: RunningRelay) -> None:
         await asyncio.wait_for(to_the_end(), IO_TIMEOUT)
 
 
-def consumer_for(relay: RunningRelay, journal: Journal, cursor: MemoryCursor, **kwargs: Any) -> (
-    RelayConsumer
-):
+def consumer_for(relay: RunningRelay, journal: Journal, **kwargs: Any) -> RelayConsumer:
     return RelayConsumer(
         relay.url,
         "store-a",
         TOKENS["store-a"],
         journal,
-        cursor,
+        journal,
         clock=relay.clock,
         canary_interval=3600.0,
         **kwargs,
@@ -194,8 +191,8 @@ async def test_the_consumer_streams_by_default_and_acks_coalesced(relay: Running
                 acks.append(json.loads(request.content)["cursor"])
             return await self._inner.handle_async_request(request)
 
-    journal, cursor = Journal(), MemoryCursor()
-    consumer = consumer_for(relay, journal, cursor, transport=CountAcks())
+    journal = cursor = Journal()
+    consumer = consumer_for(relay, journal, transport=CountAcks())
     async with running(consumer):
         await post_intents(relay, 1, 1)
         await journal.wait_for(1)
@@ -204,7 +201,7 @@ async def test_the_consumer_streams_by_default_and_acks_coalesced(relay: Running
         await post_intents(relay, 2, 19)
         await journal.wait_for(20)
         await consumer.flush_acks()
-        assert await relay.service.storage.acked("store-a") == cursor.value
+        assert await relay.service.storage.acked("store-a") == cursor.cursor
     assert [e.cursor for e in journal.events] == sorted(e.cursor for e in journal.events)
     assert len({e.id for e in journal.events}) == 20
     # 20 events arrived within the ack delay of one another: a few acks, not one each.
@@ -227,9 +224,9 @@ class RefuseStream(httpx.AsyncBaseTransport):
 
 
 async def test_the_consumer_long_polls_when_the_stream_is_refused(relay: RunningRelay) -> None:
-    journal, cursor = Journal(), MemoryCursor()
+    journal = Journal()
     transport = RefuseStream()
-    consumer = consumer_for(relay, journal, cursor, transport=transport, long_poll_wait=1.0)
+    consumer = consumer_for(relay, journal, transport=transport, long_poll_wait=1.0)
     async with running(consumer):
         await post_intents(relay, 1, 3)
         await journal.wait_for(3)
@@ -285,13 +282,13 @@ class BufferingProxy:
 async def test_the_consumer_long_polls_behind_a_proxy_that_buffers(relay: RunningRelay) -> None:
     proxy = BufferingProxy(relay.port)
     url = await proxy.start()
-    journal, cursor = Journal(), MemoryCursor()
+    journal = Journal()
     consumer = RelayConsumer(
         url,
         "store-a",
         TOKENS["store-a"],
         journal,
-        cursor,
+        journal,
         clock=relay.clock,
         canary_interval=3600.0,
         long_poll_wait=1.0,
@@ -313,7 +310,7 @@ async def test_stop_returns_while_the_consumer_waits_for_the_relay(
     relay: RunningRelay, delivery: Delivery
 ) -> None:
     journal = Journal()
-    consumer = consumer_for(relay, journal, MemoryCursor(), delivery=delivery)
+    consumer = consumer_for(relay, journal, delivery=delivery)
     task = asyncio.create_task(consumer.run())
     await post_intents(relay, 1, 1)
     await journal.wait_for(1)
