@@ -6,7 +6,8 @@ stream (Starlette's ``StreamingResponse``) that writes each one as it arrives, a
 consumer reading it with ``aiter_lines``. Nothing durable, no signature check, no routing:
 what a person reaching for a relay (smee and its kind) gets, at its best. ``--durable FILE``
 is the same server with one SQLite commit per notification (WAL, ``synchronous=FULL``, on one
-writer thread) before it answers: the floor for durable intake.
+writer thread) before it answers: the floor for durable intake, and, with a consumer that
+commits each event it reads the same way (``bench/relay_hop.py``), for a durable hop.
 
     python bench/relay_floor.py serve [--durable FILE]   # prints "listening on http://…"
 
@@ -48,6 +49,24 @@ from pointd.relay.cli import http_implementation, loop_factory  # noqa: E402
 START_TIMEOUT = 30.0
 
 
+def open_log(path: Path) -> sqlite3.Connection:
+    """The floor's durable log: one table, WAL, a full fsync at every commit."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, headers TEXT, body BLOB)"
+    )
+    return db
+
+
+def append(db: sqlite3.Connection, event_id: int, headers: str, body: bytes) -> None:
+    """One notification in its own commit."""
+    db.execute("BEGIN")
+    db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?)", (event_id, headers, body))
+    db.execute("COMMIT")
+
+
 class Floor:
     """The floor relay's state: subscribers' queues and, when durable, its one table."""
 
@@ -57,13 +76,7 @@ class Floor:
         self._db: sqlite3.Connection | None = None
         self._writer = ThreadPoolExecutor(max_workers=1)
         if durable is not None:
-            self._db = sqlite3.connect(durable, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS events "
-                "(id INTEGER PRIMARY KEY, headers TEXT, body BLOB)"
-            )
+            self._db = open_log(durable)
         self.app = Starlette(
             routes=[
                 Route("/mp/webhook", self.webhook, methods=["POST"]),
@@ -71,12 +84,6 @@ class Floor:
                 Route("/count", self.count, methods=["GET"]),
             ]
         )
-
-    def _commit(self, event_id: int, headers: str, body: bytes) -> None:
-        assert self._db is not None
-        self._db.execute("BEGIN")
-        self._db.execute("INSERT INTO events VALUES (?, ?, ?)", (event_id, headers, body))
-        self._db.execute("COMMIT")
 
     async def webhook(self, request: Request) -> Response:
         """Take a notification, keep it (durable: commit it), pass it on, answer 200."""
@@ -86,7 +93,7 @@ class Floor:
         headers = json.dumps(dict(request.headers))
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._commit, event_id, headers, body
+                self._writer, append, self._db, event_id, headers, body
             )
         message = json.dumps(
             {"id": event_id, "headers": headers, "body_b64": base64.b64encode(body).decode()}

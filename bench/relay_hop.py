@@ -9,6 +9,9 @@ is where its phase says, and reports the stamps at the end:
 
 * **floor** — ``bench/relay_floor.py``: Starlette + uvicorn, in-memory queue, SSE, httpx
   consumer; stamped when the consumer has parsed the event. Nothing durable.
+* **floor durable** — the same, made durable on both sides the simple way: the server commits
+  each notification (one SQLite transaction, WAL, ``synchronous=FULL``) before it answers and
+  streams it, and the consumer commits each event it reads the same way before it stamps.
 * **pointd stream** / **pointd long-poll** — ``pointd relay`` (SQLite, or PostgreSQL with
   ``--backend postgres``, on ``--replicas`` 1 or 2 relay processes sharing one server) and
   ``RelayConsumer`` on that leg, whose handler is the daemon's: it journals the batch in a
@@ -99,10 +102,13 @@ async def consumer_main(args: argparse.Namespace) -> None:
     running: asyncio.Task[None]
     consumer: RelayConsumer | None = None
     if args.consumer == "floor":
+        log = relay_floor.open_log(Path(args.journal)) if args.journal else None
 
         def on_floor_event(event: dict[str, Any]) -> None:
-            rid = json.loads(str(event["headers"])).get("x-request-id")
-            stamps[rid] = time.monotonic_ns()
+            headers = str(event["headers"])
+            if log is not None:
+                relay_floor.append(log, int(str(event["id"])), headers, str(event["body_b64"]))
+            stamps[json.loads(headers).get("x-request-id")] = time.monotonic_ns()
 
         running = asyncio.create_task(relay_floor.consume(args.url, on_floor_event, ready))
     else:
@@ -340,10 +346,18 @@ def payloads_for(server: Server, first: int, count: int, stores: Sequence[str]) 
     ]
 
 
-async def floor_phase(count: int, rate: float) -> Phase:
-    async with floor_process() as server, consumer_process("floor", "--url", server.url) as c:
-        return await run_phase("floor (memory, SSE, httpx)", [server], [c],
-                               payloads_for(server, 0, count, STORES[:1]), rate)
+async def floor_phase(count: int, rate: float, *, durable: bool = False) -> Phase:
+    name = "floor durable (1 commit each side)" if durable else "floor (memory, SSE, httpx)"
+    with tempfile.TemporaryDirectory(prefix="pointd-floor-") as directory:
+        log = Path(directory) / "relay.sqlite3" if durable else None
+        journal = ["--journal", str(Path(directory) / "journal.sqlite3")] if durable else []
+        async with (
+            floor_process(log) as server,
+            consumer_process("floor", "--url", server.url, *journal) as consumer,
+        ):
+            return await run_phase(
+                name, [server], [consumer], payloads_for(server, 0, count, STORES[:1]), rate
+            )
 
 
 async def pointd_phase(args: argparse.Namespace, delivery: Delivery, count: int) -> Phase:
@@ -379,21 +393,27 @@ async def run(args: argparse.Namespace) -> int:
     print_machine("relay hop: webhook POST → journal, pointd against the floor", machine)
     print(f"  {args.count} events per phase at {args.rate:g}/s (+{WARM_UP} warm-up), "
           f"backend {args.backend}, replicas {args.replicas}", flush=True)
+    print(f"  fsync of 4 KiB appends now: {relay_intake.fsync_probe(Path(tempfile.gettempdir()))}",
+          flush=True)
     count = args.count + WARM_UP
     phases = [await floor_phase(count, args.rate)]
+    print(phases[-1].line(), flush=True)
+    phases.append(await floor_phase(count, args.rate, durable=True))
     print(phases[-1].line(), flush=True)
     for delivery in (Delivery.STREAM, Delivery.LONG_POLL)[: 1 if args.stream_only else 2]:
         phases.append(await pointd_phase(args, delivery, count))
         print(phases[-1].line(), flush=True)
-    floor = summarize(phases[0].hops_ns)
-    stream = summarize(phases[1].hops_ns)
+    floor, durable = summarize(phases[0].hops_ns), summarize(phases[1].hops_ns)
+    stream = summarize(phases[2].hops_ns)
     p50_ratio = stream["p50_us"] / floor["p50_us"]
     p99_ratio = stream["p99_us"] / floor["p99_us"]
+    print(f"pointd stream / floor durable: p50 x {stream['p50_us'] / durable['p50_us']:.2f}, "
+          f"p99 x {stream['p99_us'] / durable['p99_us']:.2f}")
     verdicts = {
         "hop p50 ≤ 1.3x floor": p50_ratio <= HOP_P_TARGET,
         "hop p99 ≤ 1.3x floor": p99_ratio <= HOP_P_TARGET,
-        "consumer CPU ≤ 0.5 ms/event": phases[1].consumer_cpu_us <= CPU_TARGET_US,
-        "relay CPU ≤ 0.5 ms/event": phases[1].relay_cpu_us <= CPU_TARGET_US,
+        "consumer CPU ≤ 0.5 ms/event": phases[2].consumer_cpu_us <= CPU_TARGET_US,
+        "relay CPU ≤ 0.5 ms/event": phases[2].relay_cpu_us <= CPU_TARGET_US,
     }
     print(f"pointd stream / floor: p50 x {p50_ratio:.2f}, p99 x {p99_ratio:.2f}")
     for target, met in verdicts.items():
@@ -401,7 +421,10 @@ async def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         path = save_json("relay_hop", args.json, {
             "machine": machine, "phases": [p.figures() for p in phases],
-            "ratios": {"p50": p50_ratio, "p99": p99_ratio}, "targets": verdicts,
+            "ratios": {"p50": p50_ratio, "p99": p99_ratio,
+                       "p50_durable": stream["p50_us"] / durable["p50_us"],
+                       "p99_durable": stream["p99_us"] / durable["p99_us"]},
+            "targets": verdicts,
         })
         print(f"figures saved to {path}")
     broken = sum(p.lost + p.repeats for p in phases)
