@@ -75,12 +75,6 @@ CPU_TARGET_US = 500.0
 STORES = list(relay_intake.STORES)[:2]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process used so far, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ---- the consumer processes ---------------------------------------------------------------
 
 
@@ -165,7 +159,7 @@ class ConsumerProcess:
         return report
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.process.pid)
+        return relay_intake.proc_cpu_seconds(self.process.pid)
 
 
 @contextlib.asynccontextmanager
@@ -188,28 +182,12 @@ async def consumer_process(*arguments: str) -> AsyncIterator[ConsumerProcess]:
             raise RuntimeError(f"consumer did not start: {line!r}")
         yield ConsumerProcess(process)
     finally:
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), START_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        process.stdin.close()  # the consumer's cue to exit
+        await relay_intake.stop_process(process, signal.SIGTERM)
 
 
-@dataclass
-class Server:
-    """A server process the phase sends to: where it listens and its pid."""
-
-    host: str
-    port: int
-    pid: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+# A server process a phase sends to: where it listens and its pid.
+Server = relay_intake.RelayProcess
 
 
 @contextlib.asynccontextmanager
@@ -227,12 +205,7 @@ async def floor_process(durable: Path | None = None) -> AsyncIterator[Server]:
             raise RuntimeError(f"floor did not start: {line!r}")
         yield Server(found.group(1).decode(), int(found.group(2)), process.pid)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), START_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await relay_intake.stop_process(process, signal.SIGINT)
 
 
 # ---- one phase --------------------------------------------------------------------------
@@ -360,32 +333,40 @@ async def floor_phase(count: int, rate: float, *, durable: bool = False) -> Phas
             )
 
 
+@contextlib.asynccontextmanager
+async def pointd_relays(args: argparse.Namespace, directory: Path) -> AsyncIterator[list[Server]]:
+    """``--replicas`` relay processes on ``--backend`` (a throw-away PostgreSQL server)."""
+    async with relay_intake.backend_dsn(args.backend) as dsn:
+        config = relay_intake.write_config(directory, dsn, 0.0)
+        async with contextlib.AsyncExitStack() as stack:
+            yield [
+                await stack.enter_async_context(
+                    relay_intake.relay(config, portable=False, cpu=None, profile=None)
+                )
+                for _ in range(args.replicas)
+            ]
+
+
 async def pointd_phase(args: argparse.Namespace, delivery: Delivery, count: int) -> Phase:
     stores = STORES[: args.replicas]
     name = f"pointd {args.backend}x{args.replicas} {delivery}"
     with tempfile.TemporaryDirectory(prefix="pointd-hop-") as directory:
-        async with relay_intake.backend_dsn(args.backend) as dsn:
-            config = relay_intake.write_config(Path(directory), dsn, 0.0)
-            async with contextlib.AsyncExitStack() as stack:
-                relays = [
-                    await stack.enter_async_context(
-                        relay_intake.relay(config, portable=False, cpu=None, profile=None)
+        async with (
+            pointd_relays(args, Path(directory)) as servers,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            consumers = [
+                await stack.enter_async_context(
+                    consumer_process(
+                        "pointd", "--url", servers[k].url, "--store", store,
+                        "--journal", str(Path(directory) / f"journal-{store}.sqlite3"),
+                        "--delivery", str(delivery),
                     )
-                    for _ in range(args.replicas)
-                ]
-                servers = [Server(r.host, r.port, r.pid) for r in relays]
-                consumers = [
-                    await stack.enter_async_context(
-                        consumer_process(
-                            "pointd", "--url", servers[k].url, "--store", store,
-                            "--journal", str(Path(directory) / f"journal-{store}.sqlite3"),
-                            "--delivery", str(delivery),
-                        )
-                    )
-                    for k, store in enumerate(stores)
-                ]
-                payloads = payloads_for(servers[0], 0, count, stores)
-                return await run_phase(name, servers, consumers, payloads, args.rate)
+                )
+                for k, store in enumerate(stores)
+            ]
+            payloads = payloads_for(servers[0], 0, count, stores)
+            return await run_phase(name, servers, consumers, payloads, args.rate)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -126,8 +126,24 @@ class RelayProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU seconds used so far, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.pid)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process used so far, all threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def stop_process(process: asyncio.subprocess.Process, how: signal.Signals) -> None:
+    """Send ``how`` and wait for the exit; kill what does not exit within START_TIMEOUT."""
+    if process.returncode is None:
+        process.send_signal(how)
+    try:
+        await asyncio.wait_for(process.wait(), START_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 @contextlib.asynccontextmanager
@@ -168,12 +184,7 @@ async def relay(
     finally:
         # SIGINT, not SIGTERM: uvicorn re-raises the signal it caught once it has shut
         # down, and only KeyboardInterrupt lets cProfile write its file.
-        process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), START_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_process(process, signal.SIGINT)
         if drain is not None:
             drain.cancel()
 
@@ -315,11 +326,11 @@ async def intake_scenario(args: argparse.Namespace, portable: bool) -> Figures:
             ) as target:
                 expected = int((args.rate or args.ceiling) * args.seconds * 1.1) + 100
                 payloads = [request_bytes(target.host, target.port, n) for n in range(expected)]
-                relay_cpu, own_cpu = target.cpu_seconds(), _own_cpu()
+                relay_cpu, own_cpu = target.cpu_seconds(), own_cpu_seconds()
                 latencies, answered, failures, elapsed = await drive(
                     target, payloads, args.seconds, args.connections, args.rate
                 )
-                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, _own_cpu() - own_cpu
+                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, own_cpu_seconds() - own_cpu
                 found = await delivered(target.url)
                 commits = await commit_figures(target.url)
             if profile is not None:
@@ -358,7 +369,8 @@ async def commit_figures(base: str) -> dict[str, float]:
     }
 
 
-def _own_cpu() -> float:
+def own_cpu_seconds() -> float:
+    """This process's user plus system CPU seconds so far."""
     times = os.times()
     return times.user + times.system
 
@@ -454,11 +466,12 @@ async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
                 first = consumer()
                 running = asyncio.create_task(first.run())
                 await first.poll_once(wait=0)  # connected before the clock starts
-                relay_cpu, own_cpu, t0 = target.cpu_seconds(), _own_cpu(), time.perf_counter()
+                relay_cpu, own_cpu = target.cpu_seconds(), own_cpu_seconds()
+                t0 = time.perf_counter()
                 await asyncio.to_thread(send, range(count))
                 await _until(lambda: len(journaled_at) >= count)
                 elapsed = time.perf_counter() - t0
-                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, _own_cpu() - own_cpu
+                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, own_cpu_seconds() - own_cpu
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await running

@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import relay_floor  # noqa: E402
 import relay_intake  # noqa: E402
-from relay_hop import Server, floor_process  # noqa: E402
+from relay_hop import Server, floor_process, pointd_relays  # noqa: E402
 from run_record import add_run_arguments, describe_machine, print_machine, save_json  # noqa: E402
 
 PROBE_SECONDS = 3.0
@@ -89,11 +88,6 @@ def trend(samples: Sequence[int]) -> float:
     mean_x, mean_y = (n - 1) / 2, sum(samples) / n
     num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(samples))
     return num / sum((x - mean_x) ** 2 for x in range(n))
-
-
-def own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 async def offer(
@@ -175,14 +169,16 @@ async def sustain(
     offset = len(payloads) // 4  # fresh notifications for the sustained runs
     runs: list[Run] = []
     for _attempt in range(ATTEMPTS):
-        cpu0, server0 = own_cpu(), sum(s.cpu_seconds() for s in servers)
+        cpu0 = relay_intake.own_cpu_seconds()
+        server0 = sum(s.cpu_seconds() for s in servers)
         answered, failures, elapsed, backlog = await offer(
             servers, payloads[offset:], args.seconds, args.connections, rate
         )
         answered_all |= {offset + n for n in answered}
         offset += int(rate * args.seconds * 1.05) + 1
         run = Run(rate, len(answered), elapsed, backlog, trend(backlog), failures,
-                  own_cpu() - cpu0, sum(s.cpu_seconds() for s in servers) - server0)
+                  relay_intake.own_cpu_seconds() - cpu0,
+                  sum(s.cpu_seconds() for s in servers) - server0)
         runs.append(run)
         print(f"{name:<28} offered {run.offered:7.0f}/s  answered {run.rate:7.0f}/s  "
               f"backlog {backlog[:1]}…{backlog[-1:]} trend {run.slope:+.1f}/s  "
@@ -201,21 +197,6 @@ async def floor_count(server: Server) -> int:
         return int((await client.get(f"{server.url}/count")).json()["events"])
 
 
-@contextlib.asynccontextmanager
-async def pointd_servers(args: argparse.Namespace) -> AsyncIterator[list[Server]]:
-    with tempfile.TemporaryDirectory(prefix="pointd-sustained-") as directory:
-        async with relay_intake.backend_dsn(args.backend) as dsn:
-            config = relay_intake.write_config(Path(directory), dsn, 0.0)
-            async with contextlib.AsyncExitStack() as stack:
-                relays = [
-                    await stack.enter_async_context(
-                        relay_intake.relay(config, portable=False, cpu=None, profile=None)
-                    )
-                    for _ in range(args.replicas)
-                ]
-                yield [Server(r.host, r.port, r.pid) for r in relays]
-
-
 async def run(args: argparse.Namespace) -> int:
     machine = describe_machine()
     print_machine("relay intake sustained: pointd against the floor's durable variant", machine)
@@ -229,9 +210,10 @@ async def run(args: argparse.Namespace) -> int:
             )
             floor_lost = max(0, len(floor_answered) - await floor_count(floor))
     name = f"pointd {args.backend} x{args.replicas}"
-    async with pointd_servers(args) as servers:
-        _cap, pointd_run, pointd_runs, pointd_answered = await sustain(name, servers, args)
-        stored = await relay_intake.delivered(servers[0].url)
+    with tempfile.TemporaryDirectory(prefix="pointd-sustained-") as directory:
+        async with pointd_relays(args, Path(directory)) as servers:
+            _cap, pointd_run, pointd_runs, pointd_answered = await sustain(name, servers, args)
+            stored = await relay_intake.delivered(servers[0].url)
     pointd_lost = sum(1 for n in pointd_answered if f"rq-{n}" not in stored)
     ratio = pointd_run.rate / floor_run.rate
     met = pointd_run.held and floor_run.held and ratio >= TARGET_RATIO and not pointd_lost

@@ -155,9 +155,11 @@ async def test_relay_shutdown_ends_open_streams(relay: RunningRelay) -> None:
         await asyncio.wait_for(to_the_end(), IO_TIMEOUT)
 
 
-def consumer_for(relay: RunningRelay, journal: Journal, **kwargs: Any) -> RelayConsumer:
+def consumer_for(
+    relay: RunningRelay, journal: Journal, url: str | None = None, **kwargs: Any
+) -> RelayConsumer:
     return RelayConsumer(
-        relay.url,
+        url or relay.url,
         "store-a",
         TOKENS["store-a"],
         journal,
@@ -283,14 +285,10 @@ async def test_the_consumer_long_polls_behind_a_proxy_that_buffers(relay: Runnin
     proxy = BufferingProxy(relay.port)
     url = await proxy.start()
     journal = Journal()
-    consumer = RelayConsumer(
+    consumer = consumer_for(
+        relay,
+        journal,
         url,
-        "store-a",
-        TOKENS["store-a"],
-        journal,
-        journal,
-        clock=relay.clock,
-        canary_interval=3600.0,
         long_poll_wait=1.0,
         stream_open_timeout=0.5,  # the opening message is held back for good here
     )
