@@ -399,8 +399,10 @@ class RelayService:
             after, frames = feed.frames_after(after)
             if not frames and (read_storage or feed.touched != touched or feed.has_beyond(after)):
                 touched = feed.touched
-                events = await self.storage.read(store, after, MAX_READ_LIMIT)
-                read_storage = len(events) == MAX_READ_LIMIT
+                # As many as a long-poll answers by default: a backlog of large events is
+                # sent in pieces, never all in one buffer.
+                events = await self.storage.read(store, after, DEFAULT_READ_LIMIT)
+                read_storage = len(events) == DEFAULT_READ_LIMIT
                 frames = [_event_frame(event) for event in events]
                 if events:
                     after = events[-1].position or after

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# A relay event is a few KiB (its body is at most intake.body_limit, 256 KiB by default,
-# base64-encoded); anything far larger is not from a relay.
-MAX_MESSAGE = 1 << 20
+# A relay event is a few KiB; its body is at most intake.body_limit (256 KiB by default, at
+# most 16 MiB), base64-encoded in the event's JSON, which grows it by a third. Anything
+# larger is not from a relay.
+MAX_MESSAGE = 32 << 20
 KEEPALIVE = b": keepalive\n\n"
 
 
@@ -51,7 +52,8 @@ class Decoder:
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self._max = max_message
-        self._pending = b""  # bytes of a line not yet ended
+        self._pending: list[bytes] = []  # chunks of a line not yet ended
+        self._pending_size = 0
         self._skip_lf = False  # the last chunk ended in CR: a leading LF belongs to it
         self._event = ""
         self._data: list[str] = []
@@ -63,18 +65,30 @@ class Decoder:
         """The messages completed by ``chunk``."""
         if self._skip_lf and chunk.startswith(b"\n"):
             chunk = chunk[1:]
+        if not chunk:
+            return []
         self._skip_lf = chunk.endswith(b"\r")
-        text = self._pending + chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            # A long line arriving in pieces is kept as pieces: joined once, when it ends.
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            self._check_size(self._pending_size)
+            return []
+        text = b"".join([*self._pending, chunk])
         lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._pending = lines.pop()
-        if len(self._pending) + self._size > self._max:
-            raise StreamCorrupt(f"an event stream message above {self._max} bytes")
+        rest = lines.pop()
+        self._pending, self._pending_size = ([rest], len(rest)) if rest else ([], 0)
+        self._check_size(self._pending_size)
         messages: list[Message] = []
         for line in lines:
             message = self._line(line.decode("utf-8", errors="replace"))
             if message is not None:
                 messages.append(message)
         return messages
+
+    def _check_size(self, pending: int) -> None:
+        if pending + self._size > self._max:
+            raise StreamCorrupt(f"an event stream message above {self._max} bytes")
 
     def _line(self, line: str) -> Message | None:
         if not line:
@@ -87,8 +101,7 @@ class Decoder:
             value = value[1:]
         if name == "data":
             self._size += len(value) + 1
-            if self._size > self._max:
-                raise StreamCorrupt(f"an event stream message above {self._max} bytes")
+            self._check_size(0)
             self._data.append(value)
         elif name == "event":
             self._event = value

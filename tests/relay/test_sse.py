@@ -66,3 +66,13 @@ def test_a_message_that_never_ends_is_refused_at_the_bound() -> None:
 def test_a_frame_refuses_data_with_a_line_break() -> None:
     with pytest.raises(ValueError, match="one line"):
         sse.frame(b"a\nb", event_id=1)
+
+
+def test_a_long_message_in_many_pieces_decodes_once_it_ends() -> None:
+    decoder = sse.Decoder()
+    payload = "x" * 3_000_000
+    wire = sse.frame(payload.encode(), event_id=9)
+    messages = []
+    for start in range(0, len(wire), 4096):
+        messages += decoder.feed(wire[start : start + 4096])
+    assert messages == [sse.Message("", "9", payload)]
