@@ -210,6 +210,7 @@ class ChaosOptions:
     lanes: int = 4
     fault_interval: float = 2.5
     log_level: str = "warning"
+    relay_delivery: str = "stream"  # the daemon's relay.delivery
 
 
 @dataclass
@@ -286,7 +287,7 @@ def chaos_spec(options: ChaosOptions) -> StoreSpec:
         daemon_config={
             "cloud": {"connect_timeout": 1.0, "read_timeout": DAEMON_READ_TIMEOUT},
             "relay": {"canary_interval": 5.0, "silence_alarm": 15.0,
-                      "reconnect_max_backoff": 1.0},
+                      "reconnect_max_backoff": 1.0, "delivery": options.relay_delivery},
             "timers": DAEMON_TIMERS,
             "terminals": {"refresh_interval": 30.0},
             "logging": {"level": options.log_level, "format": "json"},
@@ -1057,10 +1058,13 @@ def main(argv: list[str]) -> int:
                              "temporary directory, removed unless the run fails)")
     parser.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
                         help="also write the figures as JSON (default bench/results/)")
+    parser.add_argument("--relay-delivery", choices=["stream", "long-poll"], default="stream",
+                        help="how the daemon reads the relay (relay.delivery; default stream)")
     args = parser.parse_args(argv)
     if args.sales < 1 or args.lanes < 1 or args.fault_interval <= 0:
         parser.error("--sales and --lanes must be at least 1, --fault-interval positive")
-    options = ChaosOptions(args.sales, args.seed, args.lanes, args.fault_interval)
+    options = ChaosOptions(args.sales, args.seed, args.lanes, args.fault_interval,
+                           relay_delivery=args.relay_delivery)
     configure_logging("warning", "console", sys.stderr)
     # The simulator drops create answers on purpose; uvicorn reports each as an error.
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
@@ -1071,7 +1075,7 @@ def main(argv: list[str]) -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="chaos-")) if temporary else args.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     print(f"  state: {state_dir}  seed {options.seed}  sales {options.sales}  "
-          f"lanes {options.lanes}")
+          f"lanes {options.lanes}  relay delivery {options.relay_delivery}")
     try:
         figures = asyncio.run(run_chaos(options, state_dir))
     except (RuntimeError, OSError, httpx.HTTPError) as exc:

@@ -54,19 +54,6 @@ from tests.security.hostile_bodies import crafted_bodies  # noqa: E402
 
 UNSIGNED_BODY_LIMIT = 16384  # pointd.relay.intake.UNSIGNED_BODY_LIMIT
 TARGET_P99_MS = 50.0
-CALIBRATION_LOOPS = 1_000_000
-
-
-def calibration_ms() -> float:
-    """The best of 5 runs of a fixed pure-Python loop, in milliseconds."""
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        total = 0
-        for n in range(CALIBRATION_LOOPS):
-            total += n * n % 7
-        best = min(best, time.perf_counter() - started)
-    return best * 1000
 
 
 def _request(host: str, port: int, target: str, body: bytes, extra: str = "") -> bytes:
@@ -166,10 +153,9 @@ def _summary(latencies: Sequence[float]) -> dict[str, float]:
 
 async def run(args: argparse.Namespace) -> int:
     """The reference phase, then the hostile phase; print both and what was lost."""
-    print_machine("relay under hostile load (bench/relay_hostile.py)", describe_machine())
-    calibration = calibration_ms()
-    print(f"calibration: {calibration:.1f} ms ({CALIBRATION_LOOPS:,} pure-Python loop steps, "
-          "best of 5)", flush=True)
+    machine = describe_machine()
+    print_machine("relay under hostile load (bench/relay_hostile.py)", machine)
+    calibration = machine["calibration_ms"]
     results: list[Figures] = []
     with tempfile.TemporaryDirectory() as directory:
         config = relay_intake.write_config(Path(directory), None, 0.0)

@@ -11,9 +11,10 @@ paced to that many requests per second in total). Afterwards every store stream 
 back and each request answered 2xx but not delivered counts as lost (must be 0).
 
 Hop: notifications sent one at a time at a steady ``--hop-rate`` while a
-``pointd.relay.client.RelayConsumer`` long-polls its store; the time is from just before the
-POST is written until the consumer's handler has committed the event to a real pointd
-journal (``Journal.mark_notification_seen``, fsynced). Then the consumer goes away for
+``pointd.relay.client.RelayConsumer`` reads its store (streaming); the time is from just
+before the POST is written until the consumer's handler has committed the event to a real
+pointd journal (``Journal.record_relay_batch``: the batch's seen keys and cursor, one
+fsync). Then the consumer goes away for
 ``--away`` notifications, comes back, and every one must reach the journal exactly once.
 
     python bench/relay_intake.py                       # fast (httptools+uvloop) and portable
@@ -125,8 +126,24 @@ class RelayProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU seconds used so far, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.pid)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process used so far, all threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def stop_process(process: asyncio.subprocess.Process, how: signal.Signals) -> None:
+    """Send ``how`` and wait for the exit; kill what does not exit within START_TIMEOUT."""
+    if process.returncode is None:
+        process.send_signal(how)
+    try:
+        await asyncio.wait_for(process.wait(), START_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 @contextlib.asynccontextmanager
@@ -167,12 +184,7 @@ async def relay(
     finally:
         # SIGINT, not SIGTERM: uvicorn re-raises the signal it caught once it has shut
         # down, and only KeyboardInterrupt lets cProfile write its file.
-        process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), START_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_process(process, signal.SIGINT)
         if drain is not None:
             drain.cancel()
 
@@ -314,11 +326,11 @@ async def intake_scenario(args: argparse.Namespace, portable: bool) -> Figures:
             ) as target:
                 expected = int((args.rate or args.ceiling) * args.seconds * 1.1) + 100
                 payloads = [request_bytes(target.host, target.port, n) for n in range(expected)]
-                relay_cpu, own_cpu = target.cpu_seconds(), _own_cpu()
+                relay_cpu, own_cpu = target.cpu_seconds(), own_cpu_seconds()
                 latencies, answered, failures, elapsed = await drive(
                     target, payloads, args.seconds, args.connections, args.rate
                 )
-                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, _own_cpu() - own_cpu
+                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, own_cpu_seconds() - own_cpu
                 found = await delivered(target.url)
                 commits = await commit_figures(target.url)
             if profile is not None:
@@ -357,7 +369,8 @@ async def commit_figures(base: str) -> dict[str, float]:
     }
 
 
-def _own_cpu() -> float:
+def own_cpu_seconds() -> float:
+    """This process's user plus system CPU seconds so far."""
     times = os.times()
     return times.user + times.system
 
@@ -386,9 +399,6 @@ class _JournalCursor:
         value = self._journal.relay_cursor()
         return int(value) if value else 0
 
-    def set(self, cursor: int) -> None:
-        self._journal.set_relay_cursor(str(cursor))
-
 
 async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
     """POST → relay → long-polling consumer → fsynced journal row; then an away period."""
@@ -405,13 +415,16 @@ async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
                 journaled_at: dict[str, float] = {}
                 repeats = 0
 
-                async def handler(events: Sequence[RelayEvent]) -> None:
+                async def handler(events: Sequence[RelayEvent], cursor: int) -> None:
                     nonlocal repeats
-                    for event in events:
-                        if not journal.mark_notification_seen(f"relay:{event.id}"):
+                    keys = [f"relay:{event.id}" for event in events]
+                    recorded = journal.record_relay_batch(keys, cursor)
+                    now = time.perf_counter()
+                    for event, fresh in zip(events, recorded, strict=True):
+                        if not fresh:
                             repeats += 1
                             continue
-                        journaled_at[event.headers["x-request-id"]] = time.perf_counter()
+                        journaled_at[event.headers["x-request-id"]] = now
 
                 def consumer() -> RelayConsumer:
                     return RelayConsumer(
@@ -453,11 +466,12 @@ async def hop_scenario(args: argparse.Namespace) -> list[Figures]:
                 first = consumer()
                 running = asyncio.create_task(first.run())
                 await first.poll_once(wait=0)  # connected before the clock starts
-                relay_cpu, own_cpu, t0 = target.cpu_seconds(), _own_cpu(), time.perf_counter()
+                relay_cpu, own_cpu = target.cpu_seconds(), own_cpu_seconds()
+                t0 = time.perf_counter()
                 await asyncio.to_thread(send, range(count))
                 await _until(lambda: len(journaled_at) >= count)
                 elapsed = time.perf_counter() - t0
-                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, _own_cpu() - own_cpu
+                relay_cpu, own_cpu = target.cpu_seconds() - relay_cpu, own_cpu_seconds() - own_cpu
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await running

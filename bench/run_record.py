@@ -1,8 +1,12 @@
-"""What every pointd benchmark states about its run: machine, date, command, and its figures.
+"""What every pointd benchmark states about its run: machine, date, command, a CPU
+calibration, and its figures.
 
 A figure without the machine and the exact command that produced it cannot be compared with
 anything, so each benchmark prints ``describe_machine()`` before its figures and, with
-``--json``, saves the same description next to them (bench/results/ is git-ignored).
+``--json``, saves the same description next to them (bench/results/ is git-ignored). The
+calibration is the time of a fixed pure-Python workload measured at the start of the same
+run: on a shared machine it tells how fast this interpreter ran *then*, so that two runs'
+figures can be compared through it (a figure in calibrations) rather than only by date.
 """
 
 from __future__ import annotations
@@ -15,11 +19,28 @@ import platform
 import shlex
 import statistics
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CALIBRATION_LOOPS = 1_000_000
+CALIBRATION_RUNS = 5
+
+
+def calibration_ms() -> float:
+    """The best of CALIBRATION_RUNS runs of a fixed pure-Python loop (CALIBRATION_LOOPS
+    steps of integer arithmetic), in milliseconds: the interpreter's speed on this machine
+    now."""
+    best = float("inf")
+    for _ in range(CALIBRATION_RUNS):
+        started = time.perf_counter()
+        total = 0
+        for n in range(CALIBRATION_LOOPS):
+            total += n * n % 7
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
 
 
 def cpu_model() -> str:
@@ -51,6 +72,7 @@ def describe_machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "kernel": platform.release(),
         "load_average": load,
+        "calibration_ms": calibration_ms(),
         "command": shlex.join(["python", *sys.argv]),
     }
 
@@ -62,6 +84,10 @@ def print_machine(title: str, machine: dict[str, Any]) -> None:
         f"  {machine['date']}  nproc {machine['nproc']}  cpu {machine['cpu_model']}  "
         f"python {machine['python']}  kernel {machine['kernel']}  "
         f"load {machine['load_average']}"
+    )
+    print(
+        f"  calibration: {machine['calibration_ms']:.1f} ms "
+        f"({CALIBRATION_LOOPS:,} pure-Python loop steps, best of {CALIBRATION_RUNS})"
     )
     print(f"  command: {machine['command']}")
 

@@ -15,12 +15,16 @@ chargebacks, claims) become a fetch of a payment one of our sales already has. A
 alert (``stop_delivery_op_wh``, or IPN ``delivery_cancellation``) becomes ``FraudAlerted``:
 it can only keep goods in the store. Each relayed event is journaled (as the fraud alert,
 or as seen) before the relay is acknowledged, and an event already seen is skipped, so a
-redelivery after a crash changes nothing.
+redelivery after a crash changes nothing. A delivered batch is journaled in one transaction:
+the seen keys of every event that became no core event, with the relay cursor the batch
+reached (``Journal.record_relay_batch``); a fraud alert is submitted to the engine first, in
+its own write-ahead commit, because its effects must follow its own fsync. Hints are acted
+on only after the batch's commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,8 +79,8 @@ class JournalLike(Protocol):
         """Whether this notification was journaled before."""
         ...
 
-    def mark_notification_seen(self, key: str, seq: int | None = None) -> bool:
-        """Record a notification that became no core event."""
+    def record_relay_batch(self, keys: Iterable[str], cursor: int) -> list[bool]:
+        """Record notifications that became no core event, and the relay cursor, at once."""
         ...
 
 
@@ -134,8 +138,10 @@ class NotificationHandler:
     journal: JournalLike
     counts: dict[str, int] = field(default_factory=dict)
 
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
-        """Journal each new event (as core events or as seen), then act on its hints."""
+    async def __call__(self, events: Sequence[RelayEvent], cursor: int) -> None:
+        """Journal a delivered batch and the relay cursor it reached, then act on its hints."""
+        seen: list[str] = []
+        readings: list[Reading] = []
         for event in events:
             key = f"relay:{event.id}"
             if self.journal.notification_seen(key):
@@ -150,12 +156,15 @@ class NotificationHandler:
                 for core_event in rest:
                     await self.engine.submit(core_event)
             else:
-                self.journal.mark_notification_seen(key)
+                seen.append(key)
+            readings.append(reading)
+            self._count(event.kind)
+        self.journal.record_relay_batch(seen, cursor)
+        for reading in readings:
             for intent_id in reading.intent_hints:
                 self.engine.hint_intent(intent_id, reading.reference)
             for payment_id in reading.payment_hints:
                 self.engine.hint_payment(payment_id)
-            self._count(event.kind)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

@@ -167,10 +167,6 @@ class JournalCursor:
         value = self._journal.relay_cursor()
         return int(value) if value else 0
 
-    def set(self, cursor: int) -> None:
-        """Remember a cursor after its events were journaled."""
-        self._journal.set_relay_cursor(str(cursor))
-
 
 class GapEngine(Protocol):
     """The part of the engine the relay-gap reconciliation uses."""
@@ -233,13 +229,15 @@ class RelayStatus:
         """State, since when, last delivery's age and the journaled cursor."""
         relay = self._relay
         if relay is None:
-            return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None}
+            return {"state": "disabled", "since": None, "last_event_age": None, "cursor": None,
+                    "delivery": None}
         health = relay.health
         last = health.last_event_at
         return {
             "state": health.state.value,
             "since": health.since,
             "detail": health.detail,
+            "delivery": str(relay.delivery),
             "last_event_age": None if last is None else max(0.0, self._clock() - last),
             "cursor": self._cursor.get(),
         }
@@ -453,6 +451,7 @@ def _wire(
             cursor,
             webhook_secret=webhook_secret.reveal() if webhook_secret else None,
             on_health_change=on_relay_health,
+            delivery=config.relay.delivery,
             canary_interval=config.relay.canary_interval,
             transport=ports.relay_transport,
         )

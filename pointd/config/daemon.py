@@ -168,6 +168,14 @@ class RelayLinkConfig:
         f"credential {RELAY_STORE_TOKEN} is absent.",
         example="/etc/pointd/credentials/relay_store_token",
     )
+    delivery: str = option(
+        "stream",
+        "How notifications come from the relay: stream (one long-lived event stream, each "
+        "notification pushed as the relay commits it; falls back to long-poll by itself when "
+        "the stream is refused or a proxy buffers it) or long-poll (always; for a proxy that "
+        "breaks long-lived responses in other ways).",
+        choices=("stream", "long-poll"),
+    )
     canary_interval: float = option(
         60.0,
         "Seconds between canary notifications the daemon asks the relay to echo, proving the "

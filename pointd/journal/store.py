@@ -7,7 +7,10 @@ that is committed and fsynced before ``append`` returns (WAL with ``synchronous=
 commit survives power loss, not only a crash of the process). Only then does the engine run
 the step's effects, so an effect never happens without its cause on disk. The transaction
 also updates the ``sales`` projection (one row per sale, for fast views) and, when given,
-the notification dedupe key, so "journaled" and "acknowledged" can never disagree.
+the notification dedupe key, so "journaled" and "acknowledged" can never disagree. A batch
+of relayed notifications that became no core event is recorded with the relay cursor it
+reached in one transaction too (``record_relay_batch``): one fsync per batch, not per
+notification.
 
 Events are the truth and are never updated or deleted (triggers refuse it); everything else
 is derived or auxiliary. ``rebuild`` replays the events through ``pointd.core.machine.step``
@@ -384,11 +387,23 @@ class Journal:
         row = self._db.execute("SELECT cursor FROM relay_cursor WHERE id = 1").fetchone()
         return None if row is None else str(row[0])
 
-    def set_relay_cursor(self, cursor: str) -> None:
-        """Durably store the relay delivery cursor."""
-        with self._transaction("set_relay_cursor"):
+    def record_relay_batch(self, keys: Iterable[str], cursor: int, *,
+                           at: float | None = None) -> list[bool]:
+        """Durably record a delivered batch in one transaction: each notification dedupe key
+        (those that became no core event) and the relay cursor the batch reached. Returns,
+        per key, True when it was not seen before. ``at`` dates the keys for ``prune``
+        (default now)."""
+        seen_at = time.time() if at is None else at
+        fresh: list[bool] = []
+        with self._transaction("record_relay_batch"):
+            for key in keys:
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO seen_notifications (key, seq, seen_at) "
+                    "VALUES (?, NULL, ?)", (key, seen_at))
+                fresh.append(inserted.rowcount == 1)
             self._db.execute("INSERT OR REPLACE INTO relay_cursor (id, cursor) VALUES (1, ?)",
-                             (cursor,))
+                             (str(cursor),))
+        return fresh
 
     def mark_notification_seen(self, key: str, seq: int | None = None, *,
                                at: float | None = None) -> bool:

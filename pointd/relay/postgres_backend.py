@@ -7,6 +7,8 @@ on the unique keys), learn route keys, reserve each store's positions by bumping
 makes positions of one store commit in order), insert deliveries, and ``pg_notify`` the
 stores touched. LISTEN/NOTIFY is only a wake-up for long-polls on other replicas: a lost
 notification delays a read until the long-poll's periodic re-check, it never loses data.
+A replica skips the notifications of its own writer connections: what it commits itself
+its service pushes to its streams at once (pointd.relay.feed), without reading it back.
 
 Re-routing across replicas: one replica may store an event waiting for a route key while
 another learns that key. Under READ COMMITTED neither would see the other's uncommitted
@@ -118,6 +120,9 @@ class PostgresStorage:
         self._read_lock = asyncio.Lock()
         self._callbacks: list[Callable[[str], None]] = []
         self._listener: asyncio.Task[None] | None = None
+        # Server process ids of this replica's writer connections, whose notifications
+        # announce its own commits.
+        self._own_pids: set[int] = set()
 
     def __repr__(self) -> str:
         # The DSN may hold a password; never show it.
@@ -134,6 +139,7 @@ class PostgresStorage:
     async def _writer_connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer is None or self._writer.closed or self._writer.broken:
             self._writer = await self._connect()
+            self._own_pids.add(self._writer.info.backend_pid)
         return self._writer
 
     async def _reader_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -166,7 +172,7 @@ class PostgresStorage:
         self._writer = self._reader = None
 
     def on_remote_write(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(store)`` when any replica appended to a store's stream."""
+        """Call ``callback(store)`` when another replica appended to a store's stream."""
         self._callbacks.append(callback)
 
     async def _listen(self) -> None:
@@ -176,6 +182,8 @@ class PostgresStorage:
                 async with connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
                     async for notify in connection.notifies():
+                        if notify.pid in self._own_pids:
+                            continue
                         for callback in self._callbacks:
                             callback(notify.payload)
             except (StorageError, psycopg.Error) as exc:

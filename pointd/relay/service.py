@@ -13,11 +13,14 @@ An event stored before its route is known waits, and is routed by the commit tha
 its route. A fraud alert still waiting after ``delivery.unroutable_alert_after`` raises an
 alert once: an error log line, a metric and the admin listing ``?status=alerted``.
 
-Stores read their own stream by long-poll with a cursor and acknowledge positions; each
-bearer token is bound to one store id, and a token that does not fit the store in the path
-is answered exactly like a store that does not exist. Long-polls wake on local commits and,
-with several replicas, on the backend's remote-write signal; they also re-read storage
-every ``WAKE_RECHECK_INTERVAL`` so that a lost wake-up only delays, never loses, an event.
+Stores read their own stream with a cursor and acknowledge positions, either on one
+long-lived server-sent-event stream (``/stores/{id}/stream``: each event is pushed as its
+commit lands, from the frames pointd.relay.feed keeps) or by long-poll (``/events``, the
+fallback for proxies that buffer). Each bearer token is bound to one store id, and a token
+that does not fit the store in the path is answered exactly like a store that does not
+exist. Both wake on local commits and, with several replicas, on the backend's remote-write
+signal; both also re-read storage every ``WAKE_RECHECK_INTERVAL`` so that a lost wake-up
+only delays, never loses, an event.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pointd.config.relay import RelayConfig, RelaySecrets
-from pointd.relay import intake
+from pointd.relay import intake, sse
 from pointd.relay.errors import NotStored, RequestRefused, StorageError
+from pointd.relay.feed import StoreFeed
 from pointd.relay.group_commit import GroupCommitter
 from pointd.relay.metrics import CONTENT_TYPE, RelayMetrics
 from pointd.relay.notification import ID_SCAN_LIMIT, Kind
@@ -52,7 +56,9 @@ from pointd.relay.storage import (
     Incoming,
     Stats,
     Storage,
+    StoredEvent,
     WriteResult,
+    committed_event,
 )
 
 log = structlog.get_logger(__name__)
@@ -69,6 +75,15 @@ CLEANUP_INTERVAL = 3600.0
 ALERT_CHECK_FRACTION = 0.25
 ALERT_CHECK_BOUNDS = (0.5, 60.0)
 DEFAULT_READ_LIMIT = 100
+# A stream sends a comment this often when it has nothing else to send, so that the client
+# (whose read timeout is longer, pointd.relay.client) and any proxy see a live connection.
+STREAM_HEARTBEAT = 15.0
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # nginx buffers a proxied response unless told not to; this is its documented switch.
+    (b"x-accel-buffering", b"no"),
+]
 _DUMMY_DIGEST = hashlib.sha256(b"pointd-relay-no-such-store").digest()
 
 
@@ -134,11 +149,11 @@ class RelayService:
             window_seconds=config.intake.ts_window or None,
             stores=frozenset(self._store_digests),
         )
-        self._wakers: dict[str, asyncio.Event] = {}
+        self._feeds = {store: StoreFeed() for store in self._store_digests}
         self._closing = False
         self._last_poll: dict[str, float] = {}
         self.committer: GroupCommitter[Incoming, WriteResult] = GroupCommitter(
-            storage.write_batch,
+            self._write_and_publish,
             batch_max=config.storage.batch_max,
             batch_wait=config.storage.batch_wait,
             on_commit=self.metrics.observe_commit,
@@ -149,6 +164,7 @@ class RelayService:
             routes=[
                 Route(INTAKE_PATH, _intake_method_not_allowed),
                 Route("/stores/{store}/events", self.store_events, methods=["GET"]),
+                Route("/stores/{store}/stream", self.store_stream, methods=["GET"]),
                 Route("/stores/{store}/ack", self.store_ack, methods=["POST"]),
                 Route("/stores/{store}/canary", self.store_canary, methods=["POST"]),
                 Route("/admin/events", self.admin_events, methods=["GET"]),
@@ -183,10 +199,11 @@ class RelayService:
             await self.storage.close()
 
     def begin_shutdown(self) -> None:
-        """Answer every waiting long-poll now (stores poll again after the restart)."""
+        """Answer every waiting long-poll and end every stream now (stores connect again
+        after the restart)."""
         self._closing = True
-        for waker in list(self._wakers.values()):
-            waker.set()
+        for feed in self._feeds.values():
+            feed.touch()
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Open storage and start the committer, for hosts that serve ``app`` themselves."""
@@ -236,8 +253,6 @@ class RelayService:
         # Counted, not logged: a log line per notification would cost more than its share
         # of the commit, and the stored row is the audit record.
         self.metrics.count_intake(outcome)
-        if result.store is not None and result.position is not None:
-            self._wake(result.store)
         self._note_rerouted(result)
         await _send_json(send, 200, {"status": outcome, "event": result.event_id})
 
@@ -287,10 +302,28 @@ class RelayService:
 
     # ---- store delivery -----------------------------------------------------------------
 
+    async def _write_and_publish(self, items: Sequence[Incoming]) -> list[WriteResult]:
+        """Commit a batch, then push what it appended to its stores' feeds, before any of
+        its requests is answered."""
+        results = await self.storage.write_batch(items)
+        for item, result in zip(items, results, strict=True):
+            feed = self._feeds.get(result.store) if result.store is not None else None
+            if feed is None:
+                continue
+            if result.position is not None and not result.duplicate:
+                frame = (
+                    _event_frame(committed_event(item, result)) if feed.wants_frames() else None
+                )
+                feed.publish(result.position, frame)
+            if result.rerouted:
+                feed.touch()
+        return results
+
     def _wake(self, store: str) -> None:
-        waker = self._wakers.pop(store, None)
-        if waker is not None:
-            waker.set()
+        """Storage may hold events of ``store`` this replica did not publish."""
+        feed = self._feeds.get(store)
+        if feed is not None:
+            feed.touch()
 
     def _authorize_store(self, request: Request) -> str:
         store = str(request.path_params["store"])
@@ -316,19 +349,91 @@ class RelayService:
             if after is None:
                 after = await self.storage.acked(store)
             deadline = asyncio.get_running_loop().time() + wait
+            feed = self._feeds[store]
             while True:
-                waker = self._wakers.setdefault(store, asyncio.Event())
+                changed = feed.changed()
                 events = await self.storage.read(store, after, min(limit or 1, MAX_READ_LIMIT))
                 remaining = deadline - asyncio.get_running_loop().time()
                 if events or remaining <= 0 or self._closing:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waker.wait(), min(remaining, WAKE_RECHECK_INTERVAL))
+                    await asyncio.wait_for(changed.wait(), min(remaining, WAKE_RECHECK_INTERVAL))
         except StorageError as exc:
             log.warning("store_read_failed", store=store, error=str(exc))
             return _error(503, "storage unavailable")
         cursor = events[-1].position if events else after
         return JSONResponse({"events": [event.to_json() for event in events], "cursor": cursor})
+
+    async def store_stream(self, request: Request) -> Response:
+        """A server-sent-event stream of a store's events after a cursor (``Last-Event-ID``,
+        else ``?after=``, else the acknowledged cursor), held open until the client leaves or
+        the relay stops."""
+        try:
+            store = self._authorize_store(request)
+            after = _int_value(request.headers.get("last-event-id"), "Last-Event-ID")
+            if after is None:
+                after = _int_param(request, "after", None, minimum=0)
+            if after is None:
+                after = await self.storage.acked(store)
+        except RequestRefused as exc:
+            return _auth_error(exc)
+        except StorageError as exc:
+            log.warning("store_read_failed", store=store, error=str(exc))
+            return _error(503, "storage unavailable")
+        self._last_poll[store] = self.clock()
+        return _EventStream(self, store, after)
+
+    async def stream(self, store: str, after: int, send: Send, gone: asyncio.Event) -> None:
+        """Send a store's events after ``after`` until ``gone`` or the relay closes."""
+        feed = self._feeds[store]
+        feed.streams += 1
+        try:
+            await self._send_events(feed, store, after, send, gone)
+        finally:
+            feed.closed()
+
+    async def _send_events(
+        self, feed: StoreFeed, store: str, after: int, send: Send, gone: asyncio.Event
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        read_storage, touched = True, feed.touched
+        quiet_since = loop.time()
+        while not (gone.is_set() or self._closing):
+            changed = feed.changed()
+            after, frames = feed.frames_after(after)
+            if not frames and (read_storage or feed.touched != touched or feed.has_beyond(after)):
+                touched = feed.touched
+                # As many as a long-poll answers by default: a backlog of large events is
+                # sent in pieces, never all in one buffer.
+                events = await self.storage.read(store, after, DEFAULT_READ_LIMIT)
+                read_storage = len(events) == DEFAULT_READ_LIMIT
+                frames = [_event_frame(event) for event in events]
+                if events:
+                    after = events[-1].position or after
+            if frames:
+                await send({"type": "http.response.body", "body": b"".join(frames),
+                            "more_body": True})
+                quiet_since = loop.time()
+                self._last_poll[store] = self.clock()
+                continue
+            heartbeat_in = quiet_since + STREAM_HEARTBEAT - loop.time()
+            if heartbeat_in <= 0:
+                await send({"type": "http.response.body", "body": sse.KEEPALIVE,
+                            "more_body": True})
+                quiet_since = loop.time()
+                self._last_poll[store] = self.clock()
+                continue
+            waiting = asyncio.ensure_future(changed.wait())
+            leaving = asyncio.ensure_future(gone.wait())
+            done, _pending = await asyncio.wait(
+                {waiting, leaving},
+                timeout=min(heartbeat_in, WAKE_RECHECK_INTERVAL),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            waiting.cancel()
+            leaving.cancel()
+            if not done:
+                read_storage = True  # a wake-up may have been lost: look again
 
     async def store_ack(self, request: Request) -> Response:
         """Acknowledge a store's stream up to a cursor."""
@@ -561,6 +666,50 @@ class RelayService:
             await asyncio.sleep(CLEANUP_INTERVAL)
 
 
+class _EventStream(Response):
+    """The answer of ``/stores/{id}/stream``: headers, an ``open`` message, then events."""
+
+    def __init__(self, service: RelayService, store: str, after: int) -> None:
+        super().__init__(media_type="text/event-stream")
+        self._service = service
+        self._store = store
+        self._after = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch(), name="stream-disconnect")
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+            opening = json.dumps({"cursor": self._after, "heartbeat": STREAM_HEARTBEAT})
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": sse.frame(opening.encode(), event="open")})
+            await self._service.stream(self._store, self._after, send, gone)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write; it reconnects with its own cursor
+        except StorageError as exc:
+            # Headers are sent; ending the stream makes the client reconnect (and back off).
+            log.warning("store_read_failed", store=self._store, error=str(exc))
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def _event_frame(event: StoredEvent) -> bytes:
+    return sse.frame(
+        json.dumps(event.to_json(), separators=(",", ":")).encode(), event_id=event.position
+    )
+
+
 class _Body:
     """A request body read incrementally, never more than ``limit`` bytes buffered."""
 
@@ -614,6 +763,14 @@ def _int_param(request: Request, name: str, default: int | None, *, minimum: int
         return default
     if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
         raise RequestRefused(400, f"{name} must be an integer >= {minimum}")
+    return int(raw)
+
+
+def _int_value(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise RequestRefused(400, f"{name} must be a non-negative integer")
     return int(raw)
 
 

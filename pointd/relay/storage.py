@@ -100,6 +100,28 @@ class StoredEvent:
         }
 
 
+def committed_event(item: Incoming, result: WriteResult) -> StoredEvent:
+    """The event a commit just appended to a store's stream, as storage will read it back
+    (the stream pushes it without reading it)."""
+    return StoredEvent(
+        event_id=result.event_id,
+        position=result.position,
+        store=result.store,
+        received_at=item.received_at,
+        kind=item.kind,
+        topic=item.topic,
+        parse=item.parse,
+        signed=item.signed,
+        id_source=item.id_source,
+        signed_field=item.signed_field,
+        asks=item.asks,
+        alerted_at=None,
+        query=item.query,
+        headers=item.headers,
+        body=item.body,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStream:
     """The state of one store's stream, for lag metrics."""

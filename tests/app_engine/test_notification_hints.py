@@ -29,7 +29,6 @@ from tests.app_engine.test_idempotent_reconcile import (
     approved_payment,
     make_rig,
 )
-from tests.app_engine.test_order_notifications import Seen
 
 INTENT = "7d8c70b6-2ac8-4c57-a441-c319088ca3ca"
 FOREIGN_PAYMENT = "22200000001"
@@ -99,20 +98,20 @@ async def open_sale(tmp_path: Path) -> Rig:
 async def test_a_finished_body_naming_another_payment_is_answered_by_the_api(
         tmp_path: Path) -> None:
     rig = await open_sale(tmp_path)
-    seen = Seen()
-    await NotificationHandler(rig.engine, seen)(
-        [relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT})])
+    journal = rig.engine.journal
+    await NotificationHandler(rig.engine, journal)(
+        [relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT})], 1)
     await rig.until("the fetch answered", lambda: rig.kinds()[-1] == "IntentObserved")
     assert rig.cloud.called("get_state")[-1] == INTENT
     assert rig.cloud.called("get_payment") == []
     assert (rig.sale().state, rig.sale().payment_id) == (SaleState.OPEN, None)
-    assert seen.keys == {"relay:1"}
+    assert journal.notification_seen("relay:1")
 
     # The API says FINISHED with the real payment: that one, and only it, is verified.
     rig.cloud.intents[INTENT] = view("FINISHED", PAYMENT)
     rig.cloud.payments[PAYMENT] = approved_payment()
-    await NotificationHandler(rig.engine, seen)(
-        [relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT}, 2)])
+    await NotificationHandler(rig.engine, journal)(
+        [relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT}, 2)], 2)
     await rig.until("approval", lambda: rig.sale().state is SaleState.APPROVED)
     assert rig.cloud.called("get_payment") == [PAYMENT]
     assert rig.sale().approved_payment_id == PAYMENT

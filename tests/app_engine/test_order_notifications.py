@@ -66,18 +66,6 @@ def test_an_order_notification_without_an_id_is_kept_as_seen_not_guessed() -> No
     assert "order" in reading.note
 
 
-class Seen:
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-
-    def notification_seen(self, key: str) -> bool:
-        return key in self.keys
-
-    def mark_notification_seen(self, key: str, seq: int | None = None) -> bool:
-        self.keys.add(key)
-        return True
-
-
 async def test_the_handler_fetches_a_known_order_and_ignores_a_foreign_one(
         tmp_path: Path) -> None:
     rig = make_engine_rig(tmp_path, idempotent=True, answers=[ORDER])
@@ -86,17 +74,26 @@ async def test_the_handler_fetches_a_known_order_and_ignores_a_foreign_one(
     await rig.until("the order", lambda: rig.sale().intent_id == ORDER)
     rig.cloud.intents[ORDER] = order_view("ON_TERMINAL")
     fetched = len(rig.cloud.called("get_state"))
-    seen = Seen()
-    handler = NotificationHandler(rig.engine, seen)
+    journal = rig.engine.journal
+    handler = NotificationHandler(rig.engine, journal)
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
 
     foreign = json.dumps(order_body("ORD01FOREIGN0000000000000000")).encode()
     ours = json.dumps(order_body(status="at_terminal")).encode()
     await handler([relayed(foreign, {"data.id": "ORD01FOREIGN0000000000000000",
                                      "type": "order"}, 1),
-                   relayed(ours, {"data.id": ORDER, "type": "order"}, 2)])
+                   relayed(ours, {"data.id": ORDER, "type": "order"}, 2)], 3)
+    # The batch (both seen keys and the cursor) is one fsynced transaction, and the hints
+    # are acted on only after it.
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+        "BEGIN IMMEDIATE", "COMMIT"]
+    journal._db.set_trace_callback(None)
+    assert journal.notification_seen("relay:1")
+    assert journal.notification_seen("relay:2")
+    assert journal.relay_cursor() == "3"
     await rig.until("the fetch", lambda: rig.sale().intent_state == "ON_TERMINAL")
     assert rig.cloud.called("get_state")[fetched:] == [ORDER]
-    assert seen.keys == {"relay:1", "relay:2"}
     sources = [e.source for _s, _at, e in rig.engine.journal.replay()
                if isinstance(e, IntentObserved)]
     # The notification decided nothing: every observation is an answer of the API.

@@ -1,5 +1,6 @@
 """A reduced chaos run: 50 randomized sales through real `pointd run` and `pointd relay` processes
-while every kind of fault is injected; the money-safety rules must hold.
+while every kind of fault is injected; the money-safety rules must hold, with the daemon
+reading the relay on either delivery leg (the stream, and long-poll).
 
 The run is ``bench/chaos.py`` itself, started as a subprocess exactly as the benchmark is,
 with a fixed seed and a shorter mean time between faults so that 50 sales see every kind of
@@ -31,12 +32,15 @@ RUN_TIMEOUT = 240.0
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
-def test_fifty_sales_under_every_fault_keep_the_money_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delivery", ["stream", "long-poll"])
+def test_fifty_sales_under_every_fault_keep_the_money_rules(
+    tmp_path: Path, delivery: str
+) -> None:
     figures_path = tmp_path / "chaos.json"
     done = subprocess.run(
         [sys.executable, str(MAIN / "bench" / "chaos.py"), "--sales", str(SALES),
          "--seed", str(SEED), "--fault-interval", "1.2", "--state-dir", str(tmp_path / "state"),
-         "--json", str(figures_path)],
+         "--relay-delivery", delivery, "--json", str(figures_path)],
         cwd=MAIN,
         capture_output=True,
         text=True,
@@ -64,3 +68,4 @@ def test_fifty_sales_under_every_fault_keep_the_money_rules(tmp_path: Path) -> N
     assert figures["results_withheld"] == []
     assert figures["passed"] is True
     assert "PASS: 0 violation(s), 0 rule(s) that examined nothing" in done.stdout
+    assert f"relay delivery {delivery}" in done.stdout

@@ -158,14 +158,15 @@ def test_relay_cursor_and_audit_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal.open(path) as journal:
         assert journal.relay_cursor() is None
-        journal.set_relay_cursor("c-1")
-        journal.set_relay_cursor("c-2")
+        assert journal.record_relay_batch(["relay:1", "relay:2"], 1) == [True, True]
+        assert journal.record_relay_batch(["relay:2", "relay:3"], 2) == [False, True]
         first = journal.record_audit(uid=0, method="override", args={"sale_id": SALE},
                                      outcome="ok", now=T0)
         journal.record_audit(uid=1000, method="cancel", args={"lane": 3}, outcome="refused",
                              now=T0 + 1)
     with Journal.open(path) as journal:
-        assert journal.relay_cursor() == "c-2"
+        assert journal.relay_cursor() == "2"
+        assert journal.notification_seen("relay:3")
         newest, oldest = journal.audit_log()
         assert (oldest.id, oldest.uid, oldest.method, oldest.args) == (
             first, 0, "override", {"sale_id": SALE})

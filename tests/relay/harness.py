@@ -183,37 +183,35 @@ async def running_relay(
     service = RelayService(setup.config, setup.secrets, storage_factory(setup), clock=clock)
     async with serve_app(service.app, port) as (_server, bound):
         url = f"http://127.0.0.1:{bound}"
-        async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
-            yield RunningRelay(service=service, url=url, port=bound, client=client, clock=clock)
-
-
-class MemoryCursor:
-    """A cursor store standing in for the daemon's journal."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get(self) -> int:
-        return self.value
-
-    def set(self, cursor: int) -> None:
-        self.value = cursor
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client:
+                yield RunningRelay(
+                    service=service, url=url, port=bound, client=client, clock=clock
+                )
+        finally:
+            service.begin_shutdown()  # as `pointd relay` does: open streams end first
 
 
 class Journal:
-    """A RelayConsumer handler standing in for the daemon's journal, optionally failing first."""
+    """A RelayConsumer handler and cursor store standing in for the daemon's journal (events
+    and cursor kept together, as its one transaction does), optionally failing first."""
 
     def __init__(self, failures: int = 0) -> None:
         self.events: list[RelayEvent] = []
+        self.cursor = 0
         self.failures = failures
         self.changed = asyncio.Event()
 
-    async def __call__(self, events: Sequence[RelayEvent]) -> None:
+    async def __call__(self, events: Sequence[RelayEvent], cursor: int) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError("journal disk full")
         self.events.extend(events)
+        self.cursor = cursor
         self.changed.set()
+
+    def get(self) -> int:
+        return self.cursor
 
     async def wait_for(self, count: int) -> None:
         while len(self.events) < count:

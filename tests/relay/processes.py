@@ -74,9 +74,10 @@ class RelayLog:
 
 @contextlib.asynccontextmanager
 async def relay_process(
-    config: Path,
+    config: Path, port: int = 0
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, RelayLog]]:
-    """Run ``python -m pointd.relay``; yield it, its base URL once it listens, and its log."""
+    """Run ``python -m pointd.relay`` (on any free port unless ``port``); yield it, its base
+    URL once it listens, and its log."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,7 +85,7 @@ async def relay_process(
         "--config",
         str(config),
         "--port",
-        "0",
+        str(port),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE,

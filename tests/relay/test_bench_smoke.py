@@ -44,9 +44,37 @@ def test_quick_benchmark_runs_and_loses_nothing() -> None:
 
 def test_quick_hostile_load_benchmark_runs_and_loses_nothing() -> None:
     lines = quick_run("relay_hostile.py").splitlines()
-    assert any(line.startswith("calibration: ") for line in lines)
+    assert any(line.strip().startswith("calibration: ") for line in lines)
     assert any(line.strip().startswith("command: ") for line in lines)
     for name in ("genuine alone (reference)", "genuine under hostile load", "hostile requests"):
         (line,) = [line for line in lines if line.startswith(name)]
         assert "failed 0" in line or "failed" not in line, line
     assert lines[-1].endswith("lost 0"), lines[-1]
+
+
+@pytest.mark.slow
+def test_quick_floor_serves_and_streams() -> None:
+    lines = quick_run("relay_floor.py").splitlines()
+    assert "floor: 3 of 3 streamed" in lines
+    assert "floor durable: 3 of 3 streamed" in lines
+
+
+@pytest.mark.slow
+def test_quick_hop_against_the_floor_runs_and_loses_nothing() -> None:
+    output = quick_run("relay_hop.py")
+    lines = output.splitlines()
+    assert any(line.strip().startswith("calibration: ") for line in lines)
+    for name in ("floor (memory", "pointd sqlitex1 stream", "pointd sqlitex1 long-poll"):
+        (line,) = [line for line in lines if line.startswith(name)]
+        assert "lost 0  twice 0" in line, line
+        assert "µs/event" in line
+    assert any(line.startswith("pointd stream / floor: p50 x ") for line in lines)
+
+
+@pytest.mark.slow
+def test_quick_sustained_intake_against_the_floor_runs_and_loses_nothing() -> None:
+    output = quick_run("relay_sustained.py")
+    (summary,) = [line for line in output.splitlines() if line.startswith("sustained: ")]
+    assert "floor durable" in summary
+    assert "(lost 0)" in summary.split("pointd", 1)[1], summary
+    assert " ratio x " in summary

@@ -20,7 +20,6 @@ from tests.relay.harness import (
     REF_A,
     TOKENS,
     Journal,
-    MemoryCursor,
     RunningRelay,
     make_settings,
     relay_clock,
@@ -33,7 +32,7 @@ from tests.support.clock import ManualClock
 
 
 def consumer_for(
-    relay_url: str, journal: Journal, cursor: MemoryCursor, clock: ManualClock, **kwargs: object
+    relay_url: str, journal: Journal, cursor: Journal, clock: ManualClock, **kwargs: object
 ) -> RelayConsumer:
     return RelayConsumer(
         relay_url,
@@ -61,15 +60,15 @@ async def _post_payments(relay: RunningRelay, first: int, count: int) -> None:
 
 async def test_events_are_acked_only_after_the_handler_journaled(relay: RunningRelay) -> None:
     await _post_payments(relay, 1, 3)
-    journal, cursor = Journal(failures=1), MemoryCursor()
+    journal = cursor = Journal(failures=1)
     consumer = consumer_for(relay.url, journal, cursor, relay.clock)
     try:
         with pytest.raises(OSError, match="disk full"):
             await consumer.poll_once(wait=0)
-        assert cursor.value == 0
+        assert cursor.cursor == 0
         assert await relay.service.storage.acked("store-a") == 0
         assert await consumer.poll_once(wait=0) == 3
-        assert cursor.value == 3
+        assert cursor.cursor == 3
         await consumer.flush_acks()
         assert await relay.service.storage.acked("store-a") == 3
         assert [e.cursor for e in journal.events] == [1, 2, 3]
@@ -81,7 +80,7 @@ async def test_events_are_acked_only_after_the_handler_journaled(relay: RunningR
 
 async def test_replayed_events_are_not_handed_up_twice(relay: RunningRelay) -> None:
     await _post_payments(relay, 1, 2)
-    journal, cursor = Journal(), MemoryCursor()
+    journal = cursor = Journal()
     consumer = consumer_for(relay.url, journal, cursor, relay.clock)
     try:
         await consumer.poll_once(wait=0)
@@ -90,7 +89,7 @@ async def test_replayed_events_are_not_handed_up_twice(relay: RunningRelay) -> N
         )
         assert replay.status_code == 200
         assert await consumer.poll_once(wait=0) == 0
-        assert cursor.value == 3
+        assert cursor.cursor == 3
         assert len(journal.events) == 2
     finally:
         await consumer.close()
@@ -106,7 +105,7 @@ async def test_daemon_rechecks_mercado_pago_signature(relay: RunningRelay) -> No
     for secret, expected in ((relay.secret, True), ("wrong", False)):
         journal = Journal()
         consumer = consumer_for(
-            relay.url, journal, MemoryCursor(), relay.clock, webhook_secret=secret
+            relay.url, journal, journal, relay.clock, webhook_secret=secret
         )
         try:
             await consumer.poll_once(wait=0)
@@ -121,7 +120,7 @@ async def test_daemon_rechecks_mercado_pago_signature(relay: RunningRelay) -> No
 async def test_client_survives_relay_restarts_without_loss_or_duplicates(tmp_path: Path) -> None:
     clock = relay_clock()
     settings = make_settings(tmp_path, "sqlite", None)
-    journal, cursor = Journal(), MemoryCursor()
+    journal = cursor = Journal()
     states: list[HealthState] = []
     delays: list[float] = []
 
@@ -154,7 +153,7 @@ async def test_client_survives_relay_restarts_without_loss_or_duplicates(tmp_pat
             await _post_payments(relay, 6, 5)
             await journal.wait_for(10)
             assert consumer.health.state == HealthState.CONNECTED
-            assert cursor.value >= journal.events[-1].cursor
+            assert cursor.cursor >= journal.events[-1].cursor
     finally:
         consumer.stop()
         await asyncio.wait_for(task, IO_TIMEOUT)
@@ -186,8 +185,8 @@ async def test_backoff_is_capped_and_jittered() -> None:
         "http://127.0.0.1:9",
         "store-a",
         "t",
-        Journal(),
-        MemoryCursor(),
+        journal := Journal(),
+        journal,
         clock=relay_clock(),
         sleep=record,
         random=lambda: next(rolls),
@@ -225,7 +224,7 @@ async def test_silent_relay_is_reported_when_the_canary_goes_missing(relay: Runn
     consumer = consumer_for(
         relay.url,
         journal,
-        MemoryCursor(),
+        journal,
         clock,
         on_health_change=changes.append,
         canary_timeout=30.0,
@@ -257,7 +256,8 @@ async def test_silent_relay_is_reported_when_the_canary_goes_missing(relay: Runn
 
 
 async def test_a_stream_with_no_events_at_all_is_silent(relay: RunningRelay) -> None:
-    consumer = consumer_for(relay.url, Journal(), MemoryCursor(), relay.clock, silence_after=90.0)
+    journal = Journal()
+    consumer = consumer_for(relay.url, journal, journal, relay.clock, silence_after=90.0)
     try:
         await consumer.poll_once(wait=0)
         relay.clock.now += 89
@@ -276,7 +276,7 @@ async def test_a_stream_with_no_events_at_all_is_silent(relay: RunningRelay) -> 
 
 async def test_consumer_reports_refusals_as_down(relay: RunningRelay) -> None:
     consumer = RelayConsumer(
-        relay.url, "store-b", TOKENS["store-a"], Journal(), MemoryCursor(), clock=relay.clock
+        relay.url, "store-b", TOKENS["store-a"], journal := Journal(), journal, clock=relay.clock
     )
     try:
         from pointd.relay.errors import RelayRefused

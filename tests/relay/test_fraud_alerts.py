@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pointd.cloud.signature import sign
-from pointd.relay.client import RelayConsumer
+from pointd.relay.client import Delivery, RelayConsumer
 from tests.relay.harness import (
     ADMIN_TOKEN,
     IO_TIMEOUT,
@@ -33,7 +33,6 @@ from tests.relay.harness import (
     SECRET,
     TOKENS,
     Journal,
-    MemoryCursor,
     seed,
     with_reference,
 )
@@ -103,10 +102,12 @@ class Sender:
         return answer.json() if path != "/metrics" else answer.text
 
 
-def consumer(url: str, store: str, journal: Journal) -> RelayConsumer:
+def consumer(
+    url: str, store: str, journal: Journal, delivery: Delivery = Delivery.STREAM
+) -> RelayConsumer:
     return RelayConsumer(
-        url, store, TOKENS[store], journal, MemoryCursor(), webhook_secret=SECRET,
-        long_poll_wait=1.0, canary_interval=3600.0,
+        url, store, TOKENS[store], journal, journal, webhook_secret=SECRET,
+        delivery=delivery, long_poll_wait=1.0, canary_interval=3600.0,
     )
 
 
@@ -153,9 +154,10 @@ async def test_a_fraud_alert_signed_over_another_of_its_ids_is_accepted(tmp_path
     assert {e["id_source"] for e in alerts} == {"query"}
 
 
+@pytest.mark.parametrize("delivery", list(Delivery))
 @pytest.mark.parametrize("backend_name", BACKENDS)
 async def test_events_that_arrive_before_their_route_reach_the_store_that_it_names(
-    tmp_path: Path, backend_name: str, request: pytest.FixtureRequest
+    tmp_path: Path, backend_name: str, delivery: Delivery, request: pytest.FixtureRequest
 ) -> None:
     dsn = request.getfixturevalue("postgres_dsn") if backend_name == "postgres" else None
     journals = {"store-a": Journal(), "store-b": Journal()}
@@ -163,7 +165,9 @@ async def test_events_that_arrive_before_their_route_reach_the_store_that_it_nam
         relay_process(write_config(tmp_path, backend_name, dsn)) as (_process, url, log),
         httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as client,
     ):
-        consumers = [consumer(url, store, journal) for store, journal in journals.items()]
+        consumers = [
+            consumer(url, store, journal, delivery) for store, journal in journals.items()
+        ]
         running = [asyncio.create_task(c.run()) for c in consumers]
         sender = Sender(client)
         early = [  # each waits for a route that nothing has taught yet

@@ -1,4 +1,5 @@
-"""Relay processes: SIGKILL under load loses nothing answered 2xx; two replicas share PostgreSQL."""
+"""Relay processes: SIGKILL under load loses nothing answered 2xx, and a consumer on either
+delivery leg journals all of it once; two replicas share PostgreSQL on either leg."""
 
 from __future__ import annotations
 
@@ -12,19 +13,20 @@ import httpx
 import pytest
 
 from pointd.cloud.signature import sign
-from pointd.relay.client import RelayConsumer
+from pointd.relay.client import Delivery, RelayConsumer
 from tests.relay.harness import (
     IO_TIMEOUT,
     SECRET,
     TOKENS,
     Journal,
-    MemoryCursor,
     seed,
     with_reference,
 )
 from tests.relay.processes import relay_process, write_config
 
 pytestmark = pytest.mark.slow
+LEGS = [pytest.param(leg, id=str(leg)) for leg in Delivery]
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 ROOT = Path(__file__).resolve().parents[2]
 INTENT = seed("000_intent_finished_mla.json")
 # Long enough for a stream of several hundred notifications on a loaded 2-core machine.
@@ -91,17 +93,41 @@ async def read_all(url: str, store: str) -> list[dict[str, object]]:
             after = page["cursor"]
 
 
-@pytest.mark.parametrize(
-    "backend_name", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+def store_consumer(url: str, store: str, journal: Journal, delivery: Delivery) -> RelayConsumer:
+    return RelayConsumer(
+        url,
+        store,
+        TOKENS[store],
+        journal,
+        journal,
+        delivery=delivery,
+        long_poll_wait=1.0,
+        canary_interval=3600.0,
+    )
+
+
+async def until_journaled(journal: Journal, expected: set[str]) -> None:
+    deadline = time.monotonic() + STREAM_TIMEOUT
+    while time.monotonic() < deadline and not expected <= {  # noqa: ASYNC110 - consumer task
+        e.headers["x-request-id"] for e in journal.events
+    }:
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("delivery", LEGS)
+@pytest.mark.parametrize("backend_name", BACKENDS)
 async def test_sigkill_under_load_loses_nothing_answered_2xx(
-    tmp_path: Path, backend_name: str, request: pytest.FixtureRequest
+    tmp_path: Path, backend_name: str, delivery: Delivery, request: pytest.FixtureRequest
 ) -> None:
     dsn = request.getfixturevalue("postgres_dsn") if backend_name == "postgres" else None
     config = write_config(tmp_path, backend_name, dsn)
     answered: dict[str, str] = {}
     stop = asyncio.Event()
+    journal = Journal()
     async with relay_process(config) as (process, url, _log):
+        port = int(url.rpartition(":")[2])
+        reader = store_consumer(url, "store-a", journal, delivery)
+        reading = asyncio.create_task(reader.run())
         sending = asyncio.create_task(stream([url], ["store-a"], answered, stop))
         deadline = time.monotonic() + STREAM_TIMEOUT
         while len(answered) < 200 and time.monotonic() < deadline:  # noqa: ASYNC110 - counts filled by sender tasks
@@ -111,33 +137,40 @@ async def test_sigkill_under_load_loses_nothing_answered_2xx(
         stop.set()
         await asyncio.wait_for(sending, IO_TIMEOUT)
     assert len(answered) >= 200
-    async with relay_process(config) as (_process, url, _log):
-        events = await read_all(url, "store-a")
+    try:
+        # The same port: the consumer, still running, reconnects to the restarted relay.
+        async with relay_process(config, port) as (_process, url, _log):
+            await until_journaled(journal, set(answered))
+            events = await read_all(url, "store-a")
+    finally:
+        reader.stop()
+        await asyncio.wait_for(reading, IO_TIMEOUT)
+        await reader.close()
+    events = [e for e in events if e["kind"] != "canary"]  # the consumer's, at its start
     delivered = {e["headers"]["x-request-id"] for e in events}  # type: ignore[index]
     lost = set(answered) - delivered
     assert lost == set(), f"{len(lost)} of {len(answered)} answered notifications lost"
     assert len(delivered) == len(events)  # stored once each
+    journaled = [e.headers["x-request-id"] for e in journal.events]
+    assert set(answered) <= set(journaled), "answered 2xx but never journaled"
+    assert len(journaled) == len(set(journaled)), "journaled twice"
+    assert reader.delivery is delivery
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("delivery", LEGS)
 async def test_two_replicas_on_one_database_deliver_each_store_only_its_own(
-    tmp_path: Path, postgres_dsn: str
+    tmp_path: Path, postgres_dsn: str, delivery: Delivery
 ) -> None:
     config = write_config(tmp_path, "postgres", postgres_dsn)
     answered: dict[str, str] = {}
     stop = asyncio.Event()
     async with relay_process(config) as (_p1, url1, _l1), relay_process(config) as (_p2, url2, _l2):
         handlers = {"store-a": Journal(), "store-b": Journal()}
+        # Each store reads from the replica its events are not all posted to: half of them
+        # reach it only through the database's notification to the other replica.
         consumers = [
-            RelayConsumer(
-                url,
-                store,
-                TOKENS[store],
-                handlers[store],
-                MemoryCursor(),
-                long_poll_wait=1.0,
-                canary_interval=3600.0,
-            )
+            store_consumer(url, store, handlers[store], delivery)
             for url, store in ((url1, "store-a"), (url2, "store-b"))
         ]
         running = [asyncio.create_task(c.run()) for c in consumers]
