@@ -75,6 +75,9 @@ CLEANUP_INTERVAL = 3600.0
 ALERT_CHECK_FRACTION = 0.25
 ALERT_CHECK_BOUNDS = (0.5, 60.0)
 DEFAULT_READ_LIMIT = 100
+# A long-poll may ask to wait up to this long (the most delivery.long_poll_timeout may be set
+# to); it is held for the configured timeout at most.
+MAX_LONG_POLL_ASK = 300.0
 # A stream sends a comment this often when it has nothing else to send, so that the client
 # (whose read timeout is longer, pointd.relay.client) and any proxy see a live connection.
 STREAM_HEARTBEAT = 15.0
@@ -338,8 +341,11 @@ class RelayService:
         try:
             store = self._authorize_store(request)
             after = _int_param(request, "after", None, minimum=0)
-            wait = _float_param(
-                request, "wait", 0.0, maximum=self.config.delivery.long_poll_timeout
+            # A longer ask is held as long as this relay allows, not refused: an operator who
+            # lowers the timeout below a daemon's wait must not take its store off the air.
+            wait = min(
+                _float_param(request, "wait", 0.0, maximum=MAX_LONG_POLL_ASK),
+                self.config.delivery.long_poll_timeout,
             )
             limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, minimum=1)
         except RequestRefused as exc:

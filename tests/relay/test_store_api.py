@@ -75,6 +75,24 @@ async def test_long_poll_returns_empty_after_wait(sqlite_relay: RunningRelay) ->
     assert response.json() == {"events": [], "cursor": 0}
 
 
+async def test_a_long_poll_asking_more_than_the_relay_allows_is_shortened(tmp_path) -> None:
+    # A daemon asks 25 s by default; a relay whose operator lowered the timeout must answer
+    # empty after its own limit, not refuse the poll and take the store off the air.
+    from tests.relay.harness import make_settings, running_relay
+
+    async with running_relay(make_settings(tmp_path, "sqlite", None, long_poll_timeout=1)) as relay:
+        response = await asyncio.wait_for(
+            relay.client.get(
+                "/stores/store-a/events",
+                params={"wait": 25},
+                headers={"authorization": f"Bearer {TOKENS['store-a']}"},
+            ),
+            IO_TIMEOUT,
+        )
+    assert response.status_code == 200
+    assert response.json() == {"events": [], "cursor": 0}
+
+
 async def test_ack_replay_and_default_cursor(relay: RunningRelay) -> None:
     for n in range(1, 5):
         await relay.post_signed(intent(REF_A, n), request_id=f"r{n}")
