@@ -42,7 +42,7 @@ from pointd.app.checkout import Checkout, RegisterScreens
 from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
 from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
-from pointd.app.lane_terminals import LaneSpec, LaneTerminals
+from pointd.app.lane_terminals import LaneSpec, LaneTerminals, refusing_mode_setter
 from pointd.app.notifications import NotificationHandler
 from pointd.app.ports import Ports
 from pointd.app.supervisor import StartUpGate, Supervisor
@@ -71,11 +71,11 @@ from pointd.core.events import Event
 from pointd.core.machine import CoreState, Step
 from pointd.core.policy import Policy
 from pointd.core.recovery import recover
-from pointd.core.states import LaneCondition, SaleState
+from pointd.core.states import LaneCondition
 from pointd.journal.errors import JournalError
 from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
-from pointd.logging import configure_logging
+from pointd.logging import configure_logging, recent_log_lines
 from pointd.register.messages import FRESH_START_TYPES
 from pointd.register.session import RegisterRequest, RegisterSession, Reply
 from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
@@ -89,8 +89,6 @@ EXIT_FAILED = 1
 # How often the engine's health is looked at: a journal that cannot be written makes the
 # engine unhealthy, and the daemon must then fail within about this long.
 HEALTH_CHECK_INTERVAL = 1.0
-# Sale states announced in systemd's STATUS= line: the goods must stay at the checkout.
-_DO_NOT_HAND_OVER = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
 
 
 class EngineUnhealthy(RuntimeError):
@@ -240,6 +238,7 @@ class RelayStatus:
             "state": health.state.value,
             "since": health.since,
             "detail": health.detail,
+            "last_event_at": last,
             "last_event_age": None if last is None else max(0.0, self._clock() - last),
             "cursor": self._cursor.get(),
         }
@@ -252,11 +251,14 @@ class RegisterLinks:
         self._links = links
 
     def link_status(self) -> list[dict[str, Any]]:
-        """Lane, port and whether the link is up, per lane."""
-        return [
-            {"lane": lane, "port": link.url, "connected": link.is_up, "since": None}
-            for lane, link in sorted(self._links.items())
-        ]
+        """Lane, port, whether the link is up, since when, why not and retransmits, per lane."""
+        rows = []
+        for lane, link in sorted(self._links.items()):
+            status = link.status
+            rows.append({"lane": lane, "port": status.url, "connected": status.up,
+                         "since": status.since, "problem": status.problem,
+                         "retransmits": status.retransmits})
+        return rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,11 +381,6 @@ def _wire(
 
     def on_step(event: Event, result: Step) -> None:
         handlers.engine_stepped(event, result)
-        if result.sale_id is None:
-            return
-        sale = result.state.sales.get(result.sale_id)
-        if sale is not None and sale.state in _DO_NOT_HAND_OVER:
-            ports.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
 
     engine = Engine(
         journal=journal,
@@ -419,6 +416,9 @@ def _wire(
                          essential=False)
         handlers.publish_terminals()
 
+    def terminals_changed() -> None:
+        handlers.publish_terminals()
+
     lanes = LaneTerminals(
         [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
         catalog=DeviceCatalog(time.monotonic),
@@ -427,20 +427,30 @@ def _wire(
         on_condition=on_condition,
         watch=watch,
         refresh_interval=config.terminals.refresh_interval,
+        switch_to_pdv=config.terminals.switch_to_pdv,
+        set_operating_mode=refusing_mode_setter(cloud.set_operating_mode),
+        wall_clock=clock,
+        on_change=terminals_changed,
     )
     checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup)
     links = {
         lane.number: LinkDriver(lane.register, baudrate=lane.baud,
                                 fresh_start_types=FRESH_START_TYPES,
-                                opener=ports.open_register_port)
+                                opener=ports.open_register_port,
+                                wall_clock=clock,
+                                on_change=lambda _status: handlers.publish_status())
         for lane in config.lanes
     }
+
+    def status_to_systemd(line: str) -> None:
+        # Once the daemon failed or is stopping, STATUS= says that and nothing may overwrite it.
+        if not supervisor.stop_requested:
+            ports.notifier.status(line)
 
     cursor = JournalCursor(journal)
     relay_gap = RelayGap(engine, clock)
 
     def on_relay_health(health: RelayHealth) -> None:
-        ports.notifier.status(f"relay {health.state.value}")
         relay_gap.health_changed(health)
         handlers.publish_relay()
 
@@ -479,6 +489,8 @@ def _wire(
                  if secret is not None],
         clock=clock,
         started_at=started_at,
+        recent_logs=recent_log_lines,
+        on_status_line=status_to_systemd,
     )
     register_daemon_methods(server, handlers)
     jobs = DaemonJobs(
@@ -525,7 +537,7 @@ async def run(parts: Parts) -> int:
         supervisor.spawn(parts.server.watch(), "control-socket", essential=True)
         parts.jobs.start()
         if not supervisor.stop_requested:
-            parts.ports.notifier.ready(f"{len(config.lanes)} lane(s) ready")
+            parts.ports.notifier.ready(parts.handlers.status_line())
             parts.handlers.ready = True
             interval = parts.ports.watchdog_interval
             if interval is not None:
@@ -576,7 +588,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format,
+                      library_level=config.logging.library_level)
     return asyncio.run(serve(config, Ports.production))
 
 

@@ -355,7 +355,14 @@ class LoggingConfig:
     """Log output (stdout; journald stores it under systemd)."""
 
     level: str = option(
-        "info", "Lowest level logged.", choices=("debug", "info", "warning", "error")
+        "info", "Lowest level pointd's own lines are logged at.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    library_level: str = option(
+        "warning",
+        "Lowest level the libraries' lines are logged at (apscheduler, httpx, pyudev, ...); "
+        "at info they log every job run and every HTTP request.",
+        choices=("debug", "info", "warning", "error"),
     )
     format: str = option(
         "auto",

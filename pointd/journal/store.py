@@ -109,6 +109,8 @@ class TimelineEntry:
     at: float
     kind: str
     event: Event
+    # The sale's state after the event; None for events journaled before schema 5.
+    state: SaleState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +195,15 @@ class Journal:
         notification as seen in the same transaction.
         """
         sale_id = sale_id or event_sale_id(event)
+        sale = state_after.sales.get(sale_id) if sale_id is not None else None
         with self._transaction("append"):
             cursor = self._db.execute(
-                "INSERT INTO events (at, kind, sale_id, json) VALUES (?, ?, ?, ?)",
-                (now, type(event).__name__, sale_id, event.to_json()),
+                "INSERT INTO events (at, kind, sale_id, json, state) VALUES (?, ?, ?, ?, ?)",
+                (now, type(event).__name__, sale_id, event.to_json(),
+                 sale.state.value if sale is not None else None),
             )
             seq = cursor.lastrowid
             assert seq is not None
-            sale = state_after.sales.get(sale_id) if sale_id is not None else None
             if sale is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO sales (sale_id, lane, correlation_id, state, "
@@ -374,8 +377,13 @@ class Journal:
     def timeline(self, sale_id: str) -> list[TimelineEntry]:
         """Every journaled event routed to this sale, in order."""
         rows = self._db.execute(
-            "SELECT seq, at, kind, json FROM events WHERE sale_id = ? ORDER BY seq", (sale_id,))
-        return [TimelineEntry(seq, at, kind, _decode(seq, text)) for seq, at, kind, text in rows]
+            "SELECT seq, at, kind, json, state FROM events WHERE sale_id = ? ORDER BY seq",
+            (sale_id,))
+        return [
+            TimelineEntry(seq, at, kind, _decode(seq, text),
+                          SaleState(state) if state is not None else None)
+            for seq, at, kind, text, state in rows
+        ]
 
     # --- relay cursor and notification dedupe --------------------------------------------
 

@@ -14,7 +14,7 @@ import uvicorn
 
 from pointd.config.relay import RelayConfig, RelaySecrets, load_relay_config
 from pointd.config.schema import ConfigError
-from pointd.logging import configure_logging
+from pointd.logging import DEFAULT_LIBRARY_LEVEL, LEVELS, configure_logging
 from pointd.relay.errors import ConfigurationError, StorageError
 from pointd.relay.service import INTAKE_PATH, RelayService
 from pointd.relay.storage import Storage
@@ -119,7 +119,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, help="override server.port (0: any free port)")
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level", default="info", choices=LEVELS, help="pointd's own lines (default info)"
+    )
+    parser.add_argument(
+        "--library-log-level", default=DEFAULT_LIBRARY_LEVEL, choices=LEVELS,
+        help=f"uvicorn's, httpx's and the other libraries' lines (default {DEFAULT_LIBRARY_LEVEL})",
     )
     parser.add_argument(
         "--portable",
@@ -127,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
         help="use h11 and asyncio's own loop even when httptools and uvloop are installed",
     )
     args = parser.parse_args(list(argv))
-    configure_logging(level=args.log_level)
+    configure_logging(level=args.log_level, library_level=args.library_log_level)
     try:
         config, secrets = load_relay_config(args.config)
     except (ConfigError, ConfigurationError) as exc:

@@ -31,7 +31,7 @@ async def test_a_failed_switch_is_retried_at_the_next_refresh_only(
     h.cloud.mode_change_fails = True
     await h.lanes.refresh()
     assert len(h.cloud.mode_changes) == 1
-    assert "safe to retry" in h.lanes.snapshot()[0]["pdv_switch"]
+    assert "asks again at the next device refresh" in h.lanes.snapshot()[0]["pdv_switch"]
     h.cloud.mode_change_fails = False
     await h.lanes.refresh()
     await h.lanes.refresh()

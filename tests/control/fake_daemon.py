@@ -94,7 +94,12 @@ class FakeDaemon:
                 }
             ],
             "holds": len(held),
-            "problems": [],
+            # Worded as the real daemon words them (pointd.app.control_views.StatusView).
+            "problems": [
+                *([f"lane 1: {self.lane_condition}"] if self.lane_condition != "ready" else []),
+                *(f"sale {s['sale_id']} on lane {s['lane']} is held: do not hand over"
+                  for s in held),
+            ],
         }
 
     async def do_sales(self, **filters: Any) -> dict[str, Any]:
