@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("run",): ("pointd.app.runtime", "main", "run the checkout daemon"),
     ("relay",): ("pointd.relay.cli", "main", "run the webhook relay (internet side)"),
     ("demo",): ("pointd.rig.demo", "main", "run the whole product on simulators"),
+    ("install-system-files",): (
+        "pointd.system_files", "main", "install the systemd units, udev rules, sysusers.d, "
+        "tmpfiles.d, docs",
+    ),
     ("sim", "cloud"): ("pointd.sim.cloud.cli", "main", "run the Mercado Pago cloud simulator"),
     ("sim", "register"): ("pointd.sim.register.cli", "main", "run the cash register emulator"),
     ("sim", "usb"): ("pointd.sim.usb", "main", "list the simulated USB devices"),

@@ -7,7 +7,8 @@ asyncio, apscheduler) through the same chain: level filter, log level, logger na
 UTC timestamp, exception text, **redaction**, then a renderer: JSON lines when the stream is
 not a terminal (journald, files, pipes) or ``fmt="json"``, a readable console layout on a
 terminal or with ``fmt="console"``. Libraries log at their own level (WARNING unless
-configured), pointd at its level. An uncaught exception is logged, not printed, so a JSON
+configured), pointd at its level, and the ANNOUNCEMENTS logger (where a server says
+where it listens) always at INFO. An uncaught exception is logged, not printed, so a JSON
 stream holds nothing but JSON lines. The newest lines are also kept in memory, as JSON
 (``recent_log_lines``), for the support bundle.
 
@@ -227,6 +228,9 @@ THIRD_PARTY_LOGGERS = (
 # pyusb silences its own logger unless PYUSB_DEBUG asks for it; it is left alone, so a
 # missing libusb is reported once, by the daemon's usb.unavailable warning.
 DEFAULT_LIBRARY_LEVEL = "warning"
+# Start-up announcements (the address a server listens on) are logged on this logger at
+# INFO whatever the configured level: supervisors and people wait for them.
+ANNOUNCEMENTS = "pointd.announce"
 # The newest log lines kept in memory for support bundles (``recent_log_lines``); a line
 # longer than RECENT_LINE_LIMIT is kept as its beginning, so the buffer stays bounded.
 RECENT_LINES_KEPT = 2000
@@ -345,6 +349,7 @@ def configure_logging(
         library.propagate = True
         library.disabled = False
         library.setLevel(library_level.upper())
+    logging.getLogger(ANNOUNCEMENTS).setLevel(logging.INFO)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
 

@@ -294,10 +294,10 @@ class StatusView:
                     "catalog_stale": lane.get("catalog_stale"),
                     "catalog_error": lane.get("catalog_error"),
                     "pdv_switch": lane.get("pdv_switch"),
-                    "last_change": lane.get("last_change"),
-                    "last_change_at": iso_time(changed_at)
-                    if isinstance(changed_at := lane.get("last_change_at"), int | float)
-                    else None,
+                    "changes": [
+                        {"at": iso_time(change["at"]), "change": change["change"]}
+                        for change in lane.get("changes", [])
+                    ],
                 }
             )
         return rows

@@ -35,7 +35,7 @@ Each refresh is compared with the one before it, per lane: a terminal whose mode
 (PDV <-> STANDALONE), one gone from (or back in) the account's list, and a switch to PDV
 requested or refused are kept as the lane's ``last_change`` with its time, logged, and
 reported to ``on_change`` so that ``pointctl terminals`` and the ``terminal`` events show
-what happened and when.
+what happened and when (the newest CHANGES_KEPT per lane).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,6 +72,8 @@ from pointd.terminal.identity import IdentityProblem
 log = structlog.get_logger(__name__)
 
 STANDALONE_MODE = "STANDALONE"
+# Changes a device refresh saw, kept per lane for pointctl terminals.
+CHANGES_KEPT = 5
 # First retry after a failed device-list fetch; doubles up to the refresh interval.
 REFRESH_RETRY_INITIAL = 2.0
 
@@ -189,8 +192,8 @@ class LaneTerminals:
         self._pdv_messages: dict[str, str] = {}
         self._wall_clock = wall_clock
         self._on_change = on_change
-        # Per lane: when a device refresh last saw its terminal change, and what it saw.
-        self._changes: dict[int, tuple[float, str]] = {}
+        # Per lane, newest first: when a device refresh saw its terminal change, and what.
+        self._changes: dict[int, deque[tuple[float, str]]] = {}
 
     @property
     def lanes(self) -> tuple[int, ...]:
@@ -271,7 +274,10 @@ class LaneTerminals:
                 self._note(number, f"terminal {name} mode {old_mode or '?'} -> {mode or '?'}")
 
     def _note(self, lane: int, what: str) -> None:
-        self._changes[lane] = (self._wall_clock(), what)
+        changes = self._changes.setdefault(lane, deque(maxlen=CHANGES_KEPT))
+        if changes and changes[0][1] == what:
+            return  # the same refusal at every refresh is one change, not many
+        changes.appendleft((self._wall_clock(), what))
         log.warning("terminal_changed", lane=lane, change=what)
         if self._on_change is not None:
             self._on_change()
@@ -321,8 +327,9 @@ class LaneTerminals:
                     "catalog_stale": self._catalog.stale,
                     "catalog_error": self._catalog.last_error,
                     "pdv_switch": self._pdv_messages.get(resolution.device_id or ""),
-                    "last_change": self._changes.get(number, (None, None))[1],
-                    "last_change_at": self._changes.get(number, (None, None))[0],
+                    "changes": [
+                        {"at": at, "change": what} for at, what in self._changes.get(number, ())
+                    ],
                 }
             )
         return rows
@@ -397,7 +404,7 @@ class LaneTerminals:
             result = await switch_to_pdv(device_id, setter, enabled=True)
         except PdvSwitchFailed as exc:
             self._pdv_messages[device_id] = str(exc)
-            if exc.refused and self._changes.get(lane, (0.0, ""))[1] != str(exc):
+            if exc.refused:
                 self._note(lane, str(exc))
             return
         self._pdv_switched.add(device_id)

@@ -1,5 +1,7 @@
 """``pointd run``: the composition root. ``build`` makes every part, ``run`` runs them.
 
+(``pointd run --check`` tries what the daemon needs and exits: ``pointd.app.selfcheck``.)
+
 ``build(config, ports)`` is synchronous and constructs the whole daemon: it reads the
 secrets, takes the journal's lock, replays the journal and wires every part to the ports it
 is given (``Ports.production()`` for ``pointd run``; the rig and the tests pass their own).
@@ -38,11 +40,13 @@ from typing import Any, Protocol
 import structlog
 
 from pointd import __version__
+from pointd.app import selfcheck
 from pointd.app.checkout import Checkout, RegisterScreens
 from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
 from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
 from pointd.app.lane_terminals import LaneSpec, LaneTerminals, refusing_mode_setter
+from pointd.app.metrics import DaemonMetrics, LiveSources, MetricsAddressError, MetricsServer
 from pointd.app.notifications import NotificationHandler
 from pointd.app.ports import Ports
 from pointd.app.supervisor import StartUpGate, Supervisor
@@ -53,6 +57,7 @@ from pointd.cloud.port import CloudPort
 from pointd.cloud.sites import SITE_RULES, Site
 from pointd.config import (
     DEFAULT_DAEMON_CONFIG,
+    EXIT_CONFIG,
     MP_ACCESS_TOKEN,
     MP_WEBHOOK_SECRET,
     RELAY_STORE_TOKEN,
@@ -84,7 +89,6 @@ from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, Term
 log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
 EXIT_FAILED = 1
 # How often the engine's health is looked at: a journal that cannot be written makes the
 # engine unhealthy, and the daemon must then fail within about this long.
@@ -287,6 +291,9 @@ class Parts:
     server: ControlServer
     jobs: DaemonJobs
     started_at: float
+    metrics: DaemonMetrics
+    # None: no [metrics] listen address configured.
+    metrics_server: MetricsServer | None
 
     def request_stop(self) -> None:
         """Ask ``run`` to stop cleanly."""
@@ -339,6 +346,8 @@ def _wire(
     clock = ports.wall_clock
     started_at = clock()
     supervisor = Supervisor(ports.notifier)
+    metrics = DaemonMetrics(__version__)
+    journal.observe_commits(metrics.observe_commit)
     startup = StartUpGate()
     policy = policy_from(config)
     state = journal.rebuild(config.store.id, policy)
@@ -357,6 +366,7 @@ def _wire(
             pool=config.cloud.pool_timeout,
         ),
         transport=ports.cloud_transport,
+        observer=metrics.observe_cloud_call,
     )
 
     # Built below; the closures by which lower parts report upward refer to them.
@@ -380,6 +390,7 @@ def _wire(
         handlers.add_alert(alert)
 
     def on_step(event: Event, result: Step) -> None:
+        metrics.observe_step(event, result)
         handlers.engine_stepped(event, result)
 
     engine = Engine(
@@ -476,12 +487,13 @@ def _wire(
         read_group=config.control.read_group,
         admin_group=config.control.admin_group,
     )
+    relay_status = RelayStatus(relay, cursor, clock)
     handlers = DaemonHandlers(
         engine=engine,
         journal=journal,
         cloud=cloud,
         terminals=lanes,
-        relay=RelayStatus(relay, cursor, clock),
+        relay=relay_status,
         links=RegisterLinks(links),
         events=server,
         config=config_snapshot(config),
@@ -501,7 +513,18 @@ def _wire(
         retention=journal,
         export_dir=Path(config.journal.path).parent / "exports",
     )
+    metrics.attach(
+        LiveSources(
+            state=lambda: engine.state,
+            relay=relay_status.relay_status if relay is not None else None,
+            links=lambda: {number: link.status for number, link in links.items()},
+        ),
+        state,
+    )
+    address = config.metrics.address
     return Parts(
+        metrics=metrics,
+        metrics_server=MetricsServer(metrics, *address) if address is not None else None,
         config=config, ports=ports, supervisor=supervisor, startup=startup, journal=journal,
         journal_lock=journal_lock, cloud=cloud, close_cloud=close_cloud, engine=engine,
         screens=screens, checkout=checkout, sessions=sessions, links=links, watch=watch,
@@ -535,6 +558,10 @@ async def run(parts: Parts) -> int:
             supervisor.spawn(parts.relay.run(), "relay-consumer", essential=True)
         await parts.server.start()
         supervisor.spawn(parts.server.watch(), "control-socket", essential=True)
+        if parts.metrics_server is not None:
+            await parts.metrics_server.start()
+            # Not essential: a scraper's trouble must never stop the checkout.
+            supervisor.spawn(parts.metrics_server.serve_forever(), "metrics", essential=False)
         parts.jobs.start()
         if not supervisor.stop_requested:
             parts.ports.notifier.ready(parts.handlers.status_line())
@@ -556,6 +583,8 @@ async def run(parts: Parts) -> int:
         return EXIT_OK if supervisor.failure is None else EXIT_FAILED
     finally:
         await supervisor.cancel_all()
+        if parts.metrics_server is not None:
+            await parts.metrics_server.close()
         await parts.server.close()
         if parts.relay is not None:
             await parts.relay.close()
@@ -582,7 +611,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pointd run", description="Run the checkout daemon.")
     parser.add_argument("--config", type=Path, default=DEFAULT_DAEMON_CONFIG,
                         help=f"configuration file (default {DEFAULT_DAEMON_CONFIG})")
+    parser.add_argument("--check", action="store_true",
+                        help="check the configuration, credentials, register ports, Mercado "
+                             "Pago, the lanes' terminals and the relay, then exit (0: all ok, "
+                             f"{EXIT_CONFIG}: configuration, 1: anything else)")
     args = parser.parse_args(argv)
+    if args.check:
+        return asyncio.run(selfcheck.check(args.config))
     try:
         config = load_config(args.config, DaemonConfig)
     except ConfigError as exc:
@@ -613,6 +648,9 @@ async def serve(config: DaemonConfig, make_ports: Callable[[], Ports]) -> int:
     try:
         return await run(parts)
     except (JournalError, ControlError) as exc:
+        print(f"pointd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except MetricsAddressError as exc:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -23,6 +23,7 @@ from pointd.config.daemon import (
     JournalConfig,
     LaneConfig,
     LoggingConfig,
+    MetricsConfig,
     RelayLinkConfig,
     StoreConfig,
     TerminalsConfig,
@@ -41,6 +42,7 @@ from pointd.config.relay import (
     load_relay_config,
 )
 from pointd.config.schema import (
+    EXIT_CONFIG,
     HTTP_URL_PATTERN,
     STORE_ID_PATTERN,
     ConfigError,
@@ -69,6 +71,7 @@ __all__ = [
     "CURRENCY_BY_SITE",
     "DEFAULT_DAEMON_CONFIG",
     "DEFAULT_RELAY_CONFIG",
+    "EXIT_CONFIG",
     "HTTP_URL_PATTERN",
     "MAX_LANE",
     "MP_ACCESS_TOKEN",
@@ -89,6 +92,7 @@ __all__ = [
     "JournalConfig",
     "LaneConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "OptionSpec",
     "RelayConfig",
     "RelayLinkConfig",

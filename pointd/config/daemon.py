@@ -373,6 +373,34 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """The daemon's Prometheus endpoint (``GET /metrics``)."""
+
+    listen: str | None = option(
+        None,
+        "HOST:PORT to serve /metrics on (an IP address or localhost, e.g. 127.0.0.1:9464); "
+        "unset: no endpoint. The metrics name no secret, but keep it on loopback or a "
+        "management network.",
+        pattern=r"(localhost|[0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}",
+        example="127.0.0.1:9464",
+    )
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The host (brackets removed) and port to bind, or None when off."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """A port number TCP can use (0 lets the kernel choose; tests use it)."""
+        address = self.address
+        if address is not None and not 0 <= address[1] <= 65535:
+            yield "listen", "the port must be 0 to 65535 (0: any free port, named in the log)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonConfig:
     """pointd daemon configuration (/etc/pointd/pointd.toml)."""
 
@@ -385,6 +413,7 @@ class DaemonConfig:
     terminals: TerminalsConfig = option(TerminalsConfig(), "Point terminals.")
     lanes: tuple[LaneConfig, ...] = option((), "Checkout lanes, one [[lanes]] table each.")
     logging: LoggingConfig = option(LoggingConfig(), "Logging.")
+    metrics: MetricsConfig = option(MetricsConfig(), "Prometheus metrics.")
 
     def validate(self) -> Iterator[tuple[str, str]]:
         """At least one lane; lane numbers, registers and terminal pins unique."""

@@ -49,6 +49,9 @@ _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 # Shared by the daemon's and the relay's schemas.
 STORE_ID_PATTERN = r"[a-z0-9-]{1,20}"
 HTTP_URL_PATTERN = r"https?://[^\s/?#]+(/[^\s]*)?"
+# The exit code of every pointd command for a configuration (or credential) it cannot use:
+# EX_CONFIG from sysexits.h, which systemd shows as status=78/CONFIG.
+EXIT_CONFIG = 78
 
 
 class ConfigError(Exception):
@@ -63,7 +66,6 @@ class ConfigError(Exception):
             else f"invalid configuration ({count} problems):"
         )
         super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ ATTENTION_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLO
 # Keys whose values are moments; numbers there are epoch seconds from an older daemon.
 _TIME_KEYS = frozenset({"at", "since", "started_at", "updated_at", "opened_at", "held_since",
                         "requested_at", "verify_started_at", "last_step_at", "last_event_at",
-                        "last_change_at", "created_at"})
+                        "created_at"})
 # Epoch seconds below this are durations or counts, not moments (2001-09-09).
 _EPOCH_FLOOR = 1_000_000_000
 
@@ -242,10 +242,15 @@ def render_terminals(result: Any) -> str:
     )
     notes = []
     for t in terminals:
+        lane = _cell(t.get("lane"))
         for key in ("problem", "pdv_switch", "catalog_error"):
             if t.get(key):
-                notes.append(f"  lane {_cell(t.get('lane'))}: {_cell(t.get(key))}")
-    return text + ("\n\nnotes:\n" + "\n".join(dict.fromkeys(notes)) if notes else "")
+                notes.append(f"  lane {lane}: {_cell(t.get(key))}")
+        for change in _rows(t.get("changes")):
+            at, what = _moment(change.get("at")), _cell(change.get("change"))
+            notes.append(f"  lane {lane}: {at} {what}")
+    return text + ("\n\nnotes and recent changes:\n" + "\n".join(dict.fromkeys(notes))
+                   if notes else "")
 
 
 def render_relay(result: Any) -> str:
@@ -339,9 +344,9 @@ def render_event(topic: str, data: Any) -> str:
                 f"{_cell(data.get('state'))} {money(data.get('amount_cents'))}"
                 + (f" ({data['detail']})" if data.get("detail") else ""))
     if topic == "terminal":
+        change = _change(data)
         return (f"terminal {_cell(data.get('terminal_id'))} lane {_cell(data.get('lane'))}: "
-                f"{_cell(data.get('condition'))}"
-                + (f", {data['last_change']}" if data.get("last_change") else ""))
+                f"{_cell(data.get('condition'))}" + (f", {change}" if change else ""))
     if topic == "relay":
         return f"relay {_cell(data.get('state'))} since {_moment(data.get('since'))}"
     return topic
@@ -368,10 +373,10 @@ def _relay_text(relay: Any) -> str:
 
 
 def _change(terminal: Mapping[str, Any]) -> str | None:
-    what = terminal.get("last_change")
-    if not what:
+    changes = _rows(terminal.get("changes"))
+    if not changes:
         return None
-    return f"{_moment(terminal.get('last_change_at'))} {what}"
+    return f"{_moment(changes[0].get('at'))} {_cell(changes[0].get('change'))}"
 
 
 def _presence(value: Any) -> str | None:

@@ -44,7 +44,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,11 @@ class Journal:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self._commit_observer: Callable[[float], None] | None = None
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Tell ``observer`` the seconds each write transaction took, BEGIN to fsynced COMMIT."""
+        self._commit_observer = observer
 
     @classmethod
     def open(cls, path: str | Path) -> Journal:
@@ -464,17 +469,21 @@ class Journal:
     # --- internals -----------------------------------------------------------------------
 
     def _transaction(self, what: str) -> _Transaction:
-        return _Transaction(self._db, what)
+        return _Transaction(self._db, what, self._commit_observer)
 
 
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back and reported as JournalWriteFailed on error."""
 
-    def __init__(self, db: sqlite3.Connection, what: str) -> None:
+    def __init__(self, db: sqlite3.Connection, what: str,
+                 observer: Callable[[float], None] | None) -> None:
         self._db = db
         self._what = what
+        self._observer = observer
+        self._started = 0.0
 
     def __enter__(self) -> None:
+        self._started = time.perf_counter()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -485,10 +494,12 @@ class _Transaction:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
-                return
             except sqlite3.Error as commit_error:
                 self._rollback()
                 raise JournalWriteFailed(f"{self._what}: commit failed: {commit_error}") from None
+            if self._observer is not None:
+                self._observer(time.perf_counter() - self._started)
+            return
         self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise JournalWriteFailed(f"{self._what}: {exc}") from None

@@ -225,7 +225,9 @@ class RelayConsumer:
             return
         since = self._health.since if state == self._health.state else self._clock()
         self._health = RelayHealth(state, since, detail, self._last_event_at, self._last_rtt)
-        log.info("relay_health", store=self._store, state=str(state), detail=detail)
+        # Down or silent means notifications are not arriving: a technician should see it.
+        report = log.info if state is HealthState.CONNECTED else log.warning
+        report("relay_health", store=self._store, state=str(state), detail=detail)
         if self._on_health_change is not None:
             self._on_health_change(self._health)
 
