@@ -60,14 +60,18 @@ class ToolMethods:
         self._backups = journal_path.parent / "backups"
         self._cloud = cloud
         self._clock = clock
+        self._backing_up = asyncio.Lock()
 
     async def backup(self, caller: Caller) -> dict[str, Any]:
         """Copy the journal now, consistently, while the daemon keeps running."""
-        target = self._next_backup_path()
-        try:
-            info = await asyncio.to_thread(backup_journal, self._journal_path, target)
-        except (JournalError, OSError) as exc:
-            raise MethodError(ErrorCode.UNAVAILABLE, f"the backup failed: {exc}") from None
+        if self._backing_up.locked():
+            raise MethodError(ErrorCode.CONFLICT, "a backup is already being made; wait for it")
+        async with self._backing_up:
+            target = self._next_backup_path()
+            try:
+                info = await asyncio.to_thread(backup_journal, self._journal_path, target)
+            except (JournalError, OSError) as exc:
+                raise MethodError(ErrorCode.UNAVAILABLE, f"the backup failed: {exc}") from None
         self._prune()
         log.info("journal.backed_up", name=target.name, size=info.size, sales=info.sales,
                  last_seq=info.last_seq, uid=caller.uid)

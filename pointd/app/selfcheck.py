@@ -45,6 +45,7 @@ from pointd.config import (
 )
 from pointd.config.daemon import LaneConfig
 from pointd.link.ports import open_port
+from pointd.logging import configure_logging
 from pointd.terminal.identity import serials_match
 
 EXIT_OK = 0
@@ -286,5 +287,10 @@ def _journal_locked(path: Path) -> bool:
 
 
 async def check(config_path: Path, out: TextIO = sys.stdout) -> int:
-    """Run every check for ``config_path``; the exit code."""
+    """Run every check for ``config_path``; the exit code.
+
+    The lines are the output: the parts' own log lines (a refused call is also a warning
+    there) would only repeat them, so only errors are logged, to stderr.
+    """
+    configure_logging("error", "auto", sys.stderr, library_level="error")
     return await SelfCheck(config_path, out).run()

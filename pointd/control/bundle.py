@@ -65,7 +65,9 @@ def redact_value(value: Any, secrets: Sequence[str]) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             clean_key = redact_text(str(key), secrets)
-            secret_named = _SECRET_KEY.search(str(key)) and not isinstance(item, Mapping | list)
+            # A *_file setting names where a secret lives, which support needs to know.
+            secret_named = (_SECRET_KEY.search(str(key)) and not str(key).endswith("_file")
+                            and not isinstance(item, Mapping | list))
             out[clean_key] = REDACTED if secret_named and item else redact_value(item, secrets)
         return out
     if isinstance(value, list | tuple):

@@ -20,10 +20,11 @@ VERIFY_MIN_INTERVAL = 1.0
 RECONCILE_MIN_INTERVAL = 10.0
 # A bundle holds logs and recent sales; building it costs the daemon noticeable work.
 BUNDLE_MIN_INTERVAL = 5.0
-# A backup reads the whole journal in a worker thread; once in a while is plenty.
-BACKUP_MIN_INTERVAL = 10.0
+# A backup reads the whole journal in a worker thread (one at a time: a second call while
+# one runs is refused); a loop calling it must not keep the disk busy.
+BACKUP_MIN_INTERVAL = 1.0
 # Changing an account-wide Mercado Pago setting is rare; a loop must not hammer it.
-DEVICE_EVENTS_MIN_INTERVAL = 5.0
+DEVICE_EVENTS_MIN_INTERVAL = 1.0
 
 MAX_SALES_LIMIT = 1000
 MAX_REASON_LENGTH = 500
