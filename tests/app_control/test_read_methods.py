@@ -93,8 +93,9 @@ async def test_sales_filters_by_state_lane_since_and_limit(rig: Rig) -> None:
     held = (await rig.client.call("sales", {"state": "held"}))["sales"]
     assert [s["sale_id"] for s in held] == ["S5"]
     assert held[0] | {"updated_at": None} == {
-        "sale_id": "S5", "lane": "1", "state": "held", "amount_cents": 2599,
-        "payment_id": "555", "started_at": "2026-11-18T11:06:40Z", "updated_at": None,
+        "sale_id": "S5", "correlation_id": "c-S5", "lane": "1", "state": "held",
+        "amount_cents": 2599, "payment_id": "555", "started_at": "2026-11-18T11:06:40Z",
+        "updated_at": None,
         "terminal_id": "PAX_A910__SMARTPOS1", "intent_id": "INT-pd1_loja-centro_1_S5_1",
         "attempt": 1, "refusal": None, "detail": "payment status 'pending'"}
     lane2 = (await rig.client.call("sales", {"lane": "2"}))["sales"]
