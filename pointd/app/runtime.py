@@ -85,6 +85,7 @@ from pointd.register.messages import FRESH_START_TYPES
 from pointd.register.session import RegisterRequest, RegisterSession, Reply
 from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
 from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
+from pointd.terminal.vendors import VendorTable, vendor_table_from_config
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +119,20 @@ def policy_from(config: DaemonConfig) -> Policy:
         handover_confirm_after=timers.handover_confirm_after,
         sale_retry_window=timers.sale_retry_window,
     )
+
+
+def vendor_table(config: DaemonConfig) -> VendorTable:
+    """The built-in terminal vendors plus the configured ``[[usb_vendors]]``."""
+    extra = config.usb_vendors
+    if not extra:
+        return DEFAULT_VENDORS
+    added = vendor_table_from_config(
+        {"name": vendor.name, "vendor_id": vendor.vendor_id,
+         **({"product_ids": list(vendor.product_ids)} if vendor.product_ids else {}),
+         "source": "configuration"}
+        for vendor in extra
+    )
+    return VendorTable(added.entries + DEFAULT_VENDORS.entries)
 
 
 def config_snapshot(config: DaemonConfig) -> dict[str, Any]:
@@ -413,7 +428,7 @@ def _wire(
     watch = (
         TerminalWatch(
             ports.usb,
-            DEFAULT_VENDORS,
+            vendor_table(config),
             on_change=usb_changed,
             hotplug=ports.hotplug,
             rescan_interval=config.terminals.usb_rescan_interval,

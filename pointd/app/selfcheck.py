@@ -53,6 +53,8 @@ EXIT_FAILED = 1
 PDV_MODE = "PDV"
 # A check that waits for the network gives up after this long (seconds).
 NETWORK_TIMEOUT = 10.0
+# Where pointd.service's LoadCredential= lines take the secrets from (docs/operations.md).
+UNIT_CREDENTIALS = Path("/etc/pointd/credentials")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,12 @@ class SelfCheck:
         lanes = ", ".join(str(lane.number) for lane in config.lanes)
         self._say(Line(True, "configuration",
                        f"{self._path}: store {config.store.id}, lanes {lanes}"))
-        token = self._credentials(config)
+        token = self._credential(MP_ACCESS_TOKEN, config.cloud.access_token_file, required=True)
+        self._credential(MP_WEBHOOK_SECRET, config.cloud.webhook_secret_file, required=False)
+        store_token = (
+            self._credential(RELAY_STORE_TOKEN, config.relay.store_token_file, required=True)
+            if config.relay.url is not None else None
+        )
         daemon_running = self._journal(config)
         for lane in config.lanes:
             self._say(await _register_port(lane, daemon_running))
@@ -103,19 +110,17 @@ class SelfCheck:
             if devices is not None:
                 for lane in config.lanes:
                     self._say(_terminal_mode(lane, devices))
-        await self._relay(config)
+        await self._relay(config, store_token)
         if self._config_wrong:
             return EXIT_CONFIG
         return EXIT_FAILED if self._failed else EXIT_OK
 
-    def _credentials(self, config: DaemonConfig) -> Secret | None:
-        token = self._credential(MP_ACCESS_TOKEN, config.cloud.access_token_file, required=True)
-        self._credential(MP_WEBHOOK_SECRET, config.cloud.webhook_secret_file, required=False)
-        if config.relay.url is not None:
-            self._credential(RELAY_STORE_TOKEN, config.relay.store_token_file, required=True)
-        return token
-
     def _credential(self, name: str, file: Path | None, *, required: bool) -> Secret | None:
+        # Run by hand there is no $CREDENTIALS_DIRECTORY: read the file the unit's
+        # LoadCredential= would load, with the same mode check as a *_file.
+        unit_file = UNIT_CREDENTIALS / name
+        if file is None and not os.environ.get("CREDENTIALS_DIRECTORY") and unit_file.exists():
+            file = unit_file
         try:
             secret = read_secret(name, file=file) if required else read_optional_secret(
                 name, file=file
@@ -187,16 +192,14 @@ class SelfCheck:
                        f"the access token works ({len(devices)} terminals on the account)"))
         return devices
 
-    async def _relay(self, config: DaemonConfig) -> None:
+    async def _relay(self, config: DaemonConfig, token: Secret | None) -> None:
         url = config.relay.url
         if url is None:
             self._say(Line(True, "relay", "none configured: the daemon polls Mercado Pago "
                                           "for every sale (slower, more API calls)"))
             return
-        try:
-            token = read_secret(RELAY_STORE_TOKEN, file=config.relay.store_token_file)
-        except ConfigError:
-            return  # already reported with the credentials
+        if token is None:
+            return  # its credential's line already says why
         what = f"relay {url}"
         store = config.store.id
         try:
@@ -268,6 +271,8 @@ def _credential_source(name: str, file: Path | None) -> str:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory and (Path(directory) / name).exists():
         return "from the systemd credential"
+    if file == UNIT_CREDENTIALS / name:
+        return f"from {file} (what the unit's LoadCredential= loads; mode 0600)"
     return f"from {file} (mode 0600)"
 
 

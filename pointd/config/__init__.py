@@ -28,6 +28,7 @@ from pointd.config.daemon import (
     StoreConfig,
     TerminalsConfig,
     TimersConfig,
+    UsbVendorConfig,
 )
 from pointd.config.relay import (
     DEFAULT_RELAY_CONFIG,
@@ -104,6 +105,7 @@ __all__ = [
     "StoreEntry",
     "TerminalsConfig",
     "TimersConfig",
+    "UsbVendorConfig",
     "config_from_mapping",
     "load_config",
     "load_relay_config",

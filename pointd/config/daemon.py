@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pointd.config.secrets import (
 )
 
 DEFAULT_DAEMON_CONFIG = Path("/etc/pointd/pointd.toml")
+USB_ID_PATTERN = r"[0-9A-Fa-f]{4}"
 
 SITES = ("MLA", "MLB", "MLM")
 CURRENCY_BY_SITE = {"MLA": "ARS", "MLB": "BRL", "MLM": "MXN"}
@@ -300,6 +302,26 @@ class TimersConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UsbVendorConfig:
+    """A USB vendor whose devices are payment terminals, beyond the built-in table."""
+
+    name: str = option(..., "The vendor's name, as logs and pointctl show it.", example="Sunmi")
+    vendor_id: str = option(
+        ..., "USB vendor id in hex, as lsusb shows it (the part before the colon).",
+        pattern=USB_ID_PATTERN, example="abcd",
+    )
+    product_ids: tuple[str, ...] = option(
+        (), "Only these product ids (hex); empty: every product of the vendor.",
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """Product ids are hex USB ids like the vendor id."""
+        for index, product in enumerate(self.product_ids):
+            if re.fullmatch(USB_ID_PATTERN, product) is None:
+                yield f"product_ids[{index}]", "must be 4 hex digits, as lsusb shows it"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TerminalsConfig:
     """Point terminals: the account's device list and USB presence."""
 
@@ -412,6 +434,12 @@ class DaemonConfig:
     timers: TimersConfig = option(TimersConfig(), "Sale timers.")
     terminals: TerminalsConfig = option(TerminalsConfig(), "Point terminals.")
     lanes: tuple[LaneConfig, ...] = option((), "Checkout lanes, one [[lanes]] table each.")
+    usb_vendors: tuple[UsbVendorConfig, ...] = option(
+        (),
+        "Terminal vendors to recognise on USB in addition to the built-in table "
+        "(docs/terminals.md), one [[usb_vendors]] table each.",
+        example=(),
+    )
     logging: LoggingConfig = option(LoggingConfig(), "Logging.")
     metrics: MetricsConfig = option(MetricsConfig(), "Prometheus metrics.")
 

@@ -498,13 +498,17 @@ def _render_table(
         lines.extend(_render_scalars(scalars))
         return lines
     lines.append(f"# Repeat the [[{name}]] table once per entry.")
-    # Show the default entries if the schema has some, else one entry built from examples.
+    # Show the default entries if the schema has some, else one entry built from examples;
+    # ``example=()`` marks an array nobody needs by default: its entry is shown commented.
     entries = _default_of(field) if _has_default(field) else ()
+    entry_lines: list[str] = []
     for entry in entries or (None,):
-        lines.append(f"[[{name}]]")
+        entry_lines.append(f"[[{name}]]")
         scalars, _nested = _split_fields(kind.item)
-        lines.extend(_render_scalars(scalars, entry))
-    return lines
+        entry_lines.extend(_render_scalars(scalars, entry))
+    if spec.example == ():
+        entry_lines = [line if line.startswith("#") else f"# {line}" for line in entry_lines]
+    return lines + entry_lines
 
 
 def _render_scalars(rows: list[Any], instance: Any = None) -> list[str]:

@@ -23,8 +23,6 @@ BUNDLE_MIN_INTERVAL = 5.0
 # A backup reads the whole journal in a worker thread (one at a time: a second call while
 # one runs is refused); a loop calling it must not keep the disk busy.
 BACKUP_MIN_INTERVAL = 1.0
-# Changing an account-wide Mercado Pago setting is rare; a loop must not hammer it.
-DEVICE_EVENTS_MIN_INTERVAL = 1.0
 
 MAX_SALES_LIMIT = 1000
 MAX_REASON_LENGTH = 500
@@ -162,7 +160,6 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
         "Turn Mercado Pago's e-mail channel for device events (terminal restarts, logouts, "
         "PDV/STANDALONE changes) on or off; it starts about 30 minutes after enabling.",
         {"email": Param(bool, "true: e-mail device events; false: stop")},
-        min_interval=DEVICE_EVENTS_MIN_INTERVAL,
     ),
 }
 

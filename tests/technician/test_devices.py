@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 
-from pointd.control.methods import DEVICE_EVENTS_MIN_INTERVAL
 from pointd.rig import PACKAGE_ROOT, RigLane, child_environment
 from pointd.sim.cloud import SimDevice
 from tests.technician.conftest import DEVICE, EVENT_TIMEOUT, OTHER_DEVICE, OpenShop, Shop
@@ -117,8 +116,6 @@ async def test_pointctl_integrator_turns_device_event_emails_on_and_off(
         assert "about 30 minutes after the channel is enabled" in text
         assert await _sim_channels(shop) == ["email"]
 
-        # The method may be called once per DEVICE_EVENTS_MIN_INTERVAL (a person's pace).
-        await asyncio.sleep(DEVICE_EVENTS_MIN_INTERVAL)
         code, answer = await shop.pointctl("integrator", "--disable-email")
         assert code == 0
         assert (answer["email"], answer["event_channel_devices"]) == (False, [])

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
+from pointd.app import selfcheck
 from pointd.config import EXIT_CONFIG
 from pointd.rig import PACKAGE_ROOT, toml_text
 from tests.technician.conftest import DEVICE, OpenShop, Shop
-
-pytestmark = pytest.mark.slow
 
 
 async def _check(shop: Shop, config: Path | None = None) -> tuple[int, str]:
@@ -37,6 +38,7 @@ def _fails(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("fail")]
 
 
+@pytest.mark.slow
 async def test_check_passes_on_a_sound_store_and_names_each_fault_with_its_fix(
     open_shop: OpenShop, tmp_path: Path
 ) -> None:
@@ -81,6 +83,7 @@ async def test_check_passes_on_a_sound_store_and_names_each_fault_with_its_fix(
                          r"register's USB adapter plugged in", out, re.MULTILINE), out
 
 
+@pytest.mark.slow
 async def test_a_bad_configuration_is_exit_78_for_the_daemon_and_the_relay_alike(
     open_shop: OpenShop, tmp_path: Path
 ) -> None:
@@ -99,3 +102,29 @@ async def test_a_bad_configuration_is_exit_78_for_the_daemon_and_the_relay_alike
             "pointd.cli", "relay", "--config", str(example), "--check")
         assert relay_code == EXIT_CONFIG
         assert "token_sha256: is the example's placeholder (all zeros)" in err
+
+
+async def test_by_hand_the_check_reads_the_files_the_units_credentials_come_from(
+    tmp_path: Path, mocker: MockerFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The check's fallback is a system path (/etc/pointd/credentials); a patch of that one
+    # constant points it at a scratch directory, and the check itself runs for real.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    token = credentials / "mp_access_token"
+    token.write_text("TEST-some-token")
+    token.chmod(0o600)
+    mocker.patch.object(selfcheck, "UNIT_CREDENTIALS", credentials)
+    config = tmp_path / "pointd.toml"
+    config.write_text(
+        '[store]\nid = "x"\nsite = "MLA"\ncollector_id = 1\n'
+        '[cloud]\nbase_url = "http://127.0.0.1:9"\nconnect_timeout = 0.5\n'
+        f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[[lanes]]\nnumber = 1\nregister = "{tmp_path / "absent"}"\n'
+    )
+    code = await selfcheck.SelfCheck(config, sys.stdout).run()
+    out = capsys.readouterr().out
+    assert (f"ok   credential mp_access_token: from {token} (what the unit's "
+            "LoadCredential= loads; mode 0600)") in out
+    assert "fail Mercado Pago http://127.0.0.1:9: cannot be reached" in out
+    assert code == 1
