@@ -17,7 +17,6 @@ of the run on purpose.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pointd.rig import PACKAGE_ROOT, RigLane, StoreRig, StoreSpec, child_environment
+from tests.support.subprocesses import run_to_exit
 
 DOCS = PACKAGE_ROOT / "docs"
 SHELLS = frozenset({"sh", "bash", "shell", "console"})
@@ -96,9 +96,12 @@ async def test_every_runnable_example_runs_as_written(tmp_path: Path) -> None:
                 "POINTD_CONTROL_SOCKET": str(rig.state_dir / "control.sock"),
             })
             for example in runnable:
-                code, output = await _run(example.code, env, work)
+                code, out, err = await run_to_exit(
+                    ["bash", "-euo", "pipefail", "-c", example.code], env=env, cwd=work,
+                    within=EXAMPLE_TIMEOUT)
                 if code != 0:
-                    failures.append(f"{example.where} exited {code}:\n{example.code}\n{output}")
+                    failures.append(f"{example.where} exited {code}:\n{example.code}\n"
+                                    f"{out}{err}")
     assert failures == [], "\n\n".join(failures)
 
 
@@ -109,17 +112,3 @@ def _by_page() -> list[tuple[str, list[Example]]]:
             pages.setdefault(example.page.removesuffix(".md"), []).append(example)
     return list(pages.items())
 
-
-async def _run(code: str, env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", code, cwd=cwd, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), EXAMPLE_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return -1, "timed out"
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")

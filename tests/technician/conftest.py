@@ -24,6 +24,7 @@ from pointd.register import messages as msg
 from pointd.rig import PACKAGE_ROOT, RigLane, StoreRig, StoreSpec, child_environment, merged
 from pointd.sim.register.emulator import SaleOutcome
 from tests.e2e_daemon.harness import EVENT_TIMEOUT, LOOK_INTERVAL, SIM_SALE_SECONDS
+from tests.support.subprocesses import run_to_exit
 
 STORE_ID = "tech-shop"
 DEVICE = "PAX_A910__SMARTPOS1234345545"
@@ -48,19 +49,8 @@ class Shop:
     async def command(self, module: str, *args: str, within: float = POINTCTL_TIMEOUT,
                       env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
         """``python -m module ARGS`` (pointctl, pointd) to its exit: code, stdout, stderr."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, *args,
-            cwd=PACKAGE_ROOT, env=child_environment(env),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), within)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError(f"{module} {args} did not exit") from None
-        assert process.returncode is not None
-        return process.returncode, out.decode(), err.decode()
+        return await run_to_exit([sys.executable, "-m", module, *args],
+                                 env=child_environment(env), cwd=PACKAGE_ROOT, within=within)
 
     async def pointctl_text(self, *args: str) -> tuple[int, str, str]:
         """``pointctl --socket S ARGS`` as a person types it: code, stdout, stderr."""
