@@ -3,7 +3,8 @@
 The wheel carries them under ``pointd/data/`` (a source checkout has them at the top of the
 tree): the systemd units, the udev rules, a sysusers.d file (the ``pointd`` user and group,
 the ``pointd-admin`` group), a tmpfiles.d file (``/etc/pointd`` and its ``credentials/``),
-the documentation the units' ``Documentation=`` names, and the example configurations.
+the documentation the units' ``Documentation=`` names, the changelog, and the example
+configurations.
 Units, sysusers, tmpfiles, docs and examples are replaced on every run, so an upgrade
 brings the new ones (local changes to a unit belong in drop-ins, ``systemctl edit``). The
 udev rules are the exception: the installed copy names this PC's register adapter, so an
@@ -64,6 +65,8 @@ def plan(root: Path) -> Iterator[Placed]:
                  keep_local=True)
     for doc in sorted((data / "docs").glob("*.md")):
         yield Placed(f"docs/{doc.name}", root / DOC_DIR / doc.name)
+    # The upgrade procedure (operations.md §2) starts by reading it.
+    yield Placed("CHANGELOG.md", root / DOC_DIR / "CHANGELOG.md")
     for example in sorted((data / "examples").glob("*.toml")):
         yield Placed(f"examples/{example.name}", root / DOC_DIR / "examples" / example.name)
 

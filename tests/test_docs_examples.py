@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import pointd
 from pointd.rig import PACKAGE_ROOT, RigLane, StoreRig, StoreSpec, child_environment
 from tests.support.subprocesses import run_to_exit
 
@@ -112,3 +113,11 @@ def _by_page() -> list[tuple[str, list[Example]]]:
             pages.setdefault(example.page.removesuffix(".md"), []).append(example)
     return list(pages.items())
 
+
+def test_the_upgrade_procedure_reads_the_changelog_which_names_this_version() -> None:
+    changelog = (PACKAGE_ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    upgrade = (DOCS / "operations.md").read_text(encoding="utf-8").split("## 2. Upgrade")[1]
+    assert "[CHANGELOG.md](../CHANGELOG.md)" in upgrade.split("## 3.")[0]
+    assert "## Unreleased" in changelog
+    assert f"## {pointd.__version__}" in changelog
+    assert "release notes" not in upgrade

@@ -36,6 +36,7 @@ SHIPPED = (
     f"{DATA}/udev/68-pointd.rules",
     f"{DATA}/docs/operations.md",
     f"{DATA}/examples/pointd.toml",
+    f"{DATA}/CHANGELOG.md",
 )
 SHIPPED_EXEC = "/opt/pointd/venv/bin/pointd"
 TOOL_TIMEOUT = 120
@@ -101,6 +102,7 @@ def test_install_system_files_from_the_wheel_passes_systemds_own_tools(
     assert f"systemd-sysusers --root {root}" in installed.stdout
 
     units = root / "etc/systemd/system"
+    assert (root / "usr/local/share/doc/pointd/CHANGELOG.md").is_file()
     rules = root / "etc/udev/rules.d/68-pointd.rules"
     assert 'ATTRS{serial}=="FT4ABC12"' in rules.read_text()
     assert "POINTD-REGISTER-SERIAL" not in rules.read_text()
