@@ -318,9 +318,11 @@ def _journal_problem(path: str) -> str | None:
 async def _watch(client: ControlClient, out: TextIO, *, as_json: bool) -> int:
     await client.call("subscribe")
     if as_json:
+        # The state first, then every change after it: a consumer never starts blind, and
+        # the first line says the subscription is live.
+        _json_line(out, "status", await client.call("status"))
         async for event in client.events():
-            out.write(json.dumps({"event": event.topic, "data": event.data}) + "\n")
-            out.flush()
+            _json_line(out, event.topic, event.data)
         raise OutcomeUnknown("the daemon closed the connection")
     recent: deque[str] = deque(maxlen=WATCH_EVENTS_SHOWN)
     while True:
@@ -339,6 +341,11 @@ async def _watch(client: ControlClient, out: TextIO, *, as_json: bool) -> int:
             break
         else:
             raise OutcomeUnknown("the daemon closed the connection")
+
+
+def _json_line(out: TextIO, topic: str, data: Any) -> None:
+    out.write(json.dumps({"event": topic, "data": data}) + "\n")
+    out.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -282,6 +282,9 @@ async def test_watch_json_streams_events(server: ControlServer) -> None:
     )
     assert process.stdout is not None
     try:
+        first = json.loads(await asyncio.wait_for(process.stdout.readline(), IO_TIMEOUT))
+        assert first["event"] == "status"  # the state before any change
+        assert first["data"]["ready"] is True
         await until_subscribed(server)
         server.publish("relay", {"connected": False})
         line = await asyncio.wait_for(process.stdout.readline(), IO_TIMEOUT)

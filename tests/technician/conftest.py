@@ -11,26 +11,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from pointd.cloud.sites import Site
+from pointd.control.client import ControlClient
 from pointd.register import messages as msg
 from pointd.rig import PACKAGE_ROOT, RigLane, StoreRig, StoreSpec, child_environment, merged
 from pointd.sim.register.emulator import SaleOutcome
-from tests.e2e_daemon.harness import EVENT_TIMEOUT, LOOK_INTERVAL, SIM_SALE_SECONDS
+from tests.e2e_daemon.harness import EVENT_TIMEOUT, SIM_SALE_SECONDS
 from tests.support.subprocesses import run_to_exit
 
 STORE_ID = "tech-shop"
 DEVICE = "PAX_A910__SMARTPOS1234345545"
 OTHER_DEVICE = "GERTEC_MP35P__8701016695109435"
 POINTCTL_TIMEOUT = 30.0
+# How long a test waits for a change the daemon pushes: generous, for a machine whose cores
+# are busy with other suites; a waiter wakes on the change, not at the ceiling.
+WAIT_CEILING = EVENT_TIMEOUT * 4
+# The line that ends each screen ``pointctl watch`` draws.
+WATCH_SCREEN_END = b"to exit)\n"
 # Timers at the configuration's minimum so a daemon poll follows a change within a second.
+T = TypeVar("T")
 FAST_TIMERS = {"poll_fallback_after": 1, "verify_initial_backoff": 1, "verify_max_backoff": 1}
 
 
@@ -72,18 +80,36 @@ class Shop:
 
     async def wait_status(self, what: str,
                           predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """Ask ``pointctl status`` until ``predicate`` holds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EVENT_TIMEOUT * 2
-        last: dict[str, Any] | None = None
-        while True:
-            code, out, _err = await self.pointctl_text("status", "--json")
-            last = json.loads(out) if code in (0, 4) else None
-            if last is not None and predicate(last):
-                return last
-            if loop.time() >= deadline:
-                raise AssertionError(f"timed out waiting for {what}; last status: {last}")
-            await asyncio.sleep(LOOK_INTERVAL * 5)
+        """The daemon's status once ``predicate`` holds for it."""
+        async def matching(client: ControlClient) -> dict[str, Any] | None:
+            status: dict[str, Any] = await client.call("status")
+            return status if predicate(status) else None
+
+        return await self.until(what, matching)
+
+    async def until(self, what: str, look: Callable[[ControlClient], Awaitable[T | None]]
+                    ) -> T:
+        """What ``look`` finds, looking again after each event the daemon pushes.
+
+        Every change a test waits for (a sale's state, the status snapshot, a terminal's
+        refresh) is pushed to subscribers, so this wakes on the change itself; the ceiling
+        is generous because under load a daemon step can take seconds.
+        """
+        last: T | None = None
+        async with await ControlClient.connect(self.socket) as client:
+            await client.call("subscribe")
+            events = client.events()
+            try:
+                async with asyncio.timeout(WAIT_CEILING):
+                    while (last := await look(client)) is None:
+                        await anext(events)
+            except TimeoutError:
+                raise AssertionError(f"timed out waiting for {what}") from None
+            except StopAsyncIteration:
+                raise AssertionError(f"the daemon went away waiting for {what}") from None
+            finally:
+                await events.aclose()
+        return last
 
     async def lane_ready(self, lane: int = 1) -> dict[str, Any]:
         """Wait until the lane is ready (terminal known, register link up)."""
@@ -93,12 +119,35 @@ class Shop:
                           for row in s["lanes"]),
         )
 
+    async def watch(self, *args: str) -> tuple[asyncio.subprocess.Process, bytes]:
+        """``pointctl watch ARGS`` running, and its first output: the screen (or with
+        ``--json`` the status line) it prints once subscribed."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pointd.control.cli", "--socket", str(self.socket), "watch",
+            *args, cwd=PACKAGE_ROOT, env=child_environment(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        first = (process.stdout.readline() if "--json" in args
+                 else process.stdout.readuntil(WATCH_SCREEN_END))
+        try:
+            return process, await asyncio.wait_for(first, WAIT_CEILING)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise AssertionError("pointctl watch printed nothing") from None
+
+    async def stop_watch(self, process: asyncio.subprocess.Process) -> int:
+        """Ctrl-C a ``pointctl watch``; its exit code."""
+        process.send_signal(signal.SIGINT)
+        return await asyncio.wait_for(process.wait(), WAIT_CEILING)
+
     def sale(self, amount_cents: int, correlation_id: str, lane: int = 1
              ) -> asyncio.Task[SaleOutcome]:
         """The register asks for a sale; the task ends with its RESULT."""
         task = asyncio.create_task(
             self.rig.registers[lane].sale(amount_cents, correlation_id,
-                                          within=EVENT_TIMEOUT * 4),
+                                          within=WAIT_CEILING),
             name=f"sale-{correlation_id}",
         )
         self.sales.append(task)
@@ -110,7 +159,7 @@ class Shop:
         sale = self.sale(amount_cents, correlation_id, lane)
         await self.until_intent(correlation_id)
         await self.rig.sim.advance(SIM_SALE_SECONDS)
-        outcome = await asyncio.wait_for(sale, EVENT_TIMEOUT * 2)
+        outcome = await asyncio.wait_for(sale, WAIT_CEILING)
         await self.hand_over(outcome, lane)
         return outcome
 
@@ -124,17 +173,12 @@ class Shop:
 
     async def until_intent(self, correlation_id: str) -> None:
         """Wait until the daemon created the sale's intent (the sale shows as open)."""
-        async def created() -> bool:
-            _code, listing = await self.pointctl("sales")
+        async def created(client: ControlClient) -> bool | None:
+            listing = await client.call("sales")
             return any(row["correlation_id"] == correlation_id and row["state"] == "open"
-                       for row in listing["sales"])
+                       for row in listing["sales"]) or None
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EVENT_TIMEOUT * 2
-        while not await created():
-            if loop.time() >= deadline:
-                raise AssertionError(f"no intent for {correlation_id}")
-            await asyncio.sleep(LOOK_INTERVAL * 5)
+        await self.until(f"the intent of {correlation_id}", created)
 
     def daemon_log(self) -> str:
         """Everything the daemon processes wrote (stdout and stderr)."""

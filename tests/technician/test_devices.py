@@ -15,23 +15,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import sys
 from typing import Any
 
 import httpx
 import pytest
 
-from pointd.rig import PACKAGE_ROOT, RigLane, child_environment
+from pointd.control.client import ControlClient
+from pointd.rig import RigLane
 from pointd.sim.cloud import SimDevice
-from tests.technician.conftest import DEVICE, EVENT_TIMEOUT, OTHER_DEVICE, OpenShop, Shop
+from tests.technician.conftest import DEVICE, OTHER_DEVICE, WAIT_CEILING, OpenShop, Shop
 
 pytestmark = pytest.mark.slow
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 # The shortest refresh the configuration allows; the test waits for one refresh after it.
 REFRESH_INTERVAL = 30
-REFRESH_WAIT = REFRESH_INTERVAL + EVENT_TIMEOUT * 2
 
 
 def _changes(terminals: dict[str, Any], lane: str) -> list[str]:
@@ -41,14 +39,11 @@ def _changes(terminals: dict[str, Any], lane: str) -> list[str]:
 
 
 async def _until_changed(shop: Shop, lane: str, text: str) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + REFRESH_WAIT
-    while True:
-        _code, terminals = await shop.pointctl("terminals")
-        if any(text in change for change in _changes(terminals, lane)):
-            return terminals
-        assert loop.time() < deadline, f"lane {lane} never showed {text!r}: {terminals}"
-        await asyncio.sleep(0.5)
+    async def changed(client: ControlClient) -> dict[str, Any] | None:
+        terminals: dict[str, Any] = await client.call("terminals")
+        return terminals if any(text in change for change in _changes(terminals, lane)) else None
+
+    return await shop.until(f"lane {lane} to show {text!r}", changed)
 
 
 async def test_refresh_changes_and_refused_switches_show_in_pointctl_terminals(
@@ -83,7 +78,7 @@ async def test_refresh_changes_and_refused_switches_show_in_pointctl_terminals(
         assert f"ok   lane 1 terminal: {DEVICE} in PDV mode" in out
         assert "held by the running pointd" in out
 
-        watch = await _watch_json(shop)
+        watch, _status = await shop.watch("--json")
         # Someone switches lane 1's terminal to STANDALONE, and it restarts.
         async with httpx.AsyncClient(base_url=shop.rig.sim.base_url) as http:
             answer = await http.patch(
@@ -98,7 +93,7 @@ async def test_refresh_changes_and_refused_switches_show_in_pointctl_terminals(
             "applies only after a restart.",
             f"terminal {DEVICE} mode PDV -> STANDALONE",
         ]
-        event = await _terminal_event(watch, "mode PDV -> STANDALONE")
+        event = await _terminal_event(shop, watch, "mode PDV -> STANDALONE")
         assert event["lane"] == "1"
 
 
@@ -131,24 +126,11 @@ async def _sim_channels(shop: Shop) -> list[str]:
     return channels
 
 
-async def _watch_json(shop: Shop) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pointd.control.cli", "--socket", str(shop.socket), "watch",
-        "--json", cwd=PACKAGE_ROOT, env=child_environment(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with asyncio.timeout(EVENT_TIMEOUT):
-        while True:
-            _code, listing = await shop.pointctl("connections")
-            if any(c["subscribed"] for c in listing["connections"]):
-                return process
-            await asyncio.sleep(0.05)
-
-
-async def _terminal_event(watch: asyncio.subprocess.Process, text: str) -> dict[str, Any]:
+async def _terminal_event(shop: Shop, watch: asyncio.subprocess.Process, text: str
+                          ) -> dict[str, Any]:
     assert watch.stdout is not None
     try:
-        async with asyncio.timeout(REFRESH_WAIT):
+        async with asyncio.timeout(WAIT_CEILING):
             while True:
                 line = await watch.stdout.readline()
                 assert line, "pointctl watch ended"
@@ -159,5 +141,4 @@ async def _terminal_event(watch: asyncio.subprocess.Process, text: str) -> dict[
                     data: dict[str, Any] = event["data"]
                     return data
     finally:
-        watch.send_signal(signal.SIGINT)
-        await asyncio.wait_for(watch.wait(), EVENT_TIMEOUT)
+        await shop.stop_watch(watch)

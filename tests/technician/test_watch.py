@@ -2,8 +2,8 @@
 
 Rule under test (docs/control-socket.md, event topics): a subscriber gets one ``sale``
 event per state a sale passes through and ``status`` events when the snapshot changes;
-``watch --json`` prints each as one JSON line, ``watch`` redraws the status with the
-recent events under it, and Ctrl-C ends both with exit 0.
+``watch --json`` prints the status, then each event, as one JSON line each; ``watch``
+redraws the status with the recent events under it; Ctrl-C ends both with exit 0.
 """
 
 from __future__ import annotations
@@ -11,59 +11,36 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import sys
 from typing import Any
 
 import pytest
 
 from pointd.control.cli import CLEAR_SCREEN
-from pointd.rig import PACKAGE_ROOT, child_environment
-from tests.technician.conftest import EVENT_TIMEOUT, OpenShop, Shop
+from tests.technician.conftest import WAIT_CEILING, WATCH_SCREEN_END, OpenShop
 
 pytestmark = pytest.mark.slow
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 
-async def _watch(shop: Shop, *args: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pointd.control.cli", "--socket", str(shop.socket), "watch", *args,
-        cwd=PACKAGE_ROOT, env=child_environment(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    # Subscribed once the daemon lists the connection as receiving events.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + EVENT_TIMEOUT
-    while True:
-        _code, listing = await shop.pointctl("connections")
-        if any(c["subscribed"] for c in listing["connections"]):
-            return process
-        assert loop.time() < deadline, "pointctl watch never subscribed"
-        await asyncio.sleep(0.05)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> int:
-    process.send_signal(signal.SIGINT)
-    return await asyncio.wait_for(process.wait(), EVENT_TIMEOUT)
-
-
 async def test_watch_json_prints_every_state_of_a_real_sale(open_shop: OpenShop) -> None:
     async with open_shop(relay="process") as shop:
         await shop.lane_ready()
-        watch = await _watch(shop, "--json")
+        watch, first = await shop.watch("--json")
         assert watch.stdout is not None
         await shop.approved_sale("watch-1")
 
-        events: list[dict[str, Any]] = []
-        async with asyncio.timeout(EVENT_TIMEOUT * 2):
+        events: list[dict[str, Any]] = [json.loads(first)]
+        async with asyncio.timeout(WAIT_CEILING):
             while not any(e["event"] == "sale" and e["data"]["state"] == "handed_over"
                           for e in events):
                 line = await watch.stdout.readline()
                 assert line, "pointctl watch --json ended early"
                 events.append(json.loads(line))  # every line is one JSON object
-        assert await _stop(watch) == 0
+        assert await shop.stop_watch(watch) == 0
 
+    assert events[0]["event"] == "status"  # the state before any change
+    assert events[0]["data"]["ready"] is True
     states = [e["data"]["state"] for e in events if e["event"] == "sale"]
     assert states[0] in ("requested", "creating", "open")
     assert {"open", "approved", "handed_over"} <= set(states), states
@@ -78,17 +55,16 @@ async def test_watch_json_prints_every_state_of_a_real_sale(open_shop: OpenShop)
 async def test_watch_redraws_with_the_sale_in_its_recent_events(open_shop: OpenShop) -> None:
     async with open_shop() as shop:
         await shop.lane_ready()
-        watch = await _watch(shop)
+        watch, first = await shop.watch()
         assert watch.stdout is not None
-        first = await asyncio.wait_for(watch.stdout.readuntil(b"to exit)\n"), EVENT_TIMEOUT)
         assert first.startswith(CLEAR_SCREEN.encode())
         assert b"no problems" in first
         await shop.approved_sale("watch-2")
         screen = b""
-        async with asyncio.timeout(EVENT_TIMEOUT * 2):
+        async with asyncio.timeout(WAIT_CEILING):
             while not re.search(rf"{ISO}  sale \S+ lane 1: handed_over 25.00".encode(), screen):
-                screen = await watch.stdout.readuntil(b"to exit)\n")
-        assert await _stop(watch) == 0
+                screen = await watch.stdout.readuntil(WATCH_SCREEN_END)
+        assert await shop.stop_watch(watch) == 0
     text = screen.decode()
     assert "recent events (UTC):" in text
     assert re.search(rf"{ISO}  sale \S+ lane 1: approved 25.00", text), text
