@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_daemon.harness import EVENT_TIMEOUT, eventually
-from tests.technician.conftest import OpenShop, Shop
+from tests.e2e_daemon.harness import eventually
+from tests.technician.conftest import WAIT_CEILING, OpenShop, Shop
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ async def test_both_logs_are_json_lines_a_technician_can_read(open_shop: OpenSho
         assert relay is not None
         await relay.stop()
         await eventually("the daemon to warn that the relay is down",
-                         lambda: _relay_down_warned(shop), EVENT_TIMEOUT * 2)
+                         lambda: _relay_down_warned(shop), WAIT_CEILING)
         await relay.start()
         relay_text = (shop.rig.state_dir / "relay.log").read_text()
         daemon = _lines(shop.daemon_log())

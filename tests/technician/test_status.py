@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from tests.e2e_daemon.harness import EVENT_TIMEOUT, eventually
-from tests.technician.conftest import DEVICE, OpenShop
+from tests.e2e_daemon.harness import eventually
+from tests.technician.conftest import DEVICE, WAIT_CEILING, OpenShop
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +53,14 @@ async def test_a_missing_register_port_is_a_lane_not_ready_with_the_reason(
             and run.seen("STATUS")[-1]["STATUS"].startswith(
                 "0/1 lanes ready, no relay (polling Mercado Pago); lane 1: register not "
                 "connected since "),
-            EVENT_TIMEOUT,
+            WAIT_CEILING,
         )
 
         later.symlink_to(shop.rig.registers[1].device_path)
         status = await shop.lane_ready()
         assert status["problems"] == []
         await run.notify.wait("STATUS", "1/1 lanes ready, no relay (polling Mercado Pago)",
-                              since=run.notify_from)
+                              since=run.notify_from, within=WAIT_CEILING)
         code, text, _err = await shop.pointctl_text("status")
         assert code == 0
         assert re.search(r"^1 +ready +\S+ +up", text, re.MULTILINE), text
