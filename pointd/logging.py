@@ -3,10 +3,14 @@
 Theory of operation
 -------------------
 :func:`configure_logging` sends structlog events and stdlib records (uvicorn, httpx,
-asyncio) through the same chain: level filter, log level, logger name, ISO-8601 UTC
-timestamp, exception text, **redaction**, then a renderer: JSON lines when the stream is not
-a terminal (journald, files, pipes) or ``fmt="json"``, a readable console layout on a
-terminal or with ``fmt="console"``.
+asyncio, apscheduler) through the same chain: level filter, log level, logger name, ISO-8601
+UTC timestamp, exception text, **redaction**, then a renderer: JSON lines when the stream is
+not a terminal (journald, files, pipes) or ``fmt="json"``, a readable console layout on a
+terminal or with ``fmt="console"``. Libraries log at their own level (WARNING unless
+configured), pointd at its level, and the ANNOUNCEMENTS logger (where a server says
+where it listens) always at INFO. An uncaught exception is logged, not printed, so a JSON
+stream holds nothing but JSON lines. The newest lines are also kept in memory, as JSON
+(``recent_log_lines``), for the support bundle.
 
 Redaction runs after exceptions have been turned into text, so tracebacks are scrubbed
 like every other string. It:
@@ -30,11 +34,14 @@ this path too.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -81,6 +88,7 @@ _CARD = re.compile(
     r"(?![0-9])"
 )
 _CARD_DIGITS = (13, 19)
+_JSON_LITERALS = frozenset({"null", "true", "false"})
 
 _registry_lock = threading.Lock()
 _registered: set[str] = set()
@@ -133,7 +141,16 @@ def _mask_pairs(text: str) -> str:
             parts.append(text[position : key.end()])
             position = key.end()
             continue
-        quote = value.group(0)[0] if value.group(0)[0] in "\"'" else ""
+        found = value.group(0)
+        if found in _JSON_LITERALS:
+            # null/true/false are never a secret; blanking them would also break JSON text.
+            parts.append(text[position : value.end()])
+            position = value.end()
+            continue
+        quote = found[0] if found[0] in "\"'" else ""
+        if not quote and key.group(1) == '"':
+            # A JSON-style key ("token": 123): quote the mark so the text stays valid JSON.
+            quote = '"'
         parts.append(f"{text[position : key.end()]}{quote}{REDACTED}{quote}")
         position = value.end()
     parts.append(text[position:])
@@ -201,14 +218,81 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-# Libraries whose loggers pointd's pipeline must own, whatever they configured themselves.
-THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "asyncio")
+# Libraries whose loggers pointd's pipeline must own, whatever they configured themselves,
+# and whose level is ``library_level`` (WARNING by default): at INFO, apscheduler logs every
+# job run and httpx every request, about 17,000 lines a day that bury the daemon's own.
+THIRD_PARTY_LOGGERS = (
+    "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "asyncio",
+    "apscheduler", "pyudev", "psycopg", "starlette", "hpack", "multipart",
+)
+# pyusb silences its own logger unless PYUSB_DEBUG asks for it; it is left alone, so a
+# missing libusb is reported once, by the daemon's usb.unavailable warning.
+DEFAULT_LIBRARY_LEVEL = "warning"
+# Start-up announcements (the address a server listens on) are logged on this logger at
+# INFO whatever the configured level: supervisors and people wait for them.
+ANNOUNCEMENTS = "pointd.announce"
+# The newest log lines kept in memory for support bundles (``recent_log_lines``); a line
+# longer than RECENT_LINE_LIMIT is kept as its beginning, so the buffer stays bounded.
+RECENT_LINES_KEPT = 2000
+RECENT_LINE_LIMIT = 4096
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging to ``stream`` (default stdout) with redaction."""
-    if level not in LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+class RecentLines(logging.Handler):
+    """Keeps the newest log lines, rendered as JSON and redacted, for the support bundle."""
+
+    def __init__(self, kept: int = RECENT_LINES_KEPT) -> None:
+        super().__init__()
+        self._lines: deque[str] = deque(maxlen=kept)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if len(line) > RECENT_LINE_LIMIT:
+            head = line[:RECENT_LINE_LIMIT]
+            line = json.dumps({"event": "log_line_truncated", "length": len(line), "head": head})
+        self._lines.append(line)
+
+    def lines(self) -> list[str]:
+        """The kept lines, oldest first."""
+        return list(self._lines)
+
+
+_recent = RecentLines()
+
+
+def recent_log_lines() -> list[str]:
+    """The newest lines logged since ``configure_logging`` (JSON, redacted), oldest first."""
+    return _recent.lines()
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    # An uncaught exception is logged like everything else, not printed as a plain-text
+    # traceback into a stream of JSON lines.
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, trace)
+        return
+    logging.getLogger("pointd").critical("uncaught_exception", exc_info=(kind, error, trace))
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    library_level: str = DEFAULT_LIBRARY_LEVEL,
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (default stdout) with redaction.
+
+    pointd's own loggers log at ``level``; the libraries' (THIRD_PARTY_LOGGERS) at
+    ``library_level``.
+    """
+    for name, value in (("log level", level), ("library log level", library_level)):
+        if value not in LEVELS:
+            raise ValueError(f"{name} must be one of {', '.join(LEVELS)}, not {value!r}")
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     target = sys.stdout if stream is None else stream
@@ -242,25 +326,19 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         # to whatever configuration was current at their first call.
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            redact_event,
-            *renderers,
-        ],
-    )
     handler = logging.StreamHandler(target)
-    handler.setFormatter(formatter)
+    handler.setFormatter(_formatter(shared, renderers))
     setattr(handler, _HANDLER_MARK, True)
+    as_json: list[Processor] = [_essentials_first, structlog.processors.JSONRenderer()]
+    _recent.setFormatter(_formatter(shared, as_json))
+    setattr(_recent, _HANDLER_MARK, True)
 
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, _HANDLER_MARK, False):
             root.removeHandler(old)
     root.addHandler(handler)
+    root.addHandler(_recent)
     root.setLevel(level.upper())
     # A library that configured its own logging earlier in the process (uvicorn does when
     # started with its default log_config) would otherwise keep printing around the
@@ -270,5 +348,22 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         library.handlers.clear()
         library.propagate = True
         library.disabled = False
-        library.setLevel(logging.NOTSET)
+        library.setLevel(library_level.upper())
+    logging.getLogger(ANNOUNCEMENTS).setLevel(logging.INFO)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _formatter(
+    shared: list[Processor], renderers: list[Processor]
+) -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            redact_event,
+            *renderers,
+        ],
+    )

@@ -8,10 +8,12 @@ the handler mapping records its outcome after it, so the audit log shows both th
 and what came of it.
 
 The runtime wires ``engine_stepped`` as the engine's ``on_step``, ``add_alert`` as its
-``on_alert``, and calls ``publish_relay`` / ``publish_terminals`` when those change; these
-push ``sale``, ``status``, ``relay`` and ``terminal`` events through the control server. A
-``status`` event is pushed only when the snapshot differs (ignoring ages and uptimes) from
-the last one pushed, so subscribers see changes, not the clock.
+``on_alert``, and calls ``publish_relay`` / ``publish_terminals`` / ``publish_status`` when
+the relay, a terminal or a register link change; these push ``sale``, ``status``, ``relay``
+and ``terminal`` events through the control server. A ``status`` event is pushed only when
+the snapshot differs (ignoring ages and uptimes) from the last one pushed, so subscribers
+see changes, not the clock; each one that changes the one-line summary also goes to
+``on_status_line`` (systemd's ``STATUS=``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import structlog
 import pointd
 from pointd.app.control_mutations import MutationMethods
 from pointd.app.control_reads import ReadMethods
+from pointd.app.control_tools import ToolMethods
 from pointd.app.control_views import (
     LaneTerminalView,
     RegisterLinkSource,
@@ -33,6 +36,7 @@ from pointd.app.control_views import (
     StatusView,
     reconciliation,
     sale_event,
+    status_line,
 )
 from pointd.app.engine import Alert, Engine
 from pointd.cloud.port import CloudPort
@@ -97,10 +101,13 @@ class DaemonHandlers(Mapping[str, Handler]):
         started_at: float,
         version: str = pointd.__version__,
         recent_logs: Callable[[], Iterable[str]] | None = None,
+        on_status_line: Callable[[str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._clock = clock
         self._events = events
+        self._on_status_line = on_status_line
+        self._status_line: str | None = None
         self._alerts: deque[Alert] = deque(maxlen=ALERTS_KEPT)
         self._published_states: dict[str, SaleState] = {}
         self._published_status: str | None = None
@@ -114,6 +121,7 @@ class DaemonHandlers(Mapping[str, Handler]):
             version=version, recent_logs=recent_logs,
         )
         acts = MutationMethods(engine=engine, cloud=cloud, clock=clock)
+        tools = ToolMethods(journal_path=journal.path, cloud=cloud, clock=clock)
         self._table: dict[str, Callable[..., Awaitable[Any]]] = {
             "status": reads.status,
             "sales": reads.sales,
@@ -127,6 +135,10 @@ class DaemonHandlers(Mapping[str, Handler]):
             "cancel": acts.cancel,
             "reconcile": acts.reconcile,
             "refund": acts.refund,
+            "backup": tools.backup,
+            "backup_chunk": tools.backup_chunk,
+            "integrator": tools.integrator,
+            "device_events": tools.device_events,
         }
 
     def __repr__(self) -> str:
@@ -228,6 +240,14 @@ class DaemonHandlers(Mapping[str, Handler]):
             return
         self._published_status = fingerprint
         self._publish("status", status)
+        line = status_line(status)
+        if line != self._status_line and self._on_status_line is not None:
+            self._status_line = line
+            self._on_status_line(line)
+
+    def status_line(self) -> str:
+        """The one-line summary for systemd's STATUS= (``2/2 lanes ready, relay connected``)."""
+        return status_line(self._view.status())
 
     def publish_relay(self) -> None:
         """Push the relay view (call when the relay's health changes)."""

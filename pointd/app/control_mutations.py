@@ -113,12 +113,22 @@ class MutationMethods:
         return answer
 
     async def override(
-        self, caller: Caller, sale_id: str, decision: str, reason: str
+        self,
+        caller: Caller,
+        *,
+        decision: str,
+        reason: str,
+        sale_id: str | None = None,
+        correlation_id: str | None = None,
+        lane: str | None = None,
     ) -> dict[str, Any]:
-        """A supervisor's release or void of a sale that cannot settle by itself."""
-        sale = self._engine.state.sales.get(sale_id)
-        if sale is None:
-            raise MethodError(ErrorCode.NOT_FOUND, f"no sale {sale_id!r} (nothing was done)")
+        """A supervisor's release or void of a sale that cannot settle by itself.
+
+        The sale is named by the daemon's id or by the register's correlation id (the
+        receipt a supervisor holds), with ``lane`` when two lanes used the same one.
+        """
+        sale = self._override_target(sale_id, correlation_id, lane)
+        sale_id = sale.sale_id
         if sale.state not in OVERRIDABLE_STATES:
             allowed = ", ".join(sorted(s.value for s in OVERRIDABLE_STATES))
             raise MethodError(
@@ -138,7 +148,39 @@ class MutationMethods:
                 f"override of sale {sale_id} refused: {result.rejection.reason} "
                 f"(the sale is still {after.state.value})",
             )
-        return {"sale_id": sale_id, "state": after.state.value, "decision": decision}
+        return {"sale_id": sale_id, "correlation_id": after.correlation_id,
+                "state": after.state.value, "decision": decision}
+
+    def _override_target(
+        self, sale_id: str | None, correlation_id: str | None, lane: str | None
+    ) -> Sale:
+        sales = self._engine.state.sales
+        if sale_id is not None:
+            sale = sales.get(sale_id)
+            if sale is None:
+                raise MethodError(ErrorCode.NOT_FOUND, f"no sale {sale_id!r} (nothing was done)")
+            return sale
+        assert correlation_id is not None  # the server enforces exactly one of the two
+        number = lane_number(lane) if lane is not None else None
+        found = [s for s in sales.values() if s.correlation_id == correlation_id
+                 and (number is None or s.lane == number)]
+        # A receipt number may come back on another day or lane: the sale that can still be
+        # overridden is the one meant.
+        open_ones = [s for s in found if s.state in OVERRIDABLE_STATES] or found
+        if not open_ones:
+            on_lane = f" on lane {lane}" if lane is not None else ""
+            raise MethodError(
+                ErrorCode.NOT_FOUND,
+                f"no sale with receipt {correlation_id!r}{on_lane} (nothing was done)",
+            )
+        if len(open_ones) > 1:
+            listed = ", ".join(f"{s.sale_id} (lane {s.lane}, {s.state.value})" for s in open_ones)
+            raise MethodError(
+                ErrorCode.CONFLICT,
+                f"receipt {correlation_id!r} names several sales: {listed}; give the lane or "
+                "the sale id (nothing was done)",
+            )
+        return open_ones[0]
 
     async def cancel(
         self, caller: Caller, sale_id: str | None = None, lane: str | None = None

@@ -16,7 +16,6 @@ from pointd.app.control_views import (
     event_detail,
     held_sales,
     hold_row,
-    iso_time,
     lane_number,
     refund_row,
     row_summary,
@@ -25,7 +24,7 @@ from pointd.app.control_views import (
 from pointd.app.engine import Alert, Engine
 from pointd.control.bundle import build_support_bundle, bundle_answer, collect_versions
 from pointd.control.errors import MethodError
-from pointd.control.protocol import ErrorCode
+from pointd.control.protocol import ErrorCode, iso_time
 from pointd.control.server import Caller
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
@@ -99,6 +98,7 @@ class ReadMethods:
                 "seq": entry.seq,
                 "at": iso_time(entry.at),
                 "event": entry.kind,
+                "state": entry.state.value if entry.state is not None else None,
                 "detail": event_detail(entry.event),
             }
             for entry in self._journal.timeline(sale_id)
@@ -118,7 +118,6 @@ class ReadMethods:
         detail = sale_summary(sale)
         detail.update(
             in_memory=True,
-            correlation_id=sale.correlation_id,
             approved_payment_id=sale.approved_payment_id,
             may_hand_over=sale.may_hand_over,
             cancel_requested=sale.cancel_requested,

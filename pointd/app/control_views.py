@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 
 from pointd.app.engine import Alert, Engine
 from pointd.control.errors import MethodError
-from pointd.control.protocol import ErrorCode
+from pointd.control.protocol import ErrorCode, iso_time
 from pointd.core.effects import Effect, FetchIntent, FetchPayment, ReconcileAttempt
 from pointd.core.events import Event
 from pointd.core.machine import CoreState, Sale
@@ -36,6 +36,10 @@ S = SaleState
 # settles them: the ``holds`` list, and a problem in ``status``.
 HOLD_STATES = frozenset({S.HELD, S.ESCALATED, S.BLOCKED})
 ALERTS_IN_STATUS = 10
+# A lane whose register link is down is not ready, whatever its terminal's condition.
+REGISTER_NOT_CONNECTED = "register_not_connected"
+# Problems spelled out in systemd's STATUS= line; the rest are counted.
+STATUS_LINE_PROBLEMS = 2
 # A live sale in CREATING has its create request in flight: reconciling it now could prove
 # "not found" before the create lands and start a second attempt. Its own answer (or the
 # reconcile timer after an unknown outcome) settles it.
@@ -64,7 +68,7 @@ class RegisterLinkSource(Protocol):
     """The register serial links' health, one row per lane."""
 
     def link_status(self) -> list[dict[str, Any]]:
-        """Rows of ``lane``, ``port``, ``connected``, ``since``."""
+        """Rows of ``lane``, ``port``, ``connected``, ``since`` (epoch), ``problem``."""
         ...
 
 
@@ -78,13 +82,6 @@ class ConnectionReporter(Protocol):
     def connection_report(self) -> list[dict[str, Any]]:
         """Open connections and their recent requests."""
         ...
-
-
-def iso_time(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO-8601 UTC to the second (``2026-11-22T10:05:00Z``)."""
-    if epoch is None:
-        return None
-    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def refund_row(refund: Refund) -> dict[str, Any]:
@@ -121,6 +118,7 @@ def sale_summary(sale: Sale) -> dict[str, Any]:
     """A sale's list row built from the core state (same fields as a ``sales`` row)."""
     return {
         "sale_id": sale.sale_id,
+        "correlation_id": sale.correlation_id,
         "lane": str(sale.lane),
         "state": sale.state.value,
         "amount_cents": sale.amount_cents,
@@ -139,6 +137,7 @@ def row_summary(row: SaleRow) -> dict[str, Any]:
     """A journaled sale's list row (the ``sales`` method)."""
     return {
         "sale_id": row.sale_id,
+        "correlation_id": row.correlation_id,
         "lane": str(row.lane),
         "state": row.state.value,
         "amount_cents": row.amount_cents,
@@ -157,6 +156,7 @@ def hold_row(sale: Sale) -> dict[str, Any]:
     """A held sale's row (the ``holds`` method)."""
     return {
         "sale_id": sale.sale_id,
+        "correlation_id": sale.correlation_id,
         "lane": str(sale.lane),
         "state": sale.state.value,
         "amount_cents": sale.amount_cents,
@@ -294,6 +294,10 @@ class StatusView:
                     "catalog_stale": lane.get("catalog_stale"),
                     "catalog_error": lane.get("catalog_error"),
                     "pdv_switch": lane.get("pdv_switch"),
+                    "changes": [
+                        {"at": iso_time(change["at"]), "change": change["change"]}
+                        for change in lane.get("changes", [])
+                    ],
                 }
             )
         return rows
@@ -311,9 +315,13 @@ class StatusView:
         relay_state = str(raw.get("state", "unknown"))
         view["state"] = relay_state
         view["connected"] = None if relay_state == "disabled" else relay_state == "connected"
-        since = raw.get("since")
-        if isinstance(since, int | float) and not isinstance(since, bool):
-            view["since"] = iso_time(float(since))
+        for key in ("since", "last_event_at"):
+            moment = raw.get(key)
+            if isinstance(moment, int | float) and not isinstance(moment, bool):
+                view[key] = iso_time(float(moment))
+        age = raw.get("last_event_age")
+        if isinstance(age, int | float) and not isinstance(age, bool):
+            view["last_event_age"] = round(float(age), 1)
         if raw.get("cursor") is not None:
             view["cursor"] = str(raw["cursor"])
         return view
@@ -336,6 +344,8 @@ class StatusView:
                 "since": iso_time(float(since))
                 if isinstance(since, int | float) and not isinstance(since, bool)
                 else since,
+                "problem": row.get("problem"),
+                "retransmits": row.get("retransmits"),
             }
         return out
 
@@ -372,21 +382,30 @@ class StatusView:
             name = str(number)
             sale = state.sale_on_lane(number) if isinstance(number, int) else None
             register = links.get(name)
-            condition = row.get("condition")
-            if condition is not None and condition != LaneCondition.READY:
-                problems.append(f"lane {name}: {condition}")
+            terminal_condition = row.get("condition")
+            condition = terminal_condition
             if register is not None and register.get("connected") is False:
-                problems.append(f"lane {name}: register not connected since {register['since']}")
+                # The register is the lane's only way to sell: without it the lane is not
+                # ready, whatever its terminal says.
+                condition = REGISTER_NOT_CONNECTED
+                why = f" ({register['problem']})" if register.get("problem") else ""
+                problems.append(
+                    f"lane {name}: register not connected since {register['since']}{why}"
+                )
+            elif terminal_condition is not None and terminal_condition != LaneCondition.READY:
+                problems.append(f"lane {name}: {terminal_condition}")
             lanes.append(
                 {
                     "lane": name,
                     "condition": condition,
+                    "terminal_condition": terminal_condition,
                     "terminal": row.get("terminal"),
                     "presence": row.get("presence"),
                     "mode": row.get("mode"),
                     "register": register,
                     "sale": None if sale is None else {
                         "sale_id": sale.sale_id,
+                        "correlation_id": sale.correlation_id,
                         "state": sale.state.value,
                         "amount_cents": sale.amount_cents,
                         "payment_id": sale.payment_id,
@@ -398,8 +417,8 @@ class StatusView:
         for sale in held:
             why = f" ({sale.detail})" if sale.detail else ""
             problems.append(
-                f"sale {sale.sale_id} on lane {sale.lane} is {sale.state.value}: "
-                f"do not hand over{why}"
+                f"sale {sale.sale_id} (receipt {sale.correlation_id}) on lane {sale.lane} is "
+                f"{sale.state.value}: do not hand over{why}"
             )
         return {
             "version": self._version,
@@ -417,6 +436,30 @@ class StatusView:
             "problems": problems,
             "alerts": [alert_row(alert) for alert in list(self._alerts())[-ALERTS_IN_STATUS:]],
         }
+
+
+def status_line(status: Mapping[str, Any]) -> str:
+    """The one line ``systemctl status`` shows: lanes ready, the relay, then what needs a person.
+
+    ``2/2 lanes ready, relay connected`` when all is well; otherwise the first problems of
+    the snapshot follow (``; lane 2: register not connected since …``).
+    """
+    lanes = [lane for lane in status.get("lanes", []) if isinstance(lane, Mapping)]
+    ready = sum(1 for lane in lanes if lane.get("condition") == LaneCondition.READY)
+    relay = status.get("relay")
+    relay_state = str(relay.get("state", "unknown")) if isinstance(relay, Mapping) else "unknown"
+    relay_text = "no relay (polling Mercado Pago)" if relay_state == "disabled" \
+        else f"relay {relay_state}"
+    line = f"{ready}/{len(lanes)} lanes ready, {relay_text}"
+    if not status.get("healthy", True):
+        line = f"UNHEALTHY, {line}"
+    problems = [str(p) for p in status.get("problems", [])]
+    shown = problems[:STATUS_LINE_PROBLEMS]
+    if shown:
+        line += "; " + "; ".join(shown)
+    if len(problems) > len(shown):
+        line += f" (+{len(problems) - len(shown)} more: pointctl status)"
+    return line
 
 
 def _action_name(effect: Effect) -> str:

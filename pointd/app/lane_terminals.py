@@ -27,23 +27,35 @@ is on, a lane's terminal that the list shows in STANDALONE mode is switched to P
 per device per run. The switch applies only after the terminal restarts, and the list
 keeps saying STANDALONE until then, so asking again on every refresh would achieve
 nothing. A failed switch is retried at the next refresh, because repeating it is
-harmless.
+harmless; one Mercado Pago refused (nobody logged in on the terminal) says what a person
+must fix instead (``refusing_mode_setter`` turns the cloud's refusal into
+ModeChangeRefused).
+
+Each refresh is compared with the one before it, per lane: a terminal whose mode changed
+(PDV <-> STANDALONE), one gone from (or back in) the account's list, and a switch to PDV
+requested or refused are kept as the lane's ``last_change`` with its time, logged, and
+reported to ``on_change`` so that ``pointctl terminals`` and the ``terminal`` events show
+what happened and when (the newest CHANGES_KEPT per lane).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
+from pointd.cloud.errors import Rejected
 from pointd.core.states import LaneCondition, Refusal
 from pointd.terminal import (
     DeviceCatalog,
     DeviceRecord,
+    ModeChangeRefused,
     PdvSwitchFailed,
     Resolution,
     TerminalChange,
@@ -60,6 +72,8 @@ from pointd.terminal.identity import IdentityProblem
 log = structlog.get_logger(__name__)
 
 STANDALONE_MODE = "STANDALONE"
+# Changes a device refresh saw, kept per lane for pointctl terminals.
+CHANGES_KEPT = 5
 # First retry after a failed device-list fetch; doubles up to the refresh interval.
 REFRESH_RETRY_INITIAL = 2.0
 
@@ -149,6 +163,8 @@ class LaneTerminals:
         sleep: Sleep = asyncio.sleep,
         switch_to_pdv: bool = False,
         set_operating_mode: OperatingModeSetter | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         if (
             isinstance(refresh_interval, bool)
@@ -174,6 +190,10 @@ class LaneTerminals:
         self._announced: dict[int, LaneCondition] = {}
         self._pdv_switched: set[str] = set()
         self._pdv_messages: dict[str, str] = {}
+        self._wall_clock = wall_clock
+        self._on_change = on_change
+        # Per lane, newest first: when a device refresh saw its terminal change, and what.
+        self._changes: dict[int, deque[tuple[float, str]]] = {}
 
     @property
     def lanes(self) -> tuple[int, ...]:
@@ -217,13 +237,50 @@ class LaneTerminals:
             # change when the bus is empty, so without scanning here the lanes could be
             # announced from that guess and never corrected until the next refresh.
             self._watch.rescan()
+        loaded = self._catalog.loaded
+        before = self._lane_devices()
         fetched = await self._catalog.refresh(self._fetch_devices)
         self._cloud_reachable = fetched
         self._refreshed_once = True
+        if fetched and loaded:
+            self._note_list_changes(before, self._lane_devices())
         self._recompute()
         if fetched:
             await self._offer_pdv_switches()
         return fetched
+
+    def _lane_devices(self) -> dict[int, tuple[str | None, str | None, bool]]:
+        """Per lane: its terminal id, that terminal's mode, and whether the list has it."""
+        devices: dict[int, tuple[str | None, str | None, bool]] = {}
+        for number in self.lanes:
+            resolution, record = self._assess(self._lanes[number])
+            mode = record.device.operating_mode if record is not None else None
+            devices[number] = (resolution.device_id, mode, record is not None)
+        return devices
+
+    def _note_list_changes(
+        self,
+        before: dict[int, tuple[str | None, str | None, bool]],
+        after: dict[int, tuple[str | None, str | None, bool]],
+    ) -> None:
+        for number, (device_id, mode, listed) in after.items():
+            old_id, old_mode, old_listed = before.get(number, (None, None, False))
+            name = device_id or old_id
+            if old_listed and not listed:
+                self._note(number, f"terminal {name} gone from the account's device list")
+            elif listed and not old_listed and old_id is not None:
+                self._note(number, f"terminal {name} back in the account's device list")
+            elif listed and old_listed and device_id == old_id and mode != old_mode:
+                self._note(number, f"terminal {name} mode {old_mode or '?'} -> {mode or '?'}")
+
+    def _note(self, lane: int, what: str) -> None:
+        changes = self._changes.setdefault(lane, deque(maxlen=CHANGES_KEPT))
+        if changes and changes[0][1] == what:
+            return  # the same refusal at every refresh is one change, not many
+        changes.appendleft((self._wall_clock(), what))
+        log.warning("terminal_changed", lane=lane, change=what)
+        if self._on_change is not None:
+            self._on_change()
 
     async def run(self, *, refreshed: bool | None = None) -> None:
         """Refresh now (unless ``refreshed`` says how the caller's refresh went), then again.
@@ -270,6 +327,9 @@ class LaneTerminals:
                     "catalog_stale": self._catalog.stale,
                     "catalog_error": self._catalog.last_error,
                     "pdv_switch": self._pdv_messages.get(resolution.device_id or ""),
+                    "changes": [
+                        {"at": at, "change": what} for at, what in self._changes.get(number, ())
+                    ],
                 }
             )
         return rows
@@ -344,12 +404,32 @@ class LaneTerminals:
             result = await switch_to_pdv(device_id, setter, enabled=True)
         except PdvSwitchFailed as exc:
             self._pdv_messages[device_id] = str(exc)
+            if exc.refused:
+                self._note(lane, str(exc))
             return
         self._pdv_switched.add(device_id)
         self._pdv_messages[device_id] = result.message
+        self._note(lane, result.message)
         log.warning(
             "terminal_restart_needed", lane=lane, device_id=device_id, detail=result.message
         )
+
+
+def refusing_mode_setter(set_operating_mode: OperatingModeSetter) -> OperatingModeSetter:
+    """``set_operating_mode`` with Mercado Pago's refusals raised as ModeChangeRefused.
+
+    A refusal (403 nobody logged in on the terminal, 412 only one PDV terminal per store
+    and POS, …) needs a person before asking again helps; the terminal layer says so
+    instead of "try again".
+    """
+
+    async def set_mode(device_id: str, mode: str) -> Any:
+        try:
+            return await set_operating_mode(device_id, mode)
+        except Rejected as exc:
+            raise ModeChangeRefused(f"HTTP {exc.status} {exc.error}: {exc.message}") from exc
+
+    return set_mode
 
 
 async def _switching_off(device_id: str, mode: str) -> None:

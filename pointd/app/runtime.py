@@ -1,5 +1,7 @@
 """``pointd run``: the composition root. ``build`` makes every part, ``run`` runs them.
 
+(``pointd run --check`` tries what the daemon needs and exits: ``pointd.app.selfcheck``.)
+
 ``build(config, ports)`` is synchronous and constructs the whole daemon: it reads the
 secrets, takes the journal's lock, replays the journal and wires every part to the ports it
 is given (``Ports.production()`` for ``pointd run``; the rig and the tests pass their own).
@@ -38,11 +40,13 @@ from typing import Any, Protocol
 import structlog
 
 from pointd import __version__
+from pointd.app import selfcheck
 from pointd.app.checkout import Checkout, RegisterScreens
 from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
 from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
-from pointd.app.lane_terminals import LaneSpec, LaneTerminals
+from pointd.app.lane_terminals import LaneSpec, LaneTerminals, refusing_mode_setter
+from pointd.app.metrics import DaemonMetrics, LiveSources, MetricsAddressError, MetricsServer
 from pointd.app.notifications import NotificationHandler
 from pointd.app.ports import Ports
 from pointd.app.supervisor import StartUpGate, Supervisor
@@ -53,6 +57,7 @@ from pointd.cloud.port import CloudPort
 from pointd.cloud.sites import SITE_RULES, Site
 from pointd.config import (
     DEFAULT_DAEMON_CONFIG,
+    EXIT_CONFIG,
     MP_ACCESS_TOKEN,
     MP_WEBHOOK_SECRET,
     RELAY_STORE_TOKEN,
@@ -71,26 +76,24 @@ from pointd.core.events import Event
 from pointd.core.machine import CoreState, Step
 from pointd.core.policy import Policy
 from pointd.core.recovery import recover
-from pointd.core.states import LaneCondition, SaleState
+from pointd.core.states import LaneCondition
 from pointd.journal.errors import JournalError
 from pointd.journal.store import Journal
 from pointd.link.driver import LinkDriver
-from pointd.logging import configure_logging
+from pointd.logging import configure_logging, recent_log_lines
 from pointd.register.messages import FRESH_START_TYPES
 from pointd.register.session import RegisterRequest, RegisterSession, Reply
 from pointd.relay.client import HealthState, RelayConsumer, RelayHealth
 from pointd.terminal import DEFAULT_VENDORS, DeviceCatalog, TerminalChange, TerminalWatch
+from pointd.terminal.vendors import VendorTable, vendor_table_from_config
 
 log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
 EXIT_FAILED = 1
 # How often the engine's health is looked at: a journal that cannot be written makes the
 # engine unhealthy, and the daemon must then fail within about this long.
 HEALTH_CHECK_INTERVAL = 1.0
-# Sale states announced in systemd's STATUS= line: the goods must stay at the checkout.
-_DO_NOT_HAND_OVER = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
 
 
 class EngineUnhealthy(RuntimeError):
@@ -116,6 +119,20 @@ def policy_from(config: DaemonConfig) -> Policy:
         handover_confirm_after=timers.handover_confirm_after,
         sale_retry_window=timers.sale_retry_window,
     )
+
+
+def vendor_table(config: DaemonConfig) -> VendorTable:
+    """The built-in terminal vendors plus the configured ``[[usb_vendors]]``."""
+    extra = config.usb_vendors
+    if not extra:
+        return DEFAULT_VENDORS
+    added = vendor_table_from_config(
+        {"name": vendor.name, "vendor_id": vendor.vendor_id,
+         **({"product_ids": list(vendor.product_ids)} if vendor.product_ids else {}),
+         "source": "configuration"}
+        for vendor in extra
+    )
+    return VendorTable(added.entries + DEFAULT_VENDORS.entries)
 
 
 def config_snapshot(config: DaemonConfig) -> dict[str, Any]:
@@ -238,6 +255,7 @@ class RelayStatus:
             "since": health.since,
             "detail": health.detail,
             "delivery": str(relay.delivery),
+            "last_event_at": last,
             "last_event_age": None if last is None else max(0.0, self._clock() - last),
             "cursor": self._cursor.get(),
         }
@@ -250,11 +268,14 @@ class RegisterLinks:
         self._links = links
 
     def link_status(self) -> list[dict[str, Any]]:
-        """Lane, port and whether the link is up, per lane."""
-        return [
-            {"lane": lane, "port": link.url, "connected": link.is_up, "since": None}
-            for lane, link in sorted(self._links.items())
-        ]
+        """Lane, port, whether the link is up, since when, why not and retransmits, per lane."""
+        rows = []
+        for lane, link in sorted(self._links.items()):
+            status = link.status
+            rows.append({"lane": lane, "port": status.url, "connected": status.up,
+                         "since": status.since, "problem": status.problem,
+                         "retransmits": status.retransmits})
+        return rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,6 +304,9 @@ class Parts:
     server: ControlServer
     jobs: DaemonJobs
     started_at: float
+    metrics: DaemonMetrics
+    # None: no [metrics] listen address configured.
+    metrics_server: MetricsServer | None
 
     def request_stop(self) -> None:
         """Ask ``run`` to stop cleanly."""
@@ -335,6 +359,8 @@ def _wire(
     clock = ports.wall_clock
     started_at = clock()
     supervisor = Supervisor(ports.notifier)
+    metrics = DaemonMetrics(__version__)
+    journal.observe_commits(metrics.observe_commit)
     startup = StartUpGate()
     policy = policy_from(config)
     state = journal.rebuild(config.store.id, policy)
@@ -353,6 +379,7 @@ def _wire(
             pool=config.cloud.pool_timeout,
         ),
         transport=ports.cloud_transport,
+        observer=metrics.observe_cloud_call,
     )
 
     # Built below; the closures by which lower parts report upward refer to them.
@@ -376,12 +403,8 @@ def _wire(
         handlers.add_alert(alert)
 
     def on_step(event: Event, result: Step) -> None:
+        metrics.observe_step(event, result)
         handlers.engine_stepped(event, result)
-        if result.sale_id is None:
-            return
-        sale = result.state.sales.get(result.sale_id)
-        if sale is not None and sale.state in _DO_NOT_HAND_OVER:
-            ports.notifier.status(f"lane {sale.lane}: {sale.state.value}, do not hand over")
 
     engine = Engine(
         journal=journal,
@@ -403,7 +426,7 @@ def _wire(
     watch = (
         TerminalWatch(
             ports.usb,
-            DEFAULT_VENDORS,
+            vendor_table(config),
             on_change=usb_changed,
             hotplug=ports.hotplug,
             rescan_interval=config.terminals.usb_rescan_interval,
@@ -417,6 +440,9 @@ def _wire(
                          essential=False)
         handlers.publish_terminals()
 
+    def terminals_changed() -> None:
+        handlers.publish_terminals()
+
     lanes = LaneTerminals(
         [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
         catalog=DeviceCatalog(time.monotonic),
@@ -425,20 +451,30 @@ def _wire(
         on_condition=on_condition,
         watch=watch,
         refresh_interval=config.terminals.refresh_interval,
+        switch_to_pdv=config.terminals.switch_to_pdv,
+        set_operating_mode=refusing_mode_setter(cloud.set_operating_mode),
+        wall_clock=clock,
+        on_change=terminals_changed,
     )
     checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup)
     links = {
         lane.number: LinkDriver(lane.register, baudrate=lane.baud,
                                 fresh_start_types=FRESH_START_TYPES,
-                                opener=ports.open_register_port)
+                                opener=ports.open_register_port,
+                                wall_clock=clock,
+                                on_change=lambda _status: handlers.publish_status())
         for lane in config.lanes
     }
+
+    def status_to_systemd(line: str) -> None:
+        # Once the daemon failed or is stopping, STATUS= says that and nothing may overwrite it.
+        if not supervisor.stop_requested:
+            ports.notifier.status(line)
 
     cursor = JournalCursor(journal)
     relay_gap = RelayGap(engine, clock)
 
     def on_relay_health(health: RelayHealth) -> None:
-        ports.notifier.status(f"relay {health.state.value}")
         relay_gap.health_changed(health)
         handlers.publish_relay()
 
@@ -465,12 +501,13 @@ def _wire(
         read_group=config.control.read_group,
         admin_group=config.control.admin_group,
     )
+    relay_status = RelayStatus(relay, cursor, clock)
     handlers = DaemonHandlers(
         engine=engine,
         journal=journal,
         cloud=cloud,
         terminals=lanes,
-        relay=RelayStatus(relay, cursor, clock),
+        relay=relay_status,
         links=RegisterLinks(links),
         events=server,
         config=config_snapshot(config),
@@ -478,6 +515,8 @@ def _wire(
                  if secret is not None],
         clock=clock,
         started_at=started_at,
+        recent_logs=recent_log_lines,
+        on_status_line=status_to_systemd,
     )
     register_daemon_methods(server, handlers)
     jobs = DaemonJobs(
@@ -488,7 +527,18 @@ def _wire(
         retention=journal,
         export_dir=Path(config.journal.path).parent / "exports",
     )
+    metrics.attach(
+        LiveSources(
+            state=lambda: engine.state,
+            relay=relay_status.relay_status if relay is not None else None,
+            links=lambda: {number: link.status for number, link in links.items()},
+        ),
+        state,
+    )
+    address = config.metrics.address
     return Parts(
+        metrics=metrics,
+        metrics_server=MetricsServer(metrics, *address) if address is not None else None,
         config=config, ports=ports, supervisor=supervisor, startup=startup, journal=journal,
         journal_lock=journal_lock, cloud=cloud, close_cloud=close_cloud, engine=engine,
         screens=screens, checkout=checkout, sessions=sessions, links=links, watch=watch,
@@ -522,9 +572,13 @@ async def run(parts: Parts) -> int:
             supervisor.spawn(parts.relay.run(), "relay-consumer", essential=True)
         await parts.server.start()
         supervisor.spawn(parts.server.watch(), "control-socket", essential=True)
+        if parts.metrics_server is not None:
+            await parts.metrics_server.start()
+            # Not essential: a scraper's trouble must never stop the checkout.
+            supervisor.spawn(parts.metrics_server.serve_forever(), "metrics", essential=False)
         parts.jobs.start()
         if not supervisor.stop_requested:
-            parts.ports.notifier.ready(f"{len(config.lanes)} lane(s) ready")
+            parts.ports.notifier.ready(parts.handlers.status_line())
             parts.handlers.ready = True
             interval = parts.ports.watchdog_interval
             if interval is not None:
@@ -543,6 +597,8 @@ async def run(parts: Parts) -> int:
         return EXIT_OK if supervisor.failure is None else EXIT_FAILED
     finally:
         await supervisor.cancel_all()
+        if parts.metrics_server is not None:
+            await parts.metrics_server.close()
         await parts.server.close()
         if parts.relay is not None:
             await parts.relay.close()
@@ -569,13 +625,20 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pointd run", description="Run the checkout daemon.")
     parser.add_argument("--config", type=Path, default=DEFAULT_DAEMON_CONFIG,
                         help=f"configuration file (default {DEFAULT_DAEMON_CONFIG})")
+    parser.add_argument("--check", action="store_true",
+                        help="check the configuration, credentials, register ports, Mercado "
+                             "Pago, the lanes' terminals and the relay, then exit (0: all ok, "
+                             f"{EXIT_CONFIG}: configuration, 1: anything else)")
     args = parser.parse_args(argv)
+    if args.check:
+        return asyncio.run(selfcheck.check(args.config))
     try:
         config = load_config(args.config, DaemonConfig)
     except ConfigError as exc:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format,
+                      library_level=config.logging.library_level)
     return asyncio.run(serve(config, Ports.production))
 
 
@@ -599,6 +662,9 @@ async def serve(config: DaemonConfig, make_ports: Callable[[], Ports]) -> int:
     try:
         return await run(parts)
     except (JournalError, ControlError) as exc:
+        print(f"pointd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except MetricsAddressError as exc:
         print(f"pointd: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

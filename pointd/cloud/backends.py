@@ -7,7 +7,7 @@ from typing import Literal
 
 import httpx
 
-from pointd.cloud.client import PointApiClient, Timeouts
+from pointd.cloud.client import CallObserver, PointApiClient, Timeouts
 from pointd.cloud.errors import InvalidRequest
 from pointd.cloud.order_backend import OrdersBackend
 from pointd.cloud.port import CloudPort, PaymentIntentBackend
@@ -29,6 +29,7 @@ def build_cloud_port(
     transport: httpx.AsyncBaseTransport | None = None,
     order_expiration_seconds: int | None = None,
     cancel_at_terminal: bool = False,
+    observer: CallObserver | None = None,
 ) -> tuple[CloudPort, Closer]:
     """The backend named by ``cloud.backend`` and the coroutine that closes its connections.
 
@@ -38,7 +39,8 @@ def build_cloud_port(
     if backend not in BACKENDS:
         raise InvalidRequest(f"cloud backend must be one of {list(BACKENDS)}")
     client = PointApiClient(
-        base_url, token, site=Site(site), timeouts=timeouts, transport=transport
+        base_url, token, site=Site(site), timeouts=timeouts, transport=transport,
+        observer=observer,
     )
     port: CloudPort
     if backend == "orders":

@@ -147,6 +147,10 @@ def _error_body(response: httpx.Response) -> object:
         return None
 
 
+# Told of every request sent: method, path template, seconds, HTTP status (None: no answer).
+CallObserver = Callable[[str, str, float, int | None], None]
+
+
 class PointApiClient:
     """Mercado Pago's Point Integration API and the Payments reads, as typed async calls."""
 
@@ -163,6 +167,7 @@ class PointApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_get_attempts: int = MAX_GET_ATTEMPTS,
         extra_headers: Mapping[str, str] | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         if not access_token:
             raise InvalidRequest("an access token is required")
@@ -174,6 +179,7 @@ class PointApiClient:
         self._sleep = sleep
         self._random = random
         self._max_get_attempts = max_get_attempts
+        self._observer = observer
         self._pacer = IntentGetPacer()
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
         headers.update(extra_headers or {})
@@ -600,6 +606,7 @@ class PointApiClient:
                 error=type(exc).__name__,
                 sent=False,
             )
+            self._observe(method, template, started, None)
             raise NotSent(f"{method} {template}: not sent ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             log.warning(
@@ -610,8 +617,12 @@ class PointApiClient:
                 error=type(exc).__name__,
                 sent="unknown",
             )
+            self._observe(method, template, started, None)
             raise OutcomeUnknown(f"{method} {template}: no answer ({type(exc).__name__})") from None
-        log.info(
+        # Every device refresh and poll makes a call: an answered one is debug detail (the
+        # metrics count them), a refusal is worth a line.
+        report = log.debug if response.status_code < 400 else log.info
+        report(
             "cloud.call",
             method=method,
             path=template,
@@ -619,7 +630,16 @@ class PointApiClient:
             duration_ms=round((self._clock() - started) * 1000, 1),
             attempt=attempt,
         )
+        self._observe(method, template, started, response.status_code)
         return response
+
+    def _observe(self, method: str, template: str, started: float, status: int | None) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(method, template, self._clock() - started, status)
+        except Exception:
+            log.exception("cloud.observer_failed")
 
     def _body(self, response: httpx.Response, kind: CallKind, template: str) -> JSON:
         status = response.status_code

@@ -35,6 +35,7 @@ from pointd.cloud.orders import Order, OrderRefund, OrdersApiClient
 from pointd.cloud.port import (
     AttemptFound,
     AttemptQuery,
+    DeviceSettings,
     IntentView,
     RefundState,
     RefundView,
@@ -97,7 +98,7 @@ def order_refund_state(status: str | None) -> RefundState:
     return RefundState.PENDING
 
 
-class OrdersBackend:
+class OrdersBackend(DeviceSettings):
     """``CloudPort`` over the Orders API; payments are still read from ``/v1/payments``."""
 
     creates_are_idempotent = True
@@ -109,6 +110,7 @@ class OrdersBackend:
         expiration_seconds: int | None = None,
         cancel_at_terminal: bool = False,
     ) -> None:
+        super().__init__(client)
         self._client = client
         self._orders = OrdersApiClient(client)
         self._expiration_seconds = expiration_seconds
@@ -129,6 +131,10 @@ class OrdersBackend:
             )
             for t in await self._orders.list_terminals()
         ]
+
+    async def set_operating_mode(self, terminal_id: str, mode: str) -> str:
+        """``PATCH /terminals/v1/setup`` for one terminal."""
+        return await self._orders.setup_terminal(terminal_id, mode)
 
     async def create_payment(
         self,

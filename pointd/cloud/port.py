@@ -25,6 +25,7 @@ Errors are those of ``pointd.cloud.errors`` for every backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -34,7 +35,14 @@ import structlog
 
 from pointd.cloud.client import MAX_EVENTS_RANGE_DAYS, PointApiClient, idempotency_header
 from pointd.cloud.errors import CloudError, InvalidRequest, NotProven, NotSent, RefundExceedsBalance
-from pointd.cloud.models import IntentState, Payment, PaymentIntent, Refund, is_final_state
+from pointd.cloud.models import (
+    Integrator,
+    IntentState,
+    Payment,
+    PaymentIntent,
+    Refund,
+    is_final_state,
+)
 from pointd.cloud.sites import SITE_RULES
 
 log = structlog.get_logger(__name__)
@@ -232,8 +240,35 @@ class CloudPort(Protocol):
         """A refund's current state."""
         ...
 
+    async def set_operating_mode(self, terminal_id: str, mode: str) -> str:
+        """Ask for PDV or STANDALONE on one terminal (effective after it restarts)."""
+        ...
 
-class PaymentIntentBackend:
+    async def get_integrator(self) -> Integrator:
+        """The account's integrator record: which device-event channels are on."""
+        ...
+
+    async def set_device_event_channels(self, channels: Sequence[str]) -> None:
+        """Set the device-event channels (``["email"]`` or ``[]``)."""
+        ...
+
+
+class DeviceSettings:
+    """The account-wide device settings, the same on both backends (Point Integration API)."""
+
+    def __init__(self, client: PointApiClient) -> None:
+        self._client = client
+
+    async def get_integrator(self) -> Integrator:
+        """``GET /point/integration-api/integrator``."""
+        return await self._client.get_integrator()
+
+    async def set_device_event_channels(self, channels: Sequence[str]) -> None:
+        """``PATCH /point/integration-api/integrator`` with ``event_channel_devices``."""
+        await self._client.patch_integrator(channels)
+
+
+class PaymentIntentBackend(DeviceSettings):
     """``CloudPort`` over the Point Integration API (payment intents).
 
     A refund of the whole, never partly refunded payment goes to the terminal as a
@@ -245,6 +280,7 @@ class PaymentIntentBackend:
     creates_are_idempotent = False
 
     def __init__(self, client: PointApiClient, *, total_refunds_on_terminal: bool = True) -> None:
+        super().__init__(client)
         self._client = client
         self._total_refunds_on_terminal = total_refunds_on_terminal
 
@@ -295,6 +331,10 @@ class PaymentIntentBackend:
     async def get_payment_state(self, intent_id: str) -> IntentView:
         """GET the intent (paced to 1 request/second)."""
         return intent_view(await self._client.get_payment_intent(intent_id))
+
+    async def set_operating_mode(self, terminal_id: str, mode: str) -> str:
+        """``PATCH /devices/{id}`` with the operating mode."""
+        return await self._client.set_operating_mode(terminal_id, mode)
 
     async def cancel_payment(self, terminal_id: str, intent_id: str) -> None:
         """DELETE the intent; CannotCancel once it left OPEN."""

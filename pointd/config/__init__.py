@@ -23,10 +23,12 @@ from pointd.config.daemon import (
     JournalConfig,
     LaneConfig,
     LoggingConfig,
+    MetricsConfig,
     RelayLinkConfig,
     StoreConfig,
     TerminalsConfig,
     TimersConfig,
+    UsbVendorConfig,
 )
 from pointd.config.relay import (
     DEFAULT_RELAY_CONFIG,
@@ -41,6 +43,7 @@ from pointd.config.relay import (
     load_relay_config,
 )
 from pointd.config.schema import (
+    EXIT_CONFIG,
     HTTP_URL_PATTERN,
     STORE_ID_PATTERN,
     ConfigError,
@@ -69,6 +72,7 @@ __all__ = [
     "CURRENCY_BY_SITE",
     "DEFAULT_DAEMON_CONFIG",
     "DEFAULT_RELAY_CONFIG",
+    "EXIT_CONFIG",
     "HTTP_URL_PATTERN",
     "MAX_LANE",
     "MP_ACCESS_TOKEN",
@@ -89,6 +93,7 @@ __all__ = [
     "JournalConfig",
     "LaneConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "OptionSpec",
     "RelayConfig",
     "RelayLinkConfig",
@@ -100,6 +105,7 @@ __all__ = [
     "StoreEntry",
     "TerminalsConfig",
     "TimersConfig",
+    "UsbVendorConfig",
     "config_from_mapping",
     "load_config",
     "load_relay_config",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pointd.config.secrets import (
 )
 
 DEFAULT_DAEMON_CONFIG = Path("/etc/pointd/pointd.toml")
+USB_ID_PATTERN = r"[0-9A-Fa-f]{4}"
 
 SITES = ("MLA", "MLB", "MLM")
 CURRENCY_BY_SITE = {"MLA": "ARS", "MLB": "BRL", "MLM": "MXN"}
@@ -308,6 +310,26 @@ class TimersConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UsbVendorConfig:
+    """A USB vendor whose devices are payment terminals, beyond the built-in table."""
+
+    name: str = option(..., "The vendor's name, as logs and pointctl show it.", example="Sunmi")
+    vendor_id: str = option(
+        ..., "USB vendor id in hex, as lsusb shows it (the part before the colon).",
+        pattern=USB_ID_PATTERN, example="abcd",
+    )
+    product_ids: tuple[str, ...] = option(
+        (), "Only these product ids (hex); empty: every product of the vendor.",
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """Product ids are hex USB ids like the vendor id."""
+        for index, product in enumerate(self.product_ids):
+            if re.fullmatch(USB_ID_PATTERN, product) is None:
+                yield f"product_ids[{index}]", "must be 4 hex digits, as lsusb shows it"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TerminalsConfig:
     """Point terminals: the account's device list and USB presence."""
 
@@ -363,7 +385,14 @@ class LoggingConfig:
     """Log output (stdout; journald stores it under systemd)."""
 
     level: str = option(
-        "info", "Lowest level logged.", choices=("debug", "info", "warning", "error")
+        "info", "Lowest level pointd's own lines are logged at.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    library_level: str = option(
+        "warning",
+        "Lowest level the libraries' lines are logged at (apscheduler, httpx, pyudev, ...); "
+        "at info they log every job run and every HTTP request.",
+        choices=("debug", "info", "warning", "error"),
     )
     format: str = option(
         "auto",
@@ -371,6 +400,34 @@ class LoggingConfig:
         "json otherwise.",
         choices=("auto", "json", "console"),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """The daemon's Prometheus endpoint (``GET /metrics``)."""
+
+    listen: str | None = option(
+        None,
+        "HOST:PORT to serve /metrics on (an IP address or localhost, e.g. 127.0.0.1:9464); "
+        "unset: no endpoint. The metrics name no secret, but keep it on loopback or a "
+        "management network.",
+        pattern=r"(localhost|[0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}",
+        example="127.0.0.1:9464",
+    )
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The host (brackets removed) and port to bind, or None when off."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """A port number TCP can use (0 lets the kernel choose; tests use it)."""
+        address = self.address
+        if address is not None and not 0 <= address[1] <= 65535:
+            yield "listen", "the port must be 0 to 65535 (0: any free port, named in the log)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,7 +442,14 @@ class DaemonConfig:
     timers: TimersConfig = option(TimersConfig(), "Sale timers.")
     terminals: TerminalsConfig = option(TerminalsConfig(), "Point terminals.")
     lanes: tuple[LaneConfig, ...] = option((), "Checkout lanes, one [[lanes]] table each.")
+    usb_vendors: tuple[UsbVendorConfig, ...] = option(
+        (),
+        "Terminal vendors to recognise on USB in addition to the built-in table "
+        "(docs/terminals.md), one [[usb_vendors]] table each.",
+        example=(),
+    )
     logging: LoggingConfig = option(LoggingConfig(), "Logging.")
+    metrics: MetricsConfig = option(MetricsConfig(), "Prometheus metrics.")
 
     def validate(self) -> Iterator[tuple[str, str]]:
         """At least one lane; lane numbers, registers and terminal pins unique."""

@@ -157,6 +157,10 @@ class AdminConfig:
         return read_optional_secret(RELAY_ADMIN_TOKEN, file=self.token_file)
 
 
+# What examples/relay.toml shows for a store's token hash; a relay must refuse to run on it.
+PLACEHOLDER_SHA256 = "0" * 64
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreEntry:
     """A store allowed to fetch its notifications from the relay."""
@@ -169,8 +173,14 @@ class StoreEntry:
         "sha256 of the store's token, lower-case hex; the token itself lives only on the "
         'store PC. Make it with: printf %s "$TOKEN" | sha256sum',
         pattern=r"[0-9a-f]{64}",
-        example="0" * 64,
+        example=PLACEHOLDER_SHA256,
     )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """The example file's placeholder is no store's token."""
+        if self.token_sha256 == PLACEHOLDER_SHA256:
+            yield ("token_sha256", "is the example's placeholder (all zeros): put the sha256 "
+                   'of the store\'s token, printf %s "$TOKEN" | sha256sum')
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

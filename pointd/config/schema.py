@@ -49,6 +49,9 @@ _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 # Shared by the daemon's and the relay's schemas.
 STORE_ID_PATTERN = r"[a-z0-9-]{1,20}"
 HTTP_URL_PATTERN = r"https?://[^\s/?#]+(/[^\s]*)?"
+# The exit code of every pointd command for a configuration (or credential) it cannot use:
+# EX_CONFIG from sysexits.h, which systemd shows as status=78/CONFIG.
+EXIT_CONFIG = 78
 
 
 class ConfigError(Exception):
@@ -63,7 +66,6 @@ class ConfigError(Exception):
             else f"invalid configuration ({count} problems):"
         )
         super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,13 +498,17 @@ def _render_table(
         lines.extend(_render_scalars(scalars))
         return lines
     lines.append(f"# Repeat the [[{name}]] table once per entry.")
-    # Show the default entries if the schema has some, else one entry built from examples.
+    # Show the default entries if the schema has some, else one entry built from examples;
+    # ``example=()`` marks an array nobody needs by default: its entry is shown commented.
     entries = _default_of(field) if _has_default(field) else ()
+    entry_lines: list[str] = []
     for entry in entries or (None,):
-        lines.append(f"[[{name}]]")
+        entry_lines.append(f"[[{name}]]")
         scalars, _nested = _split_fields(kind.item)
-        lines.extend(_render_scalars(scalars, entry))
-    return lines
+        entry_lines.extend(_render_scalars(scalars, entry))
+    if spec.example == ():
+        entry_lines = [line if line.startswith("#") else f"# {line}" for line in entry_lines]
+    return lines + entry_lines
 
 
 def _render_scalars(rows: list[Any], instance: Any = None) -> list[str]:

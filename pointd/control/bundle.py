@@ -1,13 +1,16 @@
 """The support bundle: a tar.gz of status, recent sales, redacted config, logs and versions.
 
-Theory of operation: every member is built from data the daemon hands in, then redacted
-twice: first the data itself (each string, and each value under a key that names a secret
-such as ``access_token``), then the serialised text of the member, so a secret that slipped
-into a key, a log line or an odd encoding is still caught. The text pass removes the
-secret values passed in (longest first) and Mercado Pago access tokens (``APP_USR-…``/
-``TEST-…``), then applies the log redaction of :mod:`pointd.logging` (every secret
-registered there, ``Bearer``/``Basic`` credentials, ``key=value`` secrets, URL passwords,
-card numbers masked to first six and last four digits).
+Theory of operation: every member is built from data the daemon hands in and redacted
+without breaking its format, so that support can parse what it receives. A JSON member is
+first reduced to plain JSON values (an object the encoder would turn into text becomes that
+text *before* redaction, not after), then every key and string is scrubbed, every value
+under a key that names a secret (``access_token``, …) is replaced and integers that are card
+numbers are masked; only then is it written, so each ``.json`` file is valid JSON. Each line
+of ``logs.txt`` that is a JSON log line is scrubbed the same way, any other line as text.
+Scrubbing a string removes the secret values passed in (longest first) and Mercado Pago
+access tokens (``APP_USR-…``/``TEST-…``), then applies the log redaction of
+:mod:`pointd.logging` (every secret registered there, ``Bearer``/``Basic`` credentials,
+``key=value`` secrets, URL passwords, card numbers masked to first six and last four digits).
 """
 
 from __future__ import annotations
@@ -43,8 +46,7 @@ _REPORTED_DISTRIBUTIONS = (
     "pyusb",
     "pyudev",
     "apscheduler",
-    "starlette",
-    "uvicorn",
+    "prometheus_client",
 )
 
 
@@ -63,11 +65,16 @@ def redact_value(value: Any, secrets: Sequence[str]) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             clean_key = redact_text(str(key), secrets)
-            secret_named = _SECRET_KEY.search(str(key)) and not isinstance(item, Mapping | list)
+            # A *_file setting names where a secret lives, which support needs to know.
+            secret_named = (_SECRET_KEY.search(str(key)) and not str(key).endswith("_file")
+                            and not isinstance(item, Mapping | list))
             out[clean_key] = REDACTED if secret_named and item else redact_value(item, secrets)
         return out
     if isinstance(value, list | tuple):
         return [redact_value(item, secrets) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        masked = pointd_logging.redact_text(str(value))
+        return value if masked == str(value) else masked
     return value
 
 
@@ -108,9 +115,9 @@ def build_support_bundle(
     if connections is not None:
         members["connections.json"] = _json(connections, secrets)
     if logs is not None:
-        members["logs.txt"] = "".join(line.rstrip("\n") + "\n" for line in logs)
+        members["logs.txt"] = "".join(_log_line(line, secrets) + "\n" for line in logs)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    members = {"README.txt": _readme(stamp, members), **members}
+    members = {"README.txt": redact_text(_readme(stamp, members), secrets), **members}
 
     raw = io.BytesIO()
     with (
@@ -118,7 +125,7 @@ def build_support_bundle(
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, text in members.items():
-            data = redact_text(text, secrets).encode()
+            data = text.encode()
             info = tarfile.TarInfo(f"pointd-bundle/{name}")
             info.size = len(data)
             info.mtime = int(now)
@@ -139,7 +146,19 @@ def bundle_answer(content: bytes, now: float) -> dict[str, Any]:
 
 
 def _json(value: Any, secrets: Sequence[str]) -> str:
-    return json.dumps(redact_value(value, secrets), indent=2, ensure_ascii=False, default=str)
+    plain = json.loads(json.dumps(value, ensure_ascii=False, default=str))
+    return json.dumps(redact_value(plain, secrets), indent=2, ensure_ascii=False)
+
+
+def _log_line(line: str, secrets: Sequence[str]) -> str:
+    line = line.rstrip("\n")
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return redact_text(line, secrets)
+    if not isinstance(entry, dict):
+        return redact_text(line, secrets)
+    return json.dumps(redact_value(entry, secrets), ensure_ascii=False)
 
 
 def _readme(stamp: str, members: Mapping[str, str]) -> str:

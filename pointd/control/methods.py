@@ -20,6 +20,9 @@ VERIFY_MIN_INTERVAL = 1.0
 RECONCILE_MIN_INTERVAL = 10.0
 # A bundle holds logs and recent sales; building it costs the daemon noticeable work.
 BUNDLE_MIN_INTERVAL = 5.0
+# A backup reads the whole journal in a worker thread (one at a time: a second call while
+# one runs is refused); a loop calling it must not keep the disk busy.
+BACKUP_MIN_INTERVAL = 1.0
 
 MAX_SALES_LIMIT = 1000
 MAX_REASON_LENGTH = 500
@@ -84,10 +87,18 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
         True,
         "Supervisor decision on a held or escalated sale: release goods or void it.",
         {
-            "sale_id": _SALE_ID,
+            "sale_id": Param(str, "the sale id", required=False, minimum=1),
+            "correlation_id": Param(
+                str, "or the register's correlation id (its receipt)", required=False, minimum=1
+            ),
+            "lane": Param(
+                str, "with correlation_id: the lane, when two lanes used it", required=False,
+                minimum=1,
+            ),
             "decision": Param(str, "release or void", choices=("release", "void")),
             "reason": Param(str, "why, for the journal", minimum=3, maximum=MAX_REASON_LENGTH),
         },
+        exactly_one_of=("sale_id", "correlation_id"),
     ),
     "cancel": MethodSpec(
         True,
@@ -123,6 +134,32 @@ DAEMON_METHODS: dict[str, MethodSpec] = {
         "Support bundle (tar.gz, secrets removed) as base64 for pointctl bundle.",
         {},
         min_interval=BUNDLE_MIN_INTERVAL,
+    ),
+    "backup": MethodSpec(
+        False,
+        "Copy the journal now (SQLite online backup, consistent while the daemon runs); "
+        "fetch the copy with backup_chunk.",
+        {},
+        min_interval=BACKUP_MIN_INTERVAL,
+    ),
+    "backup_chunk": MethodSpec(
+        False,
+        "A piece of a backup, as base64 (pointctl backup joins them and checks the sha256).",
+        {
+            "name": Param(str, "the backup's name, as backup answered", minimum=1, maximum=64),
+            "offset": Param(int, "where the piece starts, in bytes", minimum=0),
+        },
+    ),
+    "integrator": MethodSpec(
+        False,
+        "Mercado Pago's integrator record for this account: the device-event channels on.",
+        {},
+    ),
+    "device_events": MethodSpec(
+        True,
+        "Turn Mercado Pago's e-mail channel for device events (terminal restarts, logouts, "
+        "PDV/STANDALONE changes) on or off; it starts about 30 minutes after enabling.",
+        {"email": Param(bool, "true: e-mail device events; false: stop")},
     ),
 }
 

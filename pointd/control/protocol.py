@@ -11,6 +11,7 @@ stream and the connection stays usable.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 # Responses can carry a support bundle (base64) or many sales; the client accepts far more.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC to the second (``2026-11-22T10:05:00Z``), the one
+    format every time in a control-socket result has."""
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ErrorCode(StrEnum):

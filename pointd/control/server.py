@@ -45,6 +45,7 @@ from pointd.control.protocol import (
     LineTooLong,
     encode,
     error_body,
+    iso_time,
 )
 
 log = structlog.get_logger(__name__)
@@ -413,10 +414,10 @@ class ControlServer:
                 "uid": c.caller.uid,
                 "gid": c.caller.gid,
                 "access": c.caller.access.name.lower(),
-                "opened_at": c.opened_at,
+                "opened_at": iso_time(c.opened_at),
                 "subscribed": c.subscribed,
                 "topics": sorted(c.topics),  # empty while subscribed: every topic
-                "requests": list(c.request_log),
+                "requests": [{**entry, "at": iso_time(entry["at"])} for entry in c.request_log],
             }
             for c in self._connections.values()
         ]

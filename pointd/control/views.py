@@ -2,12 +2,15 @@
 
 Every renderer is pure (result in, text out) and tolerant: a field it does not know is
 ignored, a shape it does not know is shown as indented JSON, so a newer daemon never breaks
-an older pointctl.
+an older pointctl. Times are shown as the daemon sends them (ISO-8601 UTC to the second);
+an epoch number where a time belongs (an older daemon) is shown the same way.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +18,12 @@ from pointd.core.states import LaneCondition, SaleState
 
 # A lane sale in one of these states means goods must not leave and someone should look.
 ATTENTION_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
+# Keys whose values are moments; numbers there are epoch seconds from an older daemon.
+_TIME_KEYS = frozenset({"at", "since", "started_at", "updated_at", "opened_at", "held_since",
+                        "requested_at", "verify_started_at", "last_step_at", "last_event_at",
+                        "created_at"})
+# Epoch seconds below this are durations or counts, not moments (2001-09-09).
+_EPOCH_FLOOR = 1_000_000_000
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -30,11 +39,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def key_values(data: Mapping[str, Any]) -> str:
-    """One ``key: value`` line per field, nested objects as compact JSON."""
+    """One ``key: value`` line per field; nested objects as ``k=v`` lists, times as ISO."""
     if not data:
         return "(empty)"
     width = max(len(str(key)) for key in data)
-    return "\n".join(f"{str(key) + ':':<{width + 1}} {_cell(value)}" for key, value in data.items())
+    return "\n".join(
+        f"{str(key) + ':':<{width + 1}} {_field(str(key), value)}" for key, value in data.items()
+    )
 
 
 def money(cents: Any) -> str:
@@ -45,10 +56,33 @@ def money(cents: Any) -> str:
     return _cell(cents)
 
 
+def seconds(value: Any) -> str:
+    """A duration in seconds, readable: ``4.2 s``, ``3 min 05 s``, ``2 h 10 min``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return _cell(value)
+    if value < 60:
+        return f"{value:.1f} s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    if whole < 86400:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    return f"{whole // 86400} d {whole % 86400 // 3600:02d} h"
+
+
 def status_problems(status: Mapping[str, Any]) -> list[str]:
-    """Everything in a status snapshot that needs a person: the daemon's list plus our checks."""
+    """Everything in a status snapshot that needs a person.
+
+    The daemon's own ``problems`` list is the answer when it sends one (each problem once);
+    for a daemon that sends none, pointctl derives them from the lanes, relay and holds.
+    """
     listed = status.get("problems")
-    problems: list[str] = [str(p) for p in listed] if isinstance(listed, list) else []
+    if isinstance(listed, list):
+        problems = [str(p) for p in listed]
+        if status.get("ready") is False and status.get("healthy") is not False:
+            problems.insert(0, "daemon not ready")
+        return list(dict.fromkeys(problems))
+    problems = []
     if status.get("ready") is False:
         problems.append("daemon not ready")
     relay = status.get("relay")
@@ -63,7 +97,7 @@ def status_problems(status: Mapping[str, Any]) -> list[str]:
         if isinstance(sale, Mapping) and sale.get("state") in ATTENTION_STATES:
             problems.append(f"lane {name}: sale {sale.get('sale_id')} {sale.get('state')}")
     holds = status.get("holds")
-    if isinstance(holds, int) and holds > 0:
+    if isinstance(holds, int) and holds > 0 and not any("sale" in p for p in problems):
         problems.append(f"{holds} sale(s) held")
     return list(dict.fromkeys(problems))
 
@@ -72,18 +106,16 @@ def render_status(status: Mapping[str, Any]) -> str:
     """The status snapshot: a header, a lane table and the problems."""
     if not isinstance(status, Mapping) or "lanes" not in status:
         return _as_json(status)
-    relay = status.get("relay")
-    relay_text = "-"
-    if isinstance(relay, Mapping):
-        relay_text = "connected" if relay.get("connected") else "NOT connected"
-        if relay.get("connected") is None and relay.get("state"):
-            relay_text = str(relay["state"])
+    cloud = status.get("cloud")
+    reachable = cloud.get("reachable") if isinstance(cloud, Mapping) else None
     header = key_values(
         {
             "pointd": status.get("version"),
             "started": status.get("started_at"),
+            "uptime": seconds(status.get("uptime_s")),
             "ready": status.get("ready"),
-            "relay": relay_text,
+            "mercado pago": _reachability(reachable),
+            "relay": _relay_text(status.get("relay")),
             "holds": status.get("holds"),
         }
     )
@@ -91,17 +123,25 @@ def render_status(status: Mapping[str, Any]) -> str:
     for lane in _rows(status.get("lanes")):
         raw_sale = lane.get("sale")
         sale: Mapping[str, Any] = raw_sale if isinstance(raw_sale, Mapping) else {}
+        register = lane.get("register")
+        link = None
+        if isinstance(register, Mapping) and isinstance(register.get("connected"), bool):
+            link = "up" if register["connected"] else "DOWN"
         rows.append(
             [
                 lane.get("lane"),
                 lane.get("condition"),
                 lane.get("terminal"),
+                link,
                 sale.get("sale_id"),
+                sale.get("correlation_id"),
                 sale.get("state"),
                 money(sale.get("amount_cents")) if sale else None,
             ]
         )
-    lanes = table(["lane", "condition", "terminal", "sale", "state", "amount"], rows)
+    lanes = table(
+        ["lane", "condition", "terminal", "register", "sale", "receipt", "state", "amount"], rows
+    )
     problems = status_problems(status)
     footer = "problems:\n" + "\n".join(f"  ! {p}" for p in problems) if problems else "no problems"
     return f"{header}\n\n{lanes}\n\n{footer}"
@@ -113,14 +153,16 @@ def render_sales(result: Any) -> str:
     if not sales:
         return "no sales" if isinstance(result, Mapping) else _as_json(result)
     return table(
-        ["sale", "lane", "state", "amount", "started", "payment"],
+        ["sale", "receipt", "lane", "state", "amount", "started", "updated", "payment"],
         [
             [
                 s.get("sale_id"),
+                s.get("correlation_id"),
                 s.get("lane"),
                 s.get("state"),
                 money(s.get("amount_cents")),
-                s.get("started_at"),
+                _moment(s.get("started_at")),
+                _moment(s.get("updated_at")),
                 s.get("payment_id"),
             ]
             for s in sales
@@ -129,37 +171,47 @@ def render_sales(result: Any) -> str:
 
 
 def render_sale(result: Any) -> str:
-    """One sale's fields, then its timeline."""
+    """One sale's fields, its refunds, then its timeline (the state each event left)."""
     if not isinstance(result, Mapping) or not isinstance(result.get("sale"), Mapping):
         return _as_json(result)
     sale = dict(result["sale"])
     if "amount_cents" in sale:
         sale["amount"] = money(sale.pop("amount_cents"))
-    timeline = table(
+    refunds = _rows(sale.pop("refunds", None))
+    parts = [key_values(sale)]
+    if refunds:
+        parts.append("refunds:\n" + table(
+            ["refund", "status", "amount", "via", "requested", "detail"],
+            [[r.get("refund_id"), r.get("status"), money(r.get("amount_cents")), r.get("via"),
+              _moment(r.get("requested_at")), r.get("detail") or r.get("refusal")]
+             for r in refunds],
+        ))
+    parts.append(table(
         ["at", "event", "state", "detail"],
         [
-            [t.get("at"), t.get("event"), t.get("state"), t.get("detail")]
+            [_moment(t.get("at")), t.get("event"), t.get("state"), _inline(t.get("detail"))]
             for t in _rows(result.get("timeline"))
         ],
-    )
-    return f"{key_values(sale)}\n\n{timeline}"
+    ))
+    return "\n\n".join(parts)
 
 
 def render_holds(result: Any) -> str:
-    """Held and escalated sales as a table."""
+    """Held and escalated sales as a table, with the register's receipt."""
     holds = _rows(result.get("holds") if isinstance(result, Mapping) else None)
     if not holds:
         return "no held sales" if isinstance(result, Mapping) else _as_json(result)
     return table(
-        ["sale", "lane", "state", "amount", "payment", "held since", "reason"],
+        ["sale", "receipt", "lane", "state", "amount", "payment", "held since", "reason"],
         [
             [
                 h.get("sale_id"),
+                h.get("correlation_id"),
                 h.get("lane"),
                 h.get("state"),
                 money(h.get("amount_cents")),
                 h.get("payment_id"),
-                h.get("held_since"),
+                _moment(h.get("held_since")),
                 h.get("reason"),
             ]
             for h in holds
@@ -168,12 +220,12 @@ def render_holds(result: Any) -> str:
 
 
 def render_terminals(result: Any) -> str:
-    """Terminals as a table."""
+    """Terminals as a table, what the last device refresh saw change, then any advice."""
     terminals = _rows(result.get("terminals") if isinstance(result, Mapping) else None)
     if not terminals:
         return "no terminals configured" if isinstance(result, Mapping) else _as_json(result)
-    return table(
-        ["lane", "terminal", "serial", "usb", "mode", "live intent"],
+    text = table(
+        ["lane", "terminal", "serial", "usb", "mode", "condition", "live sale", "last change"],
         [
             [
                 t.get("lane"),
@@ -181,11 +233,69 @@ def render_terminals(result: Any) -> str:
                 t.get("serial"),
                 _presence(t.get("usb_present")),
                 t.get("mode"),
-                t.get("live_intent"),
+                t.get("condition"),
+                t.get("live_sale"),
+                _change(t),
             ]
             for t in terminals
         ],
     )
+    notes = []
+    for t in terminals:
+        lane = _cell(t.get("lane"))
+        for key in ("problem", "pdv_switch", "catalog_error"):
+            if t.get(key):
+                notes.append(f"  lane {lane}: {_cell(t.get(key))}")
+        for change in _rows(t.get("changes")):
+            at, what = _moment(change.get("at")), _cell(change.get("change"))
+            notes.append(f"  lane {lane}: {at} {what}")
+    return text + ("\n\nnotes and recent changes:\n" + "\n".join(dict.fromkeys(notes))
+                   if notes else "")
+
+
+def render_relay(result: Any) -> str:
+    """The relay consumer's health: state, since when, the last delivery and its age."""
+    if not isinstance(result, Mapping):
+        return _as_json(result)
+    shown = dict(result)
+    age = shown.pop("last_event_age", None)
+    at = shown.pop("last_event_at", None)
+    if at is not None or age is not None:
+        shown["last event"] = f"{_moment(at)} ({seconds(age)} ago)" if age is not None \
+            else _moment(at)
+    return key_values(shown)
+
+
+def render_connections(result: Any) -> str:
+    """Open control connections: who, since when, and their last request."""
+    connections = _rows(result.get("connections") if isinstance(result, Mapping) else None)
+    if not connections:
+        return "no connections" if isinstance(result, Mapping) else _as_json(result)
+    rows = []
+    for c in connections:
+        requests = _rows(c.get("requests"))
+        last = requests[-1] if requests else {}
+        rows.append([
+            c.get("pid"), c.get("uid"), c.get("access"), _moment(c.get("opened_at")),
+            ", ".join(str(t) for t in c.get("topics") or []) or ("all" if c.get("subscribed")
+                                                              else None),
+            len(requests),
+            f"{_cell(last.get('method'))} {_cell(last.get('outcome'))} at "
+            f"{_moment(last.get('at'))}" if last else None,
+        ])
+    return table(["pid", "uid", "access", "opened", "events", "requests", "last request"], rows)
+
+
+def render_reconcile(result: Any) -> str:
+    """What reconcile asked Mercado Pago about each unfinished sale."""
+    if not isinstance(result, Mapping):
+        return _as_json(result)
+    head = key_values({k: v for k, v in result.items() if k != "sales"})
+    sales = _rows(result.get("sales"))
+    if not sales:
+        return head
+    rows = [[s.get("sale_id"), s.get("state"), s.get("action")] for s in sales]
+    return f"{head}\n\n{table(['sale', 'state', 'action'], rows)}"
 
 
 def render_methods(result: Any) -> str:
@@ -225,6 +335,50 @@ def render_mapping(result: Any) -> str:
     return key_values(result) if isinstance(result, Mapping) else _as_json(result)
 
 
+def render_event(topic: str, data: Any) -> str:
+    """One pushed event as a line for ``pointctl watch``'s log of what happened."""
+    if not isinstance(data, Mapping):
+        return f"{topic}: {_inline(data)}"
+    if topic == "sale":
+        return (f"sale {_cell(data.get('sale_id'))} lane {_cell(data.get('lane'))}: "
+                f"{_cell(data.get('state'))} {money(data.get('amount_cents'))}"
+                + (f" ({data['detail']})" if data.get("detail") else ""))
+    if topic == "terminal":
+        change = _change(data)
+        return (f"terminal {_cell(data.get('terminal_id'))} lane {_cell(data.get('lane'))}: "
+                f"{_cell(data.get('condition'))}" + (f", {change}" if change else ""))
+    if topic == "relay":
+        return f"relay {_cell(data.get('state'))} since {_moment(data.get('since'))}"
+    return topic
+
+
+def _reachability(reachable: Any) -> str:
+    if reachable is True:
+        return "reachable"
+    if reachable is False:
+        return "NOT reachable"
+    return _cell(reachable)
+
+
+def _relay_text(relay: Any) -> str:
+    if not isinstance(relay, Mapping):
+        return "-"
+    state = relay.get("state")
+    if state == "disabled":
+        return "none configured (polling Mercado Pago)"
+    text = "connected" if relay.get("connected") else f"NOT connected ({_cell(state)})"
+    if relay.get("since"):
+        text += f" since {_moment(relay.get('since'))}"
+    return text
+
+
+def _change(terminal: Mapping[str, Any]) -> str | None:
+    changes = _rows(terminal.get("changes"))
+    if not changes:
+        return None
+    return f"{_moment(changes[0].get('at'))} {_cell(changes[0].get('change'))}"
+
+
 def _presence(value: Any) -> str | None:
     if isinstance(value, bool):
         return "present" if value else "ABSENT"
@@ -237,13 +391,48 @@ def _rows(value: Any) -> list[Mapping[str, Any]]:
     return [row for row in value if isinstance(row, Mapping)]
 
 
+def _moment(value: Any) -> str:
+    """A time as ISO-8601 UTC; epoch seconds (an older daemon's) converted, text as sent."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+            and value >= _EPOCH_FLOOR:
+        try:
+            moment = dt.datetime.fromtimestamp(value, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return _cell(value)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _cell(value)
+
+
+def _field(key: str, value: Any) -> str:
+    if key in _TIME_KEYS:
+        return _moment(value)
+    return _inline(value)
+
+
+def _inline(value: Any) -> str:
+    """A nested value on one line: ``k=v, k=v`` for objects, comma-joined lists."""
+    if isinstance(value, Mapping):
+        if not value:
+            return "-"
+        return ", ".join(f"{k}={_field(str(k), v)}" for k, v in value.items())
+    if isinstance(value, list):
+        if not value:
+            return "-"
+        if all(not isinstance(item, Mapping | list) for item in value):
+            return ", ".join(_cell(item) for item in value)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _cell(value)
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}" if math.isfinite(value) and abs(value) < 1e15 else str(value)
     if isinstance(value, Mapping | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return _inline(value)
     return str(value)
 
 

@@ -92,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO event_upgrades (name, through_seq)
         SELECT 'notification_observations', COALESCE(MAX(seq), 0) FROM events;
     """,
+    # 4 → 5: the state each event left its sale in, for the timeline a technician reads
+    # (``pointctl sale``); events journaled before this step have none (NULL).
+    """
+    ALTER TABLE events ADD COLUMN state TEXT;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

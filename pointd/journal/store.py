@@ -47,7 +47,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,8 @@ class TimelineEntry:
     at: float
     kind: str
     event: Event
+    # The sale's state after the event; None for events journaled before schema 5.
+    state: SaleState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,11 @@ class Journal:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self._commit_observer: Callable[[float], None] | None = None
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Tell ``observer`` the seconds each write transaction took, BEGIN to fsynced COMMIT."""
+        self._commit_observer = observer
 
     @classmethod
     def open(cls, path: str | Path) -> Journal:
@@ -196,14 +203,15 @@ class Journal:
         notification as seen in the same transaction.
         """
         sale_id = sale_id or event_sale_id(event)
+        sale = state_after.sales.get(sale_id) if sale_id is not None else None
         with self._transaction("append"):
             cursor = self._db.execute(
-                "INSERT INTO events (at, kind, sale_id, json) VALUES (?, ?, ?, ?)",
-                (now, type(event).__name__, sale_id, event.to_json()),
+                "INSERT INTO events (at, kind, sale_id, json, state) VALUES (?, ?, ?, ?, ?)",
+                (now, type(event).__name__, sale_id, event.to_json(),
+                 sale.state.value if sale is not None else None),
             )
             seq = cursor.lastrowid
             assert seq is not None
-            sale = state_after.sales.get(sale_id) if sale_id is not None else None
             if sale is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO sales (sale_id, lane, correlation_id, state, "
@@ -377,8 +385,13 @@ class Journal:
     def timeline(self, sale_id: str) -> list[TimelineEntry]:
         """Every journaled event routed to this sale, in order."""
         rows = self._db.execute(
-            "SELECT seq, at, kind, json FROM events WHERE sale_id = ? ORDER BY seq", (sale_id,))
-        return [TimelineEntry(seq, at, kind, _decode(seq, text)) for seq, at, kind, text in rows]
+            "SELECT seq, at, kind, json, state FROM events WHERE sale_id = ? ORDER BY seq",
+            (sale_id,))
+        return [
+            TimelineEntry(seq, at, kind, _decode(seq, text),
+                          SaleState(state) if state is not None else None)
+            for seq, at, kind, text, state in rows
+        ]
 
     # --- relay cursor and notification dedupe --------------------------------------------
 
@@ -471,17 +484,21 @@ class Journal:
     # --- internals -----------------------------------------------------------------------
 
     def _transaction(self, what: str) -> _Transaction:
-        return _Transaction(self._db, what)
+        return _Transaction(self._db, what, self._commit_observer)
 
 
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back and reported as JournalWriteFailed on error."""
 
-    def __init__(self, db: sqlite3.Connection, what: str) -> None:
+    def __init__(self, db: sqlite3.Connection, what: str,
+                 observer: Callable[[float], None] | None) -> None:
         self._db = db
         self._what = what
+        self._observer = observer
+        self._started = 0.0
 
     def __enter__(self) -> None:
+        self._started = time.perf_counter()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -492,10 +509,12 @@ class _Transaction:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
-                return
             except sqlite3.Error as commit_error:
                 self._rollback()
                 raise JournalWriteFailed(f"{self._what}: commit failed: {commit_error}") from None
+            if self._observer is not None:
+                self._observer(time.perf_counter() - self._started)
+            return
         self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise JournalWriteFailed(f"{self._what}: {exc}") from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,19 @@ READ_CHUNK_SIZE = 4096
 # port that is gone for good.
 RECONNECT_MIN_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """Whether the link is up, since when (wall clock), why not, and its retransmissions."""
+
+    url: str
+    up: bool
+    since: float
+    # Why the port is not open (the open error, or why the last connection was lost).
+    problem: str | None
+    # Frames sent again over every connection of this driver.
+    retransmits: int
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,8 @@ class ArqConnection:
         self._out = bytearray()
         self._closed = False
         self.lost_reason: str | None = None
+        # Frames sent again for want of an ACK (or after a NAK) on this connection.
+        self.retransmits = 0
         self._state, actions = arq.start(self._loop.time(), timers, fresh_start_types)
         self._loop.add_reader(self._fd, self._on_readable)
         self._apply(actions)
@@ -144,7 +160,11 @@ class ArqConnection:
     def _dispatch(self, event: arq.Event) -> None:
         if self._closed:
             return
+        before = self._state.in_flight
         self._state, actions = arq.on_event(self._state, event, self._loop.time())
+        after = self._state.in_flight
+        if before is not None and after is not None and after.attempts > before.attempts:
+            self.retransmits += 1
         self._apply(actions)
 
     def _apply(self, actions: list[arq.Action]) -> None:
@@ -263,6 +283,8 @@ class LinkDriver:
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
         opener: Callable[[str, int], Awaitable[Port]] = open_port,
         fresh_start_types: frozenset[int] = frozenset(),
+        wall_clock: Callable[[], float] = time.time,
+        on_change: Callable[[LinkStatus], None] | None = None,
     ) -> None:
         if baudrate <= 0:
             raise LinkConfigError(f"baud rate must be positive, got {baudrate}")
@@ -280,11 +302,37 @@ class LinkDriver:
         self._connection: ArqConnection | None = None
         self._stopping = asyncio.Event()
         self._generation = 0
+        self._wall_clock = wall_clock
+        self._on_change = on_change
+        self._since = wall_clock()
+        self._problem: str | None = "not opened yet"
+        self._earlier_retransmits = 0
 
     @property
     def is_up(self) -> bool:
         """True while a connection is open."""
         return self._connection is not None and self._connection.is_open
+
+    @property
+    def status(self) -> LinkStatus:
+        """Up or down, since when, why not, and the retransmissions so far."""
+        current = self._connection.retransmits if self._connection is not None else 0
+        return LinkStatus(self.url, self.is_up, self._since, self._problem,
+                          self._earlier_retransmits + current)
+
+    def _changed(self, problem: str | None) -> None:
+        """The link went up (``problem`` None) or down, or the reason it is down changed."""
+        was_up = self._problem is None
+        if problem == self._problem:
+            return
+        if was_up != (problem is None):
+            self._since = self._wall_clock()
+        self._problem = problem
+        if self._on_change is not None:
+            try:
+                self._on_change(self.status)
+            except Exception:
+                log.exception("link.on_change_failed", url=self.url)
 
     async def send(self, payload: bytes) -> None:
         """Send over the current connection; raise LinkNotSent when there is none."""
@@ -316,6 +364,7 @@ class LinkDriver:
                 if str(exc) != last_error:
                     log.warning("link.open_failed", url=self.url, error=str(exc))
                     last_error = str(exc)
+                self._changed(f"cannot open {self.url}: {exc}")
                 await self._pause(delay)
                 delay = min(delay * 2, self._max_delay)
                 continue
@@ -344,6 +393,7 @@ class LinkDriver:
             if self._tap is not None:
                 self._tap.record("event", note=f"opened {self.url}")
             log.info("link.up", url=self.url, generation=self._generation)
+            self._changed(None)
             self._events.put_nowait(LinkUp(self._generation))
             stop: asyncio.Future[object] = asyncio.ensure_future(self._stopping.wait())
             try:
@@ -352,6 +402,9 @@ class LinkDriver:
                 stop.cancel()
             self._connection.close("link closed")
             reason = lost.result() if lost.done() else "link closed"
+            self._earlier_retransmits += self._connection.retransmits
+            self._connection = None
+            self._changed(f"lost: {reason}")
         finally:
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()

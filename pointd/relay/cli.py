@@ -10,14 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
 import uvicorn
 
 from pointd.config.relay import RelayConfig, RelaySecrets, load_relay_config
-from pointd.config.schema import ConfigError
-from pointd.logging import configure_logging
+from pointd.config.schema import EXIT_CONFIG, ConfigError
+from pointd.logging import ANNOUNCEMENTS, DEFAULT_LIBRARY_LEVEL, LEVELS, configure_logging
 from pointd.relay.errors import ConfigurationError, StorageError
 from pointd.relay.service import INTAKE_PATH, RelayService
 from pointd.relay.storage import Storage
+
+announce = structlog.get_logger(ANNOUNCEMENTS)
 
 # The SQLite writer thread needs the GIL back after every statement and after each fsync;
 # under load the event loop holds it, and the default 5 ms switch interval would make every
@@ -25,7 +28,7 @@ from pointd.relay.storage import Storage
 GIL_SWITCH_INTERVAL = 0.0005
 # Long enough for in-flight intake requests to finish their durable write and answer.
 GRACEFUL_SHUTDOWN_TIMEOUT = 3
-CONFIG_ERROR_EXIT = 78  # EX_CONFIG: systemd and operators read it as "fix the configuration"
+CONFIG_ERROR_EXIT = EXIT_CONFIG  # systemd and operators read it as "fix the configuration"
 STORAGE_ERROR_EXIT = 69  # EX_UNAVAILABLE
 
 
@@ -108,8 +111,10 @@ class _AnnouncingServer(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:
             host, bound_port = self.servers[0].sockets[0].getsockname()[:2]
-            # Printed for supervisors and tests that start the relay on port 0.
-            print(f"pointd relay listening on http://{host}:{bound_port}{INTAKE_PATH}", flush=True)
+            # Logged at any level, for supervisors and tests that start the relay on port 0;
+            # a log line, not a print, so a JSON log stream stays JSON.
+            url = f"http://{host}:{bound_port}{INTAKE_PATH}"
+            announce.info(f"pointd relay listening on {url}", url=url)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -119,7 +124,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, help="override server.port (0: any free port)")
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level", default="info", choices=LEVELS, help="pointd's own lines (default info)"
+    )
+    parser.add_argument(
+        "--library-log-level", default=DEFAULT_LIBRARY_LEVEL, choices=LEVELS,
+        help=f"uvicorn's, httpx's and the other libraries' lines (default {DEFAULT_LIBRARY_LEVEL})",
     )
     parser.add_argument(
         "--portable",
@@ -127,7 +136,7 @@ def main(argv: Sequence[str]) -> int:
         help="use h11 and asyncio's own loop even when httptools and uvloop are installed",
     )
     args = parser.parse_args(list(argv))
-    configure_logging(level=args.log_level)
+    configure_logging(level=args.log_level, library_level=args.library_log_level)
     try:
         config, secrets = load_relay_config(args.config)
     except (ConfigError, ConfigurationError) as exc:

@@ -278,7 +278,9 @@ class RelayConsumer:
         self._health = RelayHealth(
             state, since, detail, self._last_event_at, self._last_rtt, delivery=leg
         )
-        log.info("relay_health", store=self._store, state=str(state), detail=detail, delivery=leg)
+        # Down or silent means notifications are not arriving: a technician should see it.
+        report = log.info if state is HealthState.CONNECTED else log.warning
+        report("relay_health", store=self._store, state=str(state), detail=detail, delivery=leg)
         if self._on_health_change is not None:
             self._on_health_change(self._health)
 

@@ -163,6 +163,7 @@ class RelayService:
         )
         self._refusal_logged_at = -math.inf
         self._refusals_unlogged = 0
+        self._token_refusals: dict[str, tuple[float, int]] = {}
         self._routes = Starlette(
             routes=[
                 Route(INTAKE_PATH, _intake_method_not_allowed),
@@ -253,9 +254,12 @@ class RelayService:
             )
             return
         outcome = "duplicate" if result.duplicate else "stored"
-        # Counted, not logged: a log line per notification would cost more than its share
-        # of the commit, and the stored row is the audit record.
         self.metrics.count_intake(outcome)
+        if not result.duplicate:
+            # Once per notification (a resend is only counted): what a technician looks
+            # for when Mercado Pago says it sent one. Never the body or a header.
+            log.info("notification_stored", event_id=result.event_id, kind=item.kind,
+                     topic=item.topic, route=result.store or "unrouted", signed=item.signed)
         self._note_rerouted(result)
         await _send_json(send, 200, {"status": outcome, "event": result.event_id})
 
@@ -333,8 +337,22 @@ class RelayService:
         token = _bearer(request)
         expected = self._store_digests.get(store, _DUMMY_DIGEST)
         if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), expected):
+            self._log_token_refused(store)
             raise RequestRefused(404, "not found")
         return store
+
+    def _log_token_refused(self, store: str) -> None:
+        """A warning per store (at most every REFUSAL_LOG_INTERVAL): a store PC whose token
+        does not match polls every few seconds, and only this line says why it gets nothing."""
+        # The path is the caller's: only configured store ids get a line of their own.
+        known = store if store in self._store_digests else "(not a configured store)"
+        now = self.clock()
+        last, unlogged = self._token_refusals.get(known, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._token_refusals[known] = (last, unlogged + 1)
+            return
+        log.warning("store_token_refused", store=known, refusals_since_last_line=unlogged + 1)
+        self._token_refusals[known] = (now, 0)
 
     async def store_events(self, request: Request) -> Response:
         """Long-poll a store's stream after a cursor."""

@@ -114,7 +114,7 @@ class RelayProcess(_LoopbackRelay):
 
     def __init__(
         self, document: Mapping[str, Any], webhook_secret_file: Path, state_dir: Path,
-        *, environment: Mapping[str, str],
+        *, environment: Mapping[str, str], log_level: str = "warning",
     ) -> None:
         self.config_path = state_dir / "relay.toml"
         table = merged(document, {"intake": {"webhook_secret_file": str(webhook_secret_file)}})
@@ -122,13 +122,14 @@ class RelayProcess(_LoopbackRelay):
         self.config_path.write_text(toml_text(table), encoding="utf-8")
         self.child = Child("relay", state_dir / "relay.log", environment)
         self.port = 0
+        self._log_level = log_level
 
     async def start(self) -> None:
         """Start it (again) and wait until it says where it listens."""
         before = self.child.log_size()
         await self.child.start(
             ["relay", "--config", str(self.config_path), "--port", str(self.port),
-             "--log-level", "warning"]
+             "--log-level", self._log_level]
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RELAY_START_TIMEOUT

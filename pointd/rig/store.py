@@ -99,6 +99,8 @@ class StoreSpec:
     secrets: RigSecrets = field(default_factory=RigSecrets.generated)
     # A process daemon's systemd watchdog (WATCHDOG_USEC); None: not armed.
     watchdog_usec: int | None = None
+    # A process relay's --log-level (its output goes to <state dir>/relay.log).
+    relay_log_level: str = "warning"
 
 
 class StoreRig:
@@ -331,7 +333,7 @@ class StoreRig:
         if spec.relay == "process":
             secret = Path(self.secret_file("relay_webhook_secret", self.secrets.webhook_secret))
             return RelayProcess(document, secret, self.state_dir,
-                                environment=child_environment())
+                                environment=child_environment(), log_level=spec.relay_log_level)
         config = relay_config(document)
         return InProcessRelay(config, self.secrets.webhook_secret, clock=self.sim_wall)
 

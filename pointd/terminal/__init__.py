@@ -9,6 +9,7 @@ from pointd.terminal.discovery import (
 )
 from pointd.terminal.errors import (
     HotplugUnavailable,
+    ModeChangeRefused,
     PdvSwitchFailed,
     TerminalError,
     UsbUnavailable,
@@ -52,6 +53,7 @@ __all__ = [
     "HotplugSource",
     "HotplugUnavailable",
     "IdentityProblem",
+    "ModeChangeRefused",
     "PdvSwitchFailed",
     "PdvSwitchResult",
     "Resolution",

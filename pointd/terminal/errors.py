@@ -6,10 +6,14 @@
     ├── UsbUnavailable       no pyusb backend (libusb missing) or the bus could not be read
     ├── HotplugUnavailable   no udev monitor here: the watch falls back to rescanning
     ├── VendorTableError     the configured USB vendor table is malformed
-    └── PdvSwitchFailed      Mercado Pago did not confirm the switch to PDV mode
+    ├── PdvSwitchFailed      Mercado Pago did not confirm the switch to PDV mode
+    └── ModeChangeRefused    Mercado Pago answered and refused the mode change (nobody
+                             logged in on the terminal, store/POS set up wrong): asking
+                             again changes nothing until a person fixes the cause
 
-A failed switch to PDV is safe to retry: setting the same operating mode twice has the
-same effect as once, and it never moves money.
+Asking for the same operating mode twice has the same effect as once and never moves
+money, so a switch that failed because Mercado Pago could not be reached is simply asked
+again; one Mercado Pago refused needs a person first, and its message says what to fix.
 """
 
 from __future__ import annotations
@@ -32,4 +36,16 @@ class VendorTableError(TerminalError, ValueError):
 
 
 class PdvSwitchFailed(TerminalError):
-    """The operating-mode change to PDV was not confirmed by Mercado Pago."""
+    """The operating-mode change to PDV was not confirmed by Mercado Pago.
+
+    ``refused`` is True when Mercado Pago answered with a refusal (asking again will not
+    help until a person acts), False when the request may simply not have got through.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+class ModeChangeRefused(TerminalError):
+    """Mercado Pago refused an operating-mode change; the message is its reason."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import structlog
 
 from pointd.core.states import LaneCondition, Refusal
-from pointd.terminal.errors import PdvSwitchFailed
+from pointd.terminal.errors import ModeChangeRefused, PdvSwitchFailed
 from pointd.terminal.identity import CloudDevice, Resolution, UsbPresence
 
 log = structlog.get_logger(__name__)
@@ -201,7 +201,9 @@ async def switch_to_pdv(
 ) -> PdvSwitchResult:
     """Ask Mercado Pago to put ``device_id`` in PDV mode if the configuration allows it.
 
-    Raises PdvSwitchFailed when the call fails; retrying is safe.
+    Raises PdvSwitchFailed when the call fails: ``refused`` when Mercado Pago refused it
+    (``set_operating_mode`` raised ModeChangeRefused; the message says what to fix), else
+    the request may not have got through and asking again later is harmless.
     """
     if not enabled:
         return PdvSwitchResult(
@@ -211,10 +213,19 @@ async def switch_to_pdv(
         )
     try:
         await set_operating_mode(device_id, PDV_MODE)
+    except ModeChangeRefused as exc:
+        log.warning("pdv_switch_refused", device_id=device_id, reason=str(exc))
+        raise PdvSwitchFailed(
+            f"Mercado Pago refused to switch {device_id} to PDV: {exc}. Fix that first "
+            "(log in on the terminal; check its store and POS in the Mercado Pago account); "
+            "pointd asks again at the next device refresh.",
+            refused=True,
+        ) from exc
     except Exception as exc:
         log.warning("pdv_switch_failed", device_id=device_id, error=type(exc).__name__)
         raise PdvSwitchFailed(
-            f"switching {device_id} to PDV failed ({type(exc).__name__}); safe to retry"
+            f"switching {device_id} to PDV did not get an answer ({type(exc).__name__}); "
+            "pointd asks again at the next device refresh (asking twice is harmless)"
         ) from exc
     log.info("pdv_switch_requested", device_id=device_id)
     return PdvSwitchResult(

@@ -77,7 +77,8 @@ DEFAULT_VENDORS = VendorTable(
     )
 )
 # Sunmi is missing on purpose: no USB vendor id for it is published in usb.ids or anywhere we
-# looked. Add it through the configuration once a unit has been seen with lsusb.
+# looked. Add it through the configuration ([[usb_vendors]]) once a unit has been
+# seen with lsusb.
 
 
 def _parse_usb_id(value: object, where: str) -> int:

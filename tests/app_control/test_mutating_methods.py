@@ -24,7 +24,8 @@ async def test_override_release_on_a_held_sale_is_journaled_and_audited(rig: Rig
     result = await rig.client.call("override", {"sale_id": "S5", "decision": "release",
                                                 "reason": "manager saw the approved slip"})
 
-    assert result == {"sale_id": "S5", "state": "overridden", "decision": "release"}
+    assert result == {"sale_id": "S5", "correlation_id": "c-S5", "state": "overridden",
+                      "decision": "release"}
     assert rig.state_of("S5") is SaleState.OVERRIDDEN
     uid = os.geteuid()
     assert audit_rows(rig, "override") == [(uid, "requested", "S5"), (uid, "done", "S5")]
@@ -36,6 +37,26 @@ async def test_override_release_on_a_held_sale_is_journaled_and_audited(rig: Rig
     assert sale["override"]["uid"] == uid
     assert sale["override"]["reason"] == "manager saw the approved slip"
     assert (await rig.client.call("holds"))["holds"] == []
+
+
+async def test_override_by_the_registers_receipt_finds_the_held_sale(rig: Rig) -> None:
+    await rig.held_sale("S5", 1, 2599, "555")
+    await rig.held_sale("S6", 2, 1000, "556")
+
+    result = await rig.client.call("override", {"correlation_id": "c-S6", "decision": "void",
+                                                "reason": "customer left"})
+
+    assert (result["sale_id"], result["correlation_id"]) == ("S6", "c-S6")
+    assert rig.state_of("S6") is SaleState.DECLINED
+    assert rig.state_of("S5") is SaleState.HELD
+    with pytest.raises(RemoteError) as missing:
+        await rig.client.call("override", {"correlation_id": "c-S6", "lane": "1",
+                                           "decision": "void", "reason": "wrong lane"})
+    assert missing.value.code == "not_found"
+    with pytest.raises(RemoteError) as both:
+        await rig.client.call("override", {"sale_id": "S5", "correlation_id": "c-S5",
+                                           "decision": "void", "reason": "ambiguous"})
+    assert both.value.code == "bad_params"
 
 
 async def test_override_void_declines_the_sale(rig: Rig) -> None:

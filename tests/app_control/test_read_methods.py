@@ -31,15 +31,17 @@ async def test_status_shows_daemon_lanes_relay_registers_and_the_held_sale(rig: 
     lane1, lane2 = status["lanes"]
     assert lane1["lane"] == "1"
     assert lane1["condition"] == "ready"
-    assert lane1["sale"] == {"sale_id": "S5", "state": "held", "amount_cents": 2599,
-                             "payment_id": "555"}
-    assert lane1["register"] == {"port": "/dev/ttyUSB1", "connected": True,
-                                 "since": "2026-11-18T11:06:10Z"}
+    assert lane1["sale"] == {"sale_id": "S5", "correlation_id": "c-S5", "state": "held",
+                             "amount_cents": 2599, "payment_id": "555"}
+    assert lane1["register"]["connected"] is True
+    assert lane1["register"]["since"] == "2026-11-18T11:06:10Z"
     assert lane2["sale"] is None
     assert status["holds"] == 1
     assert status["unfinished"] == 1
     assert len(status["problems"]) == 1
-    assert status["problems"][0].startswith("sale S5 on lane 1 is held: do not hand over")
+    assert status["problems"][0].startswith(
+        "sale S5 (receipt c-S5) on lane 1 is held: do not hand over"
+    )
 
 
 async def test_status_lists_every_kind_of_problem(rig: Rig) -> None:
@@ -55,6 +57,8 @@ async def test_status_lists_every_kind_of_problem(rig: Rig) -> None:
     assert "relay silent since 2026-11-18T11:06:40Z: no canary" in problems
     assert "lane 2: terminal_not_connected" in problems
     assert "lane 1: register not connected" in problems
+    assert status["lanes"][0]["condition"] == "register_not_connected"
+    assert status["lanes"][0]["terminal_condition"] == "ready"
     assert status["relay"]["connected"] is False
     assert status["cloud"] == {"reachable": False}
 
@@ -89,8 +93,9 @@ async def test_sales_filters_by_state_lane_since_and_limit(rig: Rig) -> None:
     held = (await rig.client.call("sales", {"state": "held"}))["sales"]
     assert [s["sale_id"] for s in held] == ["S5"]
     assert held[0] | {"updated_at": None} == {
-        "sale_id": "S5", "lane": "1", "state": "held", "amount_cents": 2599,
-        "payment_id": "555", "started_at": "2026-11-18T11:06:40Z", "updated_at": None,
+        "sale_id": "S5", "correlation_id": "c-S5", "lane": "1", "state": "held",
+        "amount_cents": 2599, "payment_id": "555", "started_at": "2026-11-18T11:06:40Z",
+        "updated_at": None,
         "terminal_id": "PAX_A910__SMARTPOS1", "intent_id": "INT-pd1_loja-centro_1_S5_1",
         "attempt": 1, "refusal": None, "detail": "payment status 'pending'"}
     lane2 = (await rig.client.call("sales", {"lane": "2"}))["sales"]
@@ -147,7 +152,8 @@ async def test_holds_lists_held_sales_only(rig: Rig) -> None:
 
     holds = (await rig.client.call("holds"))["holds"]
 
-    assert holds == [{"sale_id": "S5", "lane": "1", "state": "held", "amount_cents": 2599,
+    assert holds == [{"sale_id": "S5", "correlation_id": "c-S5", "lane": "1", "state": "held",
+                      "amount_cents": 2599,
                       "payment_id": "555", "held_since": "2026-11-18T11:06:40Z",
                       "reason": "payment status 'pending'"}]
 

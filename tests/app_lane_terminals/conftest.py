@@ -122,6 +122,7 @@ def build(bus: FakeUsbBus) -> Build:
             sleep=sleep,
             switch_to_pdv=switch,
             set_operating_mode=cloud.set_operating_mode,
+            wall_clock=clock,
         )
         holder.append(lanes)
         return Harness(lanes, cloud, clock, watch, sleep, busy, announced, changes)

@@ -31,7 +31,7 @@ async def test_a_failed_switch_is_retried_at_the_next_refresh_only(
     h.cloud.mode_change_fails = True
     await h.lanes.refresh()
     assert len(h.cloud.mode_changes) == 1
-    assert "safe to retry" in h.lanes.snapshot()[0]["pdv_switch"]
+    assert "asks again at the next device refresh" in h.lanes.snapshot()[0]["pdv_switch"]
     h.cloud.mode_change_fails = False
     await h.lanes.refresh()
     await h.lanes.refresh()
@@ -91,3 +91,26 @@ async def test_an_unplugged_standalone_terminal_is_still_switched(
     await h.lanes.refresh()
     assert h.lanes.check(1) == (GERTEC, Refusal.TERMINAL_NOT_CONNECTED)
     assert h.cloud.mode_changes == [(GERTEC, "PDV")]
+
+
+async def test_each_refresh_keeps_what_changed_with_its_time(build: Build) -> None:
+    h = build(LaneSpec(1, terminal=GERTEC), devices=[Device(GERTEC, "PDV")], usb=False)
+    await h.lanes.refresh()
+    assert h.lanes.snapshot()[0]["changes"] == []  # the first list is no change
+
+    h.clock.advance(60)
+    h.cloud.devices = [Device(GERTEC, "STANDALONE")]
+    await h.lanes.refresh()
+    h.clock.advance(60)
+    h.cloud.devices = []
+    await h.lanes.refresh()
+    await h.lanes.refresh()  # nothing new: nothing noted
+    h.clock.advance(60)
+    h.cloud.devices = [Device(GERTEC, "STANDALONE")]
+    await h.lanes.refresh()
+
+    assert h.lanes.snapshot()[0]["changes"] == [
+        {"at": 1180.0, "change": f"terminal {GERTEC} back in the account's device list"},
+        {"at": 1120.0, "change": f"terminal {GERTEC} gone from the account's device list"},
+        {"at": 1060.0, "change": f"terminal {GERTEC} mode PDV -> STANDALONE"},
+    ]

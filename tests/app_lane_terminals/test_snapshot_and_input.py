@@ -51,6 +51,7 @@ async def test_the_snapshot_names_terminal_presence_mode_and_catalog_age(
         "catalog_stale": False,
         "catalog_error": None,
         "pdv_switch": None,
+        "changes": [],
     }
     pax = rows[1]
     assert (pax["lane"], pax["terminal"], pax["pinned"]) == (2, PAX, True)

@@ -74,11 +74,36 @@ def test_the_reference_command_prints_a_schema(capsys: pytest.CaptureFixture[str
     assert main(["nope"]) == 2
 
 
-@pytest.mark.parametrize("schema", [DaemonConfig, RelayConfig])
-def test_the_shipped_example_loads(schema: type[Any]) -> None:
+def test_the_shipped_daemon_example_loads() -> None:
     from pointd.config import load_config
 
-    assert isinstance(load_config(EXAMPLES[schema], schema), schema)
+    assert isinstance(load_config(EXAMPLES[DaemonConfig], DaemonConfig), DaemonConfig)
+
+
+def test_the_shipped_relay_example_is_refused_only_for_its_placeholder_token_hash() -> None:
+    from pointd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(EXAMPLES[RelayConfig], RelayConfig)
+    [problem] = refused.value.problems
+    assert problem.endswith("stores[0].token_sha256: is the example's placeholder (all zeros): "
+                            "put the sha256 of the store's token, printf %s \"$TOKEN\" | sha256sum")
+    text = EXAMPLES[RelayConfig].read_text().replace("0" * 64, "ab" * 32)
+    assert isinstance(parse_config(text, RelayConfig), RelayConfig)
+
+
+def test_configured_usb_vendors_join_the_built_in_table() -> None:
+    from pointd.app.runtime import vendor_table
+
+    config = daemon(STORE + LANE + '[[usb_vendors]]\nname = "Sunmi"\nvendor_id = "AbC1"\n'
+                    'product_ids = ["0001"]\n')
+    table = vendor_table(config)
+    assert table.lookup(0xABC1, 0x0001) is not None
+    assert table.lookup(0xABC1, 0x0002) is None
+    assert table.lookup(0x1753, 0xC901) is not None  # the built-in ones stay
+    with pytest.raises(ConfigError, match=r"usb_vendors\[0\]\.product_ids\[0\]: must be 4 hex"):
+        daemon(STORE + LANE + '[[usb_vendors]]\nname = "X"\nvendor_id = "abcd"\n'
+               'product_ids = ["12345"]\n')
 
 
 def walk(schema: type[Any], prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:

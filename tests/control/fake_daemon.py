@@ -24,6 +24,7 @@ class FakeDaemon:
     timeline: list[tuple[str, Any]] = field(default_factory=list)
     audit_fails: bool = False
     lane_condition: str = LaneCondition.READY
+    channels: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sales.setdefault(
@@ -94,7 +95,12 @@ class FakeDaemon:
                 }
             ],
             "holds": len(held),
-            "problems": [],
+            # Worded as the real daemon words them (pointd.app.control_views.StatusView).
+            "problems": [
+                *([f"lane 1: {self.lane_condition}"] if self.lane_condition != "ready" else []),
+                *(f"sale {s['sale_id']} on lane {s['lane']} is held: do not hand over"
+                  for s in held),
+            ],
         }
 
     async def do_sales(self, **filters: Any) -> dict[str, Any]:
@@ -141,7 +147,14 @@ class FakeDaemon:
     async def do_verify(self, payment_id: str) -> dict[str, Any]:
         return {"payment_id": payment_id, "status": "approved"}
 
-    async def do_override(self, sale_id: str, decision: str, reason: str) -> dict[str, Any]:
+    async def do_override(self, decision: str, reason: str, sale_id: str | None = None,
+                          correlation_id: str | None = None,
+                          lane: str | None = None) -> dict[str, Any]:
+        if sale_id is None:
+            named = [s for s in self.sales.values() if s.get("correlation_id") == correlation_id]
+            if not named:
+                raise MethodError(ErrorCode.NOT_FOUND, f"no sale with receipt {correlation_id!r}")
+            sale_id = named[0]["sale_id"]
         sale = self._sale(sale_id)
         if sale["state"] != SaleState.HELD:
             raise MethodError(ErrorCode.CONFLICT, f"sale {sale_id} is {sale['state']}, not held")
@@ -171,6 +184,19 @@ class FakeDaemon:
             now=1_795_000_000.0,
         )
         return bundle_answer(content, 1_795_000_000.0)
+
+    async def do_backup(self) -> dict[str, Any]:
+        return {"name": "journal-20261122T100000Z.sqlite3", "size": 0, "sha256": "", "sales": 0}
+
+    async def do_backup_chunk(self, name: str, offset: int) -> dict[str, Any]:
+        raise MethodError(ErrorCode.NOT_FOUND, f"no backup {name}")
+
+    async def do_integrator(self) -> dict[str, Any]:
+        return {"event_channel_devices": self.channels, "email": "email" in self.channels}
+
+    async def do_device_events(self, email: bool) -> dict[str, Any]:
+        self.channels = ["email"] if email else []
+        return await self.do_integrator()
 
 
 def serve(daemon: FakeDaemon, path: str, **options: Any) -> ControlServer:

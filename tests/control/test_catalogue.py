@@ -68,6 +68,8 @@ def test_every_pointctl_command_is_documented() -> None:
         "reconcile",
         "refund",
         "bundle",
+        "backup",
+        "integrator",
         "watch",
         "methods",
         "connections",

@@ -47,6 +47,9 @@ RENDERERS = [
     views.render_terminals,
     views.render_methods,
     views.render_mapping,
+    views.render_relay,
+    views.render_connections,
+    views.render_reconcile,
 ]
 
 
@@ -77,6 +80,7 @@ def test_escalated_and_blocked_sales_are_problems_but_approved_is_not() -> None:
             "lanes": [{"lane": "3", "condition": "ready", "sale": {"sale_id": "S", "state": state}}]
         }
 
+    # A daemon that sends no problems list (older than pointctl): pointctl derives them.
     assert views.status_problems(status("escalated")) == ["lane 3: sale S escalated"]
     assert views.status_problems(status("blocked")) == ["lane 3: sale S blocked"]
     assert views.status_problems(status("approved")) == []
@@ -84,3 +88,32 @@ def test_escalated_and_blocked_sales_are_problems_but_approved_is_not() -> None:
         "daemon not ready",
         "relay not connected",
     ]
+
+
+def test_a_daemons_problem_list_is_shown_as_sent_each_problem_once() -> None:
+    status = {
+        "ready": True,
+        "holds": 1,
+        "lanes": [{"lane": "1", "condition": "ready", "sale": {"sale_id": "S", "state": "held"}}],
+        "problems": ["sale S on lane 1 is held: do not hand over"],
+    }
+    assert views.status_problems(status) == ["sale S on lane 1 is held: do not hand over"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(4.2, "4.2 s"), (185, "3 min 05 s"), (7800.5, "2 h 10 min"), (None, "-")],
+)
+def test_durations_read_like_durations(value: float | None, text: str) -> None:
+    assert views.seconds(value) == text
+
+
+def test_epoch_times_from_an_older_daemon_show_as_iso() -> None:
+    text = views.render_connections(
+        {"connections": [{"pid": 7, "uid": 0, "access": "admin", "opened_at": 1795000000.25,
+                          "requests": [{"at": 1795000001.0, "method": "status",
+                                        "outcome": "ok"}]}]}
+    )
+    assert "2026-11-18T11:06:40Z" in text
+    assert "status ok at 2026-11-18T11:06:41Z" in text
+    assert "1795000000" not in text

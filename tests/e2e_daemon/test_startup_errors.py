@@ -1,18 +1,18 @@
 """``pointd run`` refuses to start on a bad configuration or an unsafe secret, and says why.
 
 Rules under test (docs/configuration.md): every configuration problem is named by its key
-path and the exit code is 2; a missing access token file or one open to other users stops
-the start with a message naming the file (and the fix), never the secret, and no journal
-is created.
+path and the exit code is 78 (EX_CONFIG); a missing access token file or one open to other
+users stops the start with a message naming the file (and the fix), never the secret, and
+no journal is created.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pointd.config import EXIT_CONFIG
 from tests.e2e_daemon.harness import TOKEN, daemon_toml, run_pointd, write_token
 
-EXIT_CONFIG = 2
 EXIT_FAILED = 1
 SIM_URL = "http://127.0.0.1:9"  # never contacted: the daemon stops before any request
 

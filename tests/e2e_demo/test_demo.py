@@ -1,7 +1,9 @@
 """The README's first command: `pointd demo` plays every scripted outcome and exits 0."""
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,24 @@ def test_demo_help_names_its_options() -> None:
     )
     assert result.returncode == 0
     assert "--interactive" in result.stdout
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"^```sh\n(.*?)\n```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_installs_what_its_first_two_commands_need() -> None:
+    demo, tests = _readme_commands()[:2]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    base = " ".join(project["dependencies"])
+    # The demo serves the cloud simulator and the relay over HTTP: the relay extra's job
+    # (tests/technician/test_without_web.py shows `pointd demo` refusing without it).
+    assert "-e '.[relay]'" in demo
+    assert "pointd demo" in demo
+    assert {"starlette", "uvicorn"} <= {re.split(r"[\[<>=]", r)[0] for r in extras["relay"]}
+    assert "starlette" not in base
+    assert "uvicorn" not in base
+    assert "-e '.[test]'" in tests
+    assert any(r.startswith("pointd[relay") for r in extras["test"])

@@ -183,3 +183,19 @@ def test_a_fresh_journal_has_no_events_to_read_the_old_way(tmp_path: Path) -> No
             "SELECT through_seq FROM event_upgrades WHERE name = 'notification_observations'"
         ).fetchone()
         assert through == (0,)
+
+
+def test_v4_events_keep_no_state_and_new_ones_record_their_sales(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    build_v3_with_relayed_bodies(path)
+    with Journal.open(path) as journal:
+        old = journal.timeline("S1")
+        assert old
+        assert all(entry.state is None for entry in old)
+        state = journal.rebuild(STORE, POLICY)
+        late = IntentObserved("I2", "CANCELED", None, None, ObservationSource.POLL,
+                              "pd1_loja-centro_2_S2_1")
+        result = step(state, late, now=1700000100.0, policy=POLICY)
+        journal.append(late, 1700000100.0, result.state, sale_id=result.sale_id)
+        newest = journal.timeline("S2")[-1]
+        assert newest.state is result.state.sales["S2"].state

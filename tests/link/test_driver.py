@@ -171,3 +171,44 @@ async def test_tap_records_both_directions_and_events(peer: PtyPeer, tmp_path: P
     assert records[2].data == AckFrame(1).to_bytes()
     assert records[0].note.startswith("opened")
     assert records[-1].note.startswith("lost")
+
+
+async def test_status_tells_up_or_down_since_when_why_and_the_retransmissions(
+    peer: PtyPeer, driver: LinkDriver
+) -> None:
+    assert driver.status.up
+    assert driver.status.problem is None
+    assert driver.status.retransmits == 0
+    sending = asyncio.create_task(driver.send(b"rid=A1\x1foutcome=approved"))
+    await peer.next_frame()
+    second = await peer.next_frame()  # no ACK: sent again
+    peer.write(AckFrame(second.seq).to_bytes())
+    await asyncio.wait_for(sending, WAIT)
+    assert driver.status.retransmits == 1
+
+    up_since = driver.status.since
+    peer.unplug()
+    assert isinstance(await asyncio.wait_for(driver.next_event(), WAIT), LinkLost)
+    down = driver.status
+    assert not down.up
+    assert down.since >= up_since
+    assert down.problem is not None
+    assert down.retransmits == 1  # kept across connections
+
+
+async def test_a_port_that_cannot_be_opened_is_reported_as_the_reason(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+    missing = tmp_path / "no-such-register"
+    link = LinkDriver(str(missing), reconnect_min_delay=0.01, reconnect_max_delay=0.05,
+                      on_change=lambda status: seen.append(status.problem))
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            while not seen:  # noqa: ASYNC110 - on_change is the event; it has no awaitable
+                await asyncio.sleep(0.01)
+    finally:
+        link.close()
+        await asyncio.wait_for(task, WAIT)
+    assert seen[0] is not None
+    assert seen[0].startswith(f"cannot open {missing}: ")
+    assert not link.status.up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -20,9 +21,9 @@ def configure() -> Iterator[Configure]:
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
 
-    def apply(fmt: str = "json", level: str = "debug") -> io.StringIO:
+    def apply(fmt: str = "json", level: str = "debug", library: str = "warning") -> io.StringIO:
         stream = io.StringIO()
-        configure_logging(level, fmt, stream)
+        configure_logging(level, fmt, stream, library_level=library)
         return stream
 
     yield apply
@@ -31,4 +32,5 @@ def configure() -> Iterator[Configure]:
             root.removeHandler(handler)
     root.setLevel(saved_level)
     logging.captureWarnings(False)
+    sys.excepthook = sys.__excepthook__
     structlog.reset_defaults()

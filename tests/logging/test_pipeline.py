@@ -10,6 +10,7 @@ import re
 import secrets
 import select
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import structlog
 import uvicorn
 
-from pointd.logging import configure_logging, register_secret
+from pointd.logging import configure_logging, recent_log_lines, register_secret
 
 from .conftest import Configure
 
@@ -141,7 +142,7 @@ def test_python_warnings_are_logged(configure: Configure) -> None:
 
 
 async def test_uvicorn_and_httpx_records_take_the_same_path(configure: Configure) -> None:
-    stream = configure("json", "info")
+    stream = configure("json", "info", library="info")
     token = f"APP_USR-{secrets.token_hex(12)}"
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -173,3 +174,38 @@ async def test_uvicorn_and_httpx_records_take_the_same_path(configure: Configure
     assert "access_token=[redacted]" in by_logger["httpx"]
     assert "access_token=[redacted]" in by_logger["uvicorn.access"]
     assert all(ISO_UTC.fullmatch(line["timestamp"]) for line in lines)
+
+
+def test_libraries_log_at_warning_unless_configured(configure: Configure) -> None:
+    chatty = logging.getLogger("apscheduler.executors.default")
+    stream = configure("json", "debug")
+    chatty.info('Job "stale-sale-sweep" executed successfully')
+    chatty.warning("Run time of job was missed")
+    structlog.get_logger("pointd.app.jobs").info("jobs.stale_sale")
+    events = [line["event"] for line in json_lines(stream.getvalue())]
+    assert events == ["Run time of job was missed", "jobs.stale_sale"]
+
+    stream = configure("json", "info", library="info")
+    chatty.info('Job "stale-sale-sweep" executed successfully')
+    assert [line["event"] for line in json_lines(stream.getvalue())] == [
+        'Job "stale-sale-sweep" executed successfully'
+    ]
+
+
+def test_recent_lines_are_kept_as_json_whatever_the_stream_shows(configure: Configure) -> None:
+    configure("console", "info")
+    marker = secrets.token_hex(8)
+    structlog.get_logger("pointd.test").info("kept_for_the_bundle", marker=marker)
+    [line] = [json.loads(text) for text in recent_log_lines() if marker in text]
+    assert line["event"] == "kept_for_the_bundle"
+
+
+def test_an_uncaught_exception_is_a_json_line_not_a_traceback(configure: Configure) -> None:
+    stream = configure("json", "info")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    [line] = json_lines(stream.getvalue())
+    assert line["event"] == "uncaught_exception"
+    assert "RuntimeError: boom" in line["exception"]

@@ -149,6 +149,9 @@ def test_integers_that_are_not_cards_are_left_as_integers(configure: Configure) 
         ),
         ("x-signature=ts=1,v1=ab", "x-signature=[redacted],v1=ab"),
         ("nothing to hide here", "nothing to hide here"),
+        # JSON text stays JSON: a null is no secret, a bare value gets a quoted mark.
+        ('{"access_token_file": null}', '{"access_token_file": null}'),
+        ('{"token": 12345678}', '{"token": "[redacted]"}'),
     ],
 )
 def test_credentials_in_free_text_are_removed(text: str, expected: str) -> None:

@@ -73,7 +73,8 @@ def main() -> int:
     parser.add_argument("--trigger", type=Path, required=True)
     args = parser.parse_args()
     config = load_config(args.config, DaemonConfig)
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format,
+                      library_level=config.logging.library_level)
     return asyncio.run(serve(config, lambda: faulty(args.fault, args.trigger)))
 
 

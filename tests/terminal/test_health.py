@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from pointd.core.states import LaneCondition, Refusal
-from pointd.terminal.errors import PdvSwitchFailed
+from pointd.terminal.errors import ModeChangeRefused, PdvSwitchFailed
 from pointd.terminal.health import (
     DeviceCatalog,
     DeviceRecord,
@@ -253,4 +253,19 @@ async def test_switch_to_pdv_failure_is_a_terminal_error_without_secrets() -> No
     with pytest.raises(PdvSwitchFailed) as error:
         await switch_to_pdv(DEVICE_ID, set_mode, enabled=True)
     assert "SECRET" not in str(error.value)
-    assert "safe to retry" in str(error.value)
+    assert "asks again at the next device refresh" in str(error.value)
+    assert not error.value.refused
+
+
+async def test_a_refused_switch_says_what_to_fix_not_that_retrying_helps() -> None:
+    async def set_mode(device_id: str, mode: str) -> object:
+        raise ModeChangeRefused("Store id not found: nobody is logged into the device")
+
+    with pytest.raises(PdvSwitchFailed) as error:
+        await switch_to_pdv(DEVICE_ID, set_mode, enabled=True)
+    assert error.value.refused
+    message = str(error.value)
+    assert "refused" in message
+    assert "nobody is logged into the device" in message
+    assert "log in on the terminal" in message
+    assert "safe to retry" not in message

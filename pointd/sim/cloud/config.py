@@ -105,6 +105,9 @@ class SimConfig:
             raise SimConfigError("time_scale must be >= 0")
         if self.webhook_max_attempts < 1:
             raise SimConfigError("webhook_max_attempts must be >= 1")
+        for name in ("abandon_after", "webhook_retry_interval"):
+            if not getattr(self, name) > 0:
+                raise SimConfigError(f"{name} must be a number of seconds above 0")
         if self.create_status not in (200, 201):
             raise SimConfigError("create_status must be 200 or 201")
         if self.order_signature_id not in ("lower", "as_sent"):
