@@ -260,8 +260,11 @@ class RelayConsumer:
 
     @property
     def health(self) -> RelayHealth:
-        """The current health of the relay link."""
-        return self._health
+        """The current health of the relay link, with what was last seen as of now (a
+        stream delivers without changing the state, so the stored value would be stale)."""
+        return replace(
+            self._health, last_event_at=self._last_event_at, last_canary_rtt=self._last_rtt
+        )
 
     @property
     def delivery(self) -> Delivery:
