@@ -109,13 +109,13 @@ class _Values(ValuesView[V]):
     _mapping: PersistentMap[Any, V]
 
     def __iter__(self) -> Iterator[V]:
-        for bucket in self._mapping._buckets:
-            yield from bucket.values()
+        buckets = self._mapping._buckets
+        return itertools.chain.from_iterable(map(dict.values, buckets))
 
 
 class _Items(ItemsView[K, V]):
     _mapping: PersistentMap[K, V]
 
     def __iter__(self) -> Iterator[tuple[K, V]]:
-        for bucket in self._mapping._buckets:
-            yield from bucket.items()
+        buckets = self._mapping._buckets
+        return itertools.chain.from_iterable(map(dict.items, buckets))
