@@ -479,8 +479,22 @@ def _on_create_retry_due(tx: SaleTx, event: TimerExpired) -> None:
 
 
 def _on_attempt_not_found(tx: SaleTx, event: AttemptNotFound) -> None:
-    if not _current_attempt(tx, event.attempt):
-        return
+    if _current_attempt(tx, event.attempt):
+        _after_attempt_not_found(tx, event)
+
+
+def _on_attempt_not_found_after_restart(tx: SaleTx, event: AttemptNotFound) -> None:
+    # Only a restart's reconciliation answers a CREATING sale, and recovery armed its
+    # RECONCILE timer in the engine alone (not in the sale's timers). Left armed, it would
+    # fire while the next attempt's create is in flight and could prove that attempt
+    # absent too early, so that a third would follow one that may still be charged
+    # (found by pointd.core.explore).
+    if _current_attempt(tx, event.attempt):
+        tx.disarm(TimerKind.RECONCILE)
+        _after_attempt_not_found(tx, event)
+
+
+def _after_attempt_not_found(tx: SaleTx, event: AttemptNotFound) -> None:
     s = tx.record
     tx.update(not_found_attempts=(*s.not_found_attempts, event.attempt), reconcile_round=0)
     if s.cancel_requested:
@@ -1054,7 +1068,9 @@ def _build_table() -> dict[tuple[StrEnum, Trigger], Transition[Sale]]:
           [S.CREATE_UNKNOWN])
     _rows(table, [S.CREATING], TerminalBusy, _on_terminal_busy, [S.FAILED])
     _rows(table, [S.CREATING], CreateRejected, _on_create_rejected, [S.FAILED])
-    _rows(table, CREATING_STATES, AttemptNotFound, _on_attempt_not_found,
+    _rows(table, [S.CREATE_UNKNOWN], AttemptNotFound, _on_attempt_not_found,
+          [S.CREATING, S.CANCELED, S.FAILED])
+    _rows(table, [S.CREATING], AttemptNotFound, _on_attempt_not_found_after_restart,
           [S.CREATING, S.CANCELED, S.FAILED])
     _rows(table, CREATING_STATES, PaymentsFound, _on_payments_found, [S.VERIFYING, S.ESCALATED])
     _payment_rows(table)

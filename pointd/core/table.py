@@ -119,6 +119,8 @@ class Rejection:
 
     reason: str
     event: Event
+    # The handler broke its row (moved to an undeclared state): a bug, alerted as critical.
+    broken_row: bool = False
 
     def __str__(self) -> str:
         return self.reason
@@ -211,6 +213,15 @@ class Tx(Generic[R]):
             self.fired(kind)
             self.emit(CancelTimer(self.kind.owner_of(self.record), kind))
 
+    def disarm(self, kind: TimerKind) -> None:
+        """Disarm the timer of this kind even if the record does not list it.
+
+        Restart recovery arms some timers in the engine only (a CREATING sale's RECONCILE,
+        ``pointd.core.recovery``), so ``cancel_timer`` cannot see them.
+        """
+        self.fired(kind)
+        self.emit(CancelTimer(self.kind.owner_of(self.record), kind))
+
     def fired(self, kind: TimerKind) -> None:
         """Forget the pending timer of this kind (it fired, or is being replaced)."""
         self.update(timers=tuple((k, at) for k, at in self.record.timers if k is not kind))
@@ -237,8 +248,8 @@ def run_row(kind: RecordKind[R], table: Table[R], core: CoreState, record: R, *,
         alert = AlertTechnician(kind.sale_of(record), Severity.CRITICAL,
                                 f"{kind.name} {owner}: {reason}; the event was rejected and "
                                 "nothing was done. This is a pointd bug: report it")
-        return Step(core, (alert,), Rejection(reason, event), sale_id, judgement,
-                    refund_id=refund_id)
+        return Step(core, (alert,), Rejection(reason, event, broken_row=True), sale_id,
+                    judgement, refund_id=refund_id)
     rejection = None if tx.rejection is None else Rejection(tx.rejection, event)
     if tx.record == record:
         return Step(core, tuple(tx.effects), rejection, sale_id, judgement, refund_id=refund_id)
