@@ -15,6 +15,7 @@ import platform
 import shlex
 import statistics
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,21 @@ def print_machine(title: str, machine: dict[str, Any]) -> None:
         f"load {machine['load_average']}"
     )
     print(f"  command: {machine['command']}")
+
+
+CALIBRATION_LOOPS = 1_000_000
+
+
+def calibration_ms() -> float:
+    """A fixed pure-Python workload (10^6 loop steps), best of 5 runs, in milliseconds."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for n in range(CALIBRATION_LOOPS):
+            total += n * n % 7
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def summarize(samples_ns: list[int]) -> dict[str, float]:

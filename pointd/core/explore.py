@@ -201,6 +201,7 @@ class Report:
     seconds: float = 0.0
     per_depth: list[tuple[int, int, int, float]] = field(default_factory=list)
     violation: Violation | None = None
+    stopped: bool = False  # the deadline came before the last depth was finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -718,7 +719,8 @@ def explore(depth: int, *, tables: Tables | None = None,
             deadline: float | None = None) -> Report:
     """Explore every sequence of up to ``depth`` moves, breadth first; stop at a violation.
 
-    ``deadline`` (a ``time.monotonic`` value) stops after the last depth finished by then.
+    ``deadline`` (a ``time.monotonic`` value) stops the search there: the report then holds
+    the depths finished by then and ``stopped`` is set.
     """
     tables = tables or Tables()
     started = time.monotonic()
@@ -730,6 +732,10 @@ def explore(depth: int, *, tables: Tables | None = None,
         next_frontier: list[Node] = []
         transitions = 0
         for node in frontier:
+            if deadline is not None and time.monotonic() > deadline:
+                report.stopped = True
+                report.seconds = time.monotonic() - started
+                return report
             for name, event in moves(node.state, node.world):
                 transitions += 1
                 try:
@@ -757,7 +763,7 @@ def explore(depth: int, *, tables: Tables | None = None,
         if progress is not None:
             progress(level, len(next_frontier), transitions, elapsed)
         frontier = next_frontier
-        if not frontier or (deadline is not None and time.monotonic() > deadline):
+        if not frontier:
             break
     report.seconds = time.monotonic() - started
     return report
@@ -789,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Explore every sequence of events up to a depth against the money rules.")
     parser.add_argument("--depth", type=int, default=6, help="moves per sequence (default 6)")
     parser.add_argument("--max-seconds", type=float, default=None,
-                        help="stop after the depth that finishes past this many seconds")
+                        help="stop after this many seconds (the depths finished are reported)")
     args = parser.parse_args(argv)
     if args.depth < 1:
         parser.error("--depth must be at least 1")
@@ -802,6 +808,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     report = explore(args.depth, progress=show, deadline=deadline)
+    if report.stopped:
+        print(f"stopped after {args.max_seconds:g} s, during depth {report.depth + 1}")
     print(f"explored {report.states} states and {report.transitions} transitions to depth "
           f"{report.depth} in {report.seconds:.2f} s")
     if report.violation is not None:
