@@ -48,8 +48,9 @@ At every transition and every state reached it checks the rules of docs/architec
 - ``backwards``: a final sale or refund never changes; intent progress and the attempt
   number never go back;
 - ``told``: every sale or refund entering a final state is told to its register;
-- ``refunds``: what is refunded or may still be never exceeds what was paid, and only a sale
-  whose payment was verified (or released by a supervisor) is ever refunded;
+- ``refunds``: what is refunded or may still be never exceeds what was paid, and a refund
+  is first sent only for a sale whose payment was verified (or released by a supervisor);
+  a resend under the same key settles that request, whatever the sale became since;
 - ``snapshot``: restoring a state's snapshot gives the state back (checked by the restart
   move, so at every state but those of the last depth), and the moves after a restart go
   on from the restored state;
@@ -473,8 +474,12 @@ def _check_send(state: CoreState, refund_id: str, amount: int) -> None:
     sale = state.sales.get(refund.sale_id)
     if amount <= 0:
         raise _Broken("refunds", f"refund {refund_id} sends {amount} cents")
-    if sale is None or sale.state not in REFUNDABLE_SALE_STATES or not (
-            sale.approved_payment_id is not None or sale.override is not None):
+    # Admission is judged at the first send. A resend is the same request under the same
+    # idempotency key, settling an unknown outcome: it is due whatever the sale became since
+    # (Mercado Pago refunds a key once), or the refund would stay unknown for ever.
+    first_send = refund.sends == 1
+    if first_send and (sale is None or sale.state not in REFUNDABLE_SALE_STATES or not (
+            sale.approved_payment_id is not None or sale.override is not None)):
         shown = "unknown" if sale is None else sale.state.value
         raise _Broken("refunds", f"refund {refund_id} sent for a sale {shown} without a "
                       "verified payment")

@@ -125,3 +125,13 @@ def test_a_depth_below_one_is_a_clear_error() -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
     assert "--depth must be at least 1" in done.stderr
+
+
+def test_a_refund_resent_after_its_sale_escalated_is_due_not_a_violation() -> None:
+    # Depth 7 of the first bench run: the sale's payment no longer matched after a refund
+    # was admitted, and the refund's send had an unknown outcome. The resend under the same
+    # key is that same request (Mercado Pago refunds a key once); withholding it would leave
+    # the refund unknown for ever. Only the first send needs a verified payment.
+    moves = ["register: sale", "api: intent FINISHED", "payment: approved", "refund: 500",
+             "payment: approved, other amount", "refund: unknown", "timer: R1 refund"]
+    assert explore.replay(moves) == []
