@@ -105,7 +105,9 @@ def main() -> int:
 
     deadline = time.monotonic() + args.max_minutes * 60
     report = explore.explore(depth, progress=show, deadline=deadline)
-    rate = report.transitions / report.seconds if report.seconds else 0.0
+    # The transitions of the depths finished, over the time they took (not the cut-off one).
+    finished = report.per_depth[-1][3] if report.per_depth else 0.0
+    rate = report.transitions / finished if finished else 0.0
     if report.stopped:
         print(f"stopped after {args.max_minutes:g} minutes, during depth {report.depth + 1}")
     print(f"explored {report.states:,} states, {report.transitions:,} transitions to depth "
