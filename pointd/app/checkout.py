@@ -5,14 +5,17 @@ Theory of operation
 Each lane has one register session. What the register asks is answered here from the
 core's state (status, handover checks) or turned into a core event for the engine (sale,
 cancel, handover done). What the core decides for the register arrives as ``TellRegister``
-effects and is shown through the lane's session.
+effects and is shown through the lane's session. Nothing here decides: every SALE becomes a
+``SaleRequested`` with the lane's terminal verdict, and the core's admission (lane busy,
+terminal held, correlation id repeated or reused) comes back in the Step, which is only
+translated for the register.
 
 A register that repeats a SALE with a correlation id the lane already knows (after a
 reconnect, or after the daemon restarted) gets that sale's current standing again, never a
 second sale — while that sale is in progress, or for ``Policy.sale_retry_window`` after it
 ended (``pointd.core.machine.is_retry``). Later, and with another amount at any time, the
-id is refused as reused: an old sale's RESULT never answers a new purchase, and no new sale
-starts under an id the journal already gave to one.
+id is refused as reused (ERROR ``id_reused``): an old sale's RESULT never answers a new
+purchase, and no new sale starts under an id the journal already gave to one.
 
 A REFUND names its sale by the sale's correlation id on the same lane; the engine decides
 it (``pointd.core.refunds``) under the key ``lane<N>:<refund correlation id>``, so a repeated
@@ -28,12 +31,10 @@ from typing import Protocol
 
 import structlog
 
-from pointd.core.effects import TellRegister
+from pointd.core.effects import TellRefund, TellRegister
 from pointd.core.events import CancelRequested, HandoverConfirmed, SaleRequested
-from pointd.core.machine import CoreState, Sale, is_retry
-from pointd.core.policy import Policy
-from pointd.core.refunds import TellRefund
-from pointd.core.states import LaneCondition, Refusal
+from pointd.core.machine import CoreState, Sale, Step
+from pointd.core.states import Admission, LaneCondition, Refusal
 from pointd.register import messages as msg
 from pointd.register.session import (
     CancelRequest,
@@ -76,16 +77,7 @@ class Submitter(Protocol):
         """The current core state."""
         ...
 
-    @property
-    def policy(self) -> Policy:
-        """The decision parameters in force."""
-        ...
-
-    def now(self) -> float:
-        """The wall clock the engine decides with."""
-        ...
-
-    async def submit(self, event: SaleRequested | CancelRequested | HandoverConfirmed) -> object:
+    async def submit(self, event: SaleRequested | CancelRequested | HandoverConfirmed) -> Step:
         """Journal and decide one event."""
         ...
 
@@ -137,10 +129,10 @@ class RegisterScreens:
 
     # --- engine → register -----------------------------------------------------------------
 
-    async def tell(self, effect: TellRegister, *, repeated_sale: bool = False) -> None:
+    async def tell(self, effect: TellRegister) -> None:
         """Show one sale's standing on its lane's register.
 
-        ``repeated_sale``: the register asked for this sale again, so it also gets the
+        A ``repeated`` telling (the register asked for this sale again) also carries the
         RESULT of a sale whose goods already left.
         """
         session = self._sessions.get(effect.lane)
@@ -157,7 +149,7 @@ class RegisterScreens:
             amount_cents=effect.amount_cents,
             notice=effect.notice,
             approval_withdrawn=effect.approval_withdrawn,
-            repeated_sale=repeated_sale,
+            repeated_sale=effect.repeated,
         )
 
     async def tell_refund(self, effect: TellRefund) -> None:
@@ -222,7 +214,7 @@ class Checkout:
         engine = self._engine
         if isinstance(request, RefundRequest):
             return await self._refund(engine, lane, request)
-        sale = _find(engine.state, lane, request.correlation_id)
+        sale = engine.state.sale_of_request(lane, request.correlation_id)
         match request:
             case SaleRequest():
                 return await self._sale(engine, lane, request, sale)
@@ -255,7 +247,7 @@ class Checkout:
     async def _refund(
         self, engine: Submitter, lane: int, request: RefundRequest
     ) -> Reply | None:
-        sale = _find(engine.state, lane, request.sale_correlation_id)
+        sale = engine.state.sale_of_request(lane, request.sale_correlation_id)
         if sale is None:
             return _unknown(request.correlation_id)
         await engine.request_refund(
@@ -270,36 +262,14 @@ class Checkout:
     async def _sale(
         self, engine: Submitter, lane: int, request: SaleRequest, known: Sale | None
     ) -> Reply | None:
-        if known is not None:
-            if known.amount_cents != request.amount_cents:
-                return RequestRejected(
-                    request.correlation_id,
-                    msg.ErrorCode.ID_REUSED,
-                    "this correlation id names a sale of another amount",
-                )
-            if not is_retry(known, engine.now(), engine.policy):
-                minutes = engine.policy.sale_retry_window / 60
-                return RequestRejected(
-                    request.correlation_id,
-                    msg.ErrorCode.ID_REUSED,
-                    f"this correlation id names a sale that ended more than {minutes:g} "
-                    "minutes ago; a new purchase needs a new id (STATUS still answers it)",
-                )
-            await self._screens.tell(_standing(known), repeated_sale=True)
-            return None
-        if request.repeated:
-            # The register used this id earlier and the journal no longer holds its sale
-            # in memory: whatever it was, a new sale must not start under it.
-            return RequestRejected(
-                request.correlation_id,
-                msg.ErrorCode.ID_REUSED,
-                "this correlation id names an earlier sale; a new purchase needs a new id",
-            )
-        await self._startup.wait()
+        if known is None:
+            # A new purchase: its admission depends on the lane's terminal, which start-up
+            # may not have looked up yet. A repeat is answered from the journal at once.
+            await self._startup.wait()
         terminal_id, refusal = self._terminals.check(lane)
         if request.terminal_id is not None and terminal_id not in {None, request.terminal_id}:
             refusal = refusal or Refusal.INVALID_REQUEST
-        await engine.submit(
+        result = await engine.submit(
             SaleRequested(
                 sale_id=self._new_id(),
                 lane=lane,
@@ -309,30 +279,12 @@ class Checkout:
                 terminal_ok=refusal,
             )
         )
+        if result.admission is Admission.ID_REUSED:
+            assert result.rejection is not None
+            return RequestRejected(
+                request.correlation_id, msg.ErrorCode.ID_REUSED, result.rejection.reason
+            )
         return None
-
-
-def _find(state: CoreState, lane: int, correlation_id: str) -> Sale | None:
-    current = state.sale_on_lane(lane)
-    if current is not None and current.correlation_id == correlation_id:
-        return current
-    matches = [
-        s for s in state.sales.values() if s.lane == lane and s.correlation_id == correlation_id
-    ]
-    return max(matches, key=lambda s: s.requested_at) if matches else None
-
-
-def _standing(sale: Sale) -> TellRegister:
-    return TellRegister(
-        lane=sale.lane,
-        correlation_id=sale.correlation_id,
-        sale_id=sale.sale_id,
-        state=sale.state,
-        refusal=sale.refusal,
-        payment_id=sale.payment_id,
-        amount_cents=sale.amount_cents,
-        approval_withdrawn=sale.approval_withdrawn,
-    )
 
 
 def _unknown(correlation_id: str) -> RequestRejected:

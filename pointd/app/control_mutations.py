@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from pointd.app.control_views import lane_number, reconciliation, refund_row
-from pointd.app.engine import Engine, EngineStopped
+from pointd.app.engine import Engine, EngineStopped, payment_verified
 from pointd.cloud.errors import CloudError
 from pointd.cloud.errors import NotFound as PaymentMissing
 from pointd.cloud.port import CloudPort
@@ -30,13 +30,11 @@ from pointd.core.events import (
     OverrideDecision,
     OverrideGiven,
     PaymentNotFound,
-    PaymentVerified,
     RefundRefusal,
 )
-from pointd.core.gate import judge_payment
 from pointd.core.machine import OVERRIDABLE_STATES, CoreState, Sale, Step
 from pointd.core.reference import ExternalReference, ExternalReferenceError
-from pointd.core.refunds import RefundStatus
+from pointd.core.states import RefundStatus
 
 log = structlog.get_logger(__name__)
 
@@ -67,15 +65,7 @@ class MutationMethods:
                 f"could not ask Mercado Pago about payment {payment_id} "
                 f"({type(exc).__name__}); nothing was changed",
             ) from None
-        event = PaymentVerified(
-            payment_id=payment.id,
-            status=payment.status,
-            status_detail=payment.status_detail,
-            amount_cents=payment.amount_cents,
-            currency=payment.currency_id or "",
-            collector_id=payment.collector_id or "",
-            external_reference=payment.external_reference,
-        )
+        event = payment_verified(payment)
         answer: dict[str, Any] = {
             "payment_id": payment.id,
             "status": payment.status,
@@ -91,23 +81,15 @@ class MutationMethods:
         sale = self._sale_of_payment(self._engine.state, payment.id, payment.external_reference)
         if sale is None:
             return answer
-        policy = self._engine.policy
-        judgement = judge_payment(
-            event,
-            amount_cents=sale.amount_cents,
-            currency=policy.currency,
-            collector_id=policy.collector_id,
-            external_reference=sale.reference,
-            fraud_alerted=payment.id in self._engine.state.fraud_alerts,
-            tips_allowed=policy.tips_allowed,
-        )
         result = await self._submit(event)
         after = result.state.sales[sale.sale_id]
+        # The core judged the payment for the sale it routed it to (Step.judgement).
+        judgement = result.judgement
         answer.update(
             sale_id=sale.sale_id,
             sale_state=after.state.value,
-            verdict=judgement.verdict.value,
-            reason=judgement.reason,
+            verdict=None if judgement is None else judgement.verdict.value,
+            reason=None if judgement is None else judgement.reason,
             changed=result.rejection is None and after != sale,
         )
         return answer

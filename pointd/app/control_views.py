@@ -22,9 +22,9 @@ from pointd.core.effects import Effect, FetchIntent, FetchPayment, ReconcileAtte
 from pointd.core.events import Event
 from pointd.core.machine import CoreState, Sale
 from pointd.core.policy import Policy
+from pointd.core.records import Refund
 from pointd.core.recovery import recover
 from pointd.core.reference import MAX_LANE
-from pointd.core.refunds import Refund
 from pointd.core.states import LaneCondition, SaleState
 from pointd.journal.store import Journal, SaleRow
 

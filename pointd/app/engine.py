@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Every fact the daemon observes (a register request, a Mercado Pago answer, a relayed
-notification, a timer) becomes a core event and goes through ``submit``, one at a time:
+notification, a timer, a refund's answer) becomes a core event and goes through
+``submit``, one at a time — sales and refunds alike, through one core ``step``:
 
 1. the core's ``step`` decides the new state and the effects, with ``now`` passed in;
 2. the journal commits the event and the state after it (one fsynced transaction);
@@ -16,15 +17,15 @@ resent). With a backend whose creates are idempotent (the Orders API), reconcili
 resend: the same call with the same idempotency key answers with the order the first send
 made, or makes it now if the first never arrived, so one attempt is still one order.
 Register messages are queued per lane, so a slow or unplugged register never stalls the
-core and the cashier sees states in the order they were decided. Timers submit
-``TimerExpired`` at their wall-clock due time through a ``TimerService`` (the event loop by
-default; tests pass one driven by their own clock); after a restart the recovery effects
-re-arm them.
+core and the cashier sees states in the order they were decided. There is one timer
+effect for sales and refunds: a ``ScheduleTimer`` submits its ``due_event`` at its
+wall-clock due time through a ``TimerService`` (the event loop by default; tests pass one
+driven by their own clock); after a restart the recovery effects re-arm them. One
+dispatcher (``_dispatch``) runs every effect.
 
-Refunds run the same way through ``submit_refund``: ``pointd.core.refunds`` decides, the
-journal commits the event (the core state after it is unchanged), then the refund effects
-run. The refund book is rebuilt at start from the journaled refund events alone, and
-``resume_refunds`` re-arms the timers of refunds a restart interrupted.
+Refunds live in the core state (``CoreState.refunds``), so the journal's snapshots hold
+them and a start rebuilds them with the sales; ``resume_refunds`` re-arms the timers of
+refunds a restart interrupted, as ``pointd.core.recovery.recover`` does for sales.
 
 If the journal cannot be written the event did not happen: nothing is run, the engine
 marks itself unhealthy (the systemd watchdog then stops being fed) and the error goes up.
@@ -56,6 +57,7 @@ from pointd.cloud.errors import (
     Rejected,
     ServerError,
 )
+from pointd.cloud.models import Payment as CloudPayment
 from pointd.cloud.port import AttemptQuery, CloudPort, IntentView
 from pointd.core import refunds
 from pointd.core.effects import (
@@ -66,8 +68,11 @@ from pointd.core.effects import (
     Effect,
     FetchIntent,
     FetchPayment,
+    FetchRefund,
     ReconcileAttempt,
     ScheduleTimer,
+    SendRefund,
+    TellRefund,
     TellRegister,
 )
 from pointd.core.events import (
@@ -84,20 +89,18 @@ from pointd.core.events import (
     PaymentNotFound,
     PaymentsFound,
     PaymentVerified,
-    RefundableSale,
     RefundNotSent,
     RefundObserved,
     RefundOutcomeUnknown,
     RefundRejected,
     RefundRequested,
     RefundSent,
-    RefundTimerExpired,
     TerminalBusy,
-    TimerExpired,
     TimerKind,
 )
 from pointd.core.machine import CoreState, Step, step
 from pointd.core.policy import Policy
+from pointd.core.records import RefundBook
 from pointd.core.recovery import awaiting_intent
 from pointd.journal.store import Journal
 
@@ -120,7 +123,7 @@ class RegisterOutput(Protocol):
 class RefundScreens(Protocol):
     """Where the engine sends a refund's standing (the checkout lanes are one)."""
 
-    async def tell_refund(self, effect: refunds.TellRefund) -> None:
+    async def tell_refund(self, effect: TellRefund) -> None:
         """Show one refund's standing on its lane's register."""
         ...
 
@@ -183,7 +186,6 @@ class Engine:
         on_step: Callable[[Event, Step], None] = lambda event, result: None,
         ticket_numbers: bool = False,
         timers: TimerService | None = None,
-        refund_book: refunds.RefundBook | None = None,
         new_refund_id: Callable[[], str] | None = None,
     ) -> None:
         self._journal = journal
@@ -199,10 +201,7 @@ class Engine:
         self._timer_service = timers if timers is not None else LoopTimers(wall_clock)
         self._timers: dict[tuple[str, TimerKind], TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._register_queues: dict[int, asyncio.Queue[TellRegister | refunds.TellRefund]] = {}
-        # Refunds are decided apart from sales; their book is rebuilt from their own events.
-        self._refunds = refund_book if refund_book is not None else _replayed_refunds(journal)
-        self._refund_timers: dict[str, TimerHandle] = {}
+        self._register_queues: dict[int, asyncio.Queue[TellRegister | TellRefund]] = {}
         self._new_refund_id = new_refund_id or (lambda: new_sale_id(wall_clock()))
         self._register_workers: dict[int, asyncio.Task[None]] = {}
         # Hinted fetches in flight, and whether another hint came meanwhile.
@@ -256,6 +255,7 @@ class Engine:
                 "core.rejected",
                 event_type=type(event).__name__,
                 sale_id=result.sale_id,
+                refund_id=result.refund_id,
                 reason=result.rejection.reason,
             )
         self._on_step(event, result)
@@ -263,32 +263,9 @@ class Engine:
         return result
 
     @property
-    def refund_book(self) -> refunds.RefundBook:
-        """The refund book after the last journaled refund event."""
-        return self._refunds
-
-    async def submit_refund(self, event: refunds.RefundEvent) -> refunds.RefundStep:
-        """Decide, journal, then run the effects of one refund event."""
-        async with self._lock:
-            if self._stopping:
-                raise EngineStopped(f"not accepting {type(event).__name__}: stopping")
-            now = self._clock()
-            result = refunds.step(self._refunds, event, now=now)
-            sale_id = result.sale_id if result.sale_id in self._state.sales else None
-            try:
-                self._journal.append(event, now, self._state, sale_id=sale_id)
-            except Exception:
-                self.healthy = False
-                log.critical("engine.journal_failed", event_type=type(event).__name__)
-                raise
-            self._refunds = result.book
-            self.last_step_at = now
-        if result.rejection is not None:
-            log.info("refund.rejected", event_type=type(event).__name__,
-                     refund_id=result.refund_id, reason=result.rejection)
-        for effect in result.effects:
-            self._dispatch_refund(effect)
-        return result
+    def refund_book(self) -> RefundBook:
+        """The refund book after the last journaled event."""
+        return self._state.refunds
 
     async def request_refund(
         self,
@@ -299,7 +276,7 @@ class Engine:
         uid: int | None = None,
         request_key: str | None = None,
         correlation_id: str | None = None,
-    ) -> refunds.RefundStep:
+    ) -> Step:
         """Ask for a refund of a sale, reading the sale's facts from the core state now.
 
         ``request_key`` makes a repeated request the same refund (None: a new request);
@@ -307,14 +284,7 @@ class Engine:
         """
         refund_id = self._new_refund_id()
         sale = self._state.sales.get(sale_id)
-        facts = None
-        if sale is not None:
-            facts = RefundableSale(
-                state=sale.state, lane=sale.lane, correlation_id=sale.correlation_id,
-                terminal_id=sale.terminal_id, intent_id=sale.intent_id,
-                payment_id=sale.approved_payment_id, paid_cents=sale.amount_cents,
-            )
-        return await self.submit_refund(RefundRequested(
+        return await self.submit(RefundRequested(
             refund_id=refund_id,
             request_key=request_key or f"refund:{refund_id}",
             correlation_id=correlation_id or refund_id,
@@ -322,13 +292,12 @@ class Engine:
             amount_cents=amount_cents,
             by=by,
             uid=uid,
-            sale=facts,
+            sale=None if sale is None else refunds.facts_of(sale),
         ))
 
     def resume_refunds(self) -> None:
         """After a restart: poll or resend every unfinished refund (call once at start)."""
-        for effect in refunds.recover(self._refunds, self._clock()):
-            self._dispatch_refund(effect)
+        self.run_effects(refunds.recover(self._state.refunds, self._clock()))
 
     def run_effects(self, effects: Iterable[Effect]) -> None:
         """Start effects in order; used by ``submit`` and by start-up recovery."""
@@ -339,10 +308,9 @@ class Engine:
         """Finish the step in progress, let in-flight calls answer briefly, then stop."""
         async with self._lock:
             self._stopping = True
-        for handle in (*self._timers.values(), *self._refund_timers.values()):
+        for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        self._refund_timers.clear()
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_TIMEOUT)
             for task in pending:
@@ -401,21 +369,27 @@ class Engine:
         self._spawn(run())
 
     def pending_timers(self) -> list[tuple[str, TimerKind]]:
-        """The armed timers, for diagnostics."""
+        """The armed timers by owner (sale id, or refund id for REFUND), for diagnostics."""
         return sorted(self._timers)
 
     # --- effect dispatch -------------------------------------------------------------------
 
     def _dispatch(self, effect: Effect) -> None:
         match effect:
-            case ScheduleTimer(sale_id=sale_id, kind=kind, at=at):
-                self._arm(sale_id, kind, at)
-            case CancelTimer(sale_id=sale_id, kind=kind):
-                handle = self._timers.pop((sale_id, kind), None)
+            case ScheduleTimer():
+                self._arm(effect)
+            case CancelTimer(owner=owner, kind=kind):
+                handle = self._timers.pop((owner, kind), None)
                 if handle is not None:
                     handle.cancel()
             case TellRegister():
                 self._queue_for(effect.lane).put_nowait(effect)
+            case TellRefund(lane=lane):
+                if lane is None:
+                    log.info("refund.no_lane_to_tell", refund_id=effect.refund_id,
+                             status=str(effect.status))
+                else:
+                    self._queue_for(lane).put_nowait(effect)
             case AlertTechnician(sale_id=sale_id, severity=severity, message=message):
                 log.warning("core.alert", sale_id=sale_id, severity=str(severity), alert=message)
                 self._on_alert(Alert(self._clock(), sale_id, str(severity), message))
@@ -429,6 +403,10 @@ class Engine:
                 self._spawn(self._fetch_payment(effect))
             case ReconcileAttempt():
                 self._spawn(self._reconcile(effect))
+            case SendRefund():
+                self._spawn(self._send_refund(effect))
+            case FetchRefund():
+                self._spawn(self._fetch_refund(effect))
 
     def _spawn(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(self._guarded(work))
@@ -445,21 +423,20 @@ class Engine:
         except Exception:
             log.exception("engine.effect_failed")
 
-    def _arm(self, sale_id: str, kind: TimerKind, at: float) -> None:
-        old = self._timers.pop((sale_id, kind), None)
+    def _arm(self, timer: ScheduleTimer) -> None:
+        key = (timer.owner, timer.kind)
+        old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
         if self._stopping:
             return
-        self._timers[(sale_id, kind)] = self._timer_service.call_at(
-            at, lambda: self._fire(sale_id, kind)
-        )
+        self._timers[key] = self._timer_service.call_at(timer.at, lambda: self._fire(timer))
 
-    def _fire(self, sale_id: str, kind: TimerKind) -> None:
-        self._timers.pop((sale_id, kind), None)
-        self._spawn(self.submit(TimerExpired(sale_id=sale_id, timer=kind)))
+    def _fire(self, timer: ScheduleTimer) -> None:
+        self._timers.pop((timer.owner, timer.kind), None)
+        self._spawn(self.submit(timer.due_event()))
 
-    def _queue_for(self, lane: int) -> asyncio.Queue[TellRegister | refunds.TellRefund]:
+    def _queue_for(self, lane: int) -> asyncio.Queue[TellRegister | TellRefund]:
         queue = self._register_queues.get(lane)
         if queue is None:
             queue = asyncio.Queue()
@@ -468,12 +445,12 @@ class Engine:
         return queue
 
     async def _tell_worker(
-        self, queue: asyncio.Queue[TellRegister | refunds.TellRefund]
+        self, queue: asyncio.Queue[TellRegister | TellRefund]
     ) -> None:
         while True:
             effect = await queue.get()
             try:
-                if isinstance(effect, refunds.TellRefund):
+                if isinstance(effect, TellRefund):
                     await self._tell_refund(effect)
                 else:
                     await self._register.tell(effect)
@@ -585,15 +562,7 @@ class Engine:
                         error=_reason(exc))
             return
         else:
-            event = PaymentVerified(
-                payment_id=payment.id,
-                status=payment.status,
-                status_detail=payment.status_detail,
-                amount_cents=payment.amount_cents,
-                currency=payment.currency_id or "",
-                collector_id=payment.collector_id or "",
-                external_reference=payment.external_reference,
-            )
+            event = payment_verified(payment)
         await self.submit(event)
 
     async def _reconcile(self, effect: ReconcileAttempt) -> None:
@@ -675,46 +644,14 @@ class Engine:
 
     # --- refunds ---------------------------------------------------------------------------
 
-    def _dispatch_refund(self, effect: refunds.RefundEffect) -> None:
-        match effect:
-            case refunds.SendRefund():
-                self._spawn(self._send_refund(effect))
-            case refunds.FetchRefund():
-                self._spawn(self._fetch_refund(effect))
-            case refunds.ArmRefundTimer(refund_id=refund_id, at=at):
-                self._arm_refund(refund_id, at)
-            case refunds.DisarmRefundTimer(refund_id=refund_id):
-                handle = self._refund_timers.pop(refund_id, None)
-                if handle is not None:
-                    handle.cancel()
-            case refunds.TellRefund(lane=lane):
-                if lane is None:
-                    log.info("refund.no_lane_to_tell", refund_id=effect.refund_id,
-                             status=str(effect.status))
-                else:
-                    self._queue_for(lane).put_nowait(effect)
-
-    def _arm_refund(self, refund_id: str, at: float) -> None:
-        old = self._refund_timers.pop(refund_id, None)
-        if old is not None:
-            old.cancel()
-        if self._stopping:
-            return
-
-        def fire() -> None:
-            self._refund_timers.pop(refund_id, None)
-            self._spawn(self.submit_refund(RefundTimerExpired(refund_id=refund_id)))
-
-        self._refund_timers[refund_id] = self._timer_service.call_at(at, fire)
-
-    async def _tell_refund(self, effect: refunds.TellRefund) -> None:
+    async def _tell_refund(self, effect: TellRefund) -> None:
         if isinstance(self._register, RefundScreens):
             await self._register.tell_refund(effect)
         else:
             log.info("refund.register_cannot_show", refund_id=effect.refund_id)
 
-    async def _send_refund(self, effect: refunds.SendRefund) -> None:
-        event: refunds.RefundEvent
+    async def _send_refund(self, effect: SendRefund) -> None:
+        event: Event
         try:
             view = await self._cloud.refund_payment(
                 effect.terminal_id,
@@ -748,9 +685,9 @@ class Engine:
             event = RefundSent(refund_id=effect.refund_id, cloud_refund_id=view.id,
                                state=str(view.state), amount_cents=view.amount_cents,
                                via=view.via)
-        await self.submit_refund(event)
+        await self.submit(event)
 
-    async def _fetch_refund(self, effect: refunds.FetchRefund) -> None:
+    async def _fetch_refund(self, effect: FetchRefund) -> None:
         try:
             view = await self._cloud.get_refund(
                 effect.intent_id, effect.payment_id, effect.cloud_refund_id
@@ -760,17 +697,22 @@ class Engine:
             log.warning("engine.fetch_refund_failed", refund_id=effect.refund_id,
                         error=_reason(exc))
             return
-        await self.submit_refund(RefundObserved(refund_id=effect.refund_id,
+        await self.submit(RefundObserved(refund_id=effect.refund_id,
                                                 state=str(view.state),
                                                 amount_cents=view.amount_cents))
 
 
-def _replayed_refunds(journal: Journal) -> refunds.RefundBook:
-    replayed = (
-        (at, event) for _seq, at, event in journal.replay_kinds(refunds.REFUND_EVENT_KINDS)
-        if isinstance(event, refunds.REFUND_EVENT_TYPES)
+def payment_verified(payment: CloudPayment) -> PaymentVerified:
+    """The core event for what ``/v1/payments`` answered about one payment."""
+    return PaymentVerified(
+        payment_id=payment.id,
+        status=payment.status,
+        status_detail=payment.status_detail,
+        amount_cents=payment.amount_cents,
+        currency=payment.currency_id or "",
+        collector_id=payment.collector_id or "",
+        external_reference=payment.external_reference,
     )
-    return refunds.replay(replayed)
 
 
 def _observed(view: IntentView, source: ObservationSource) -> IntentObserved:
@@ -793,7 +735,7 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _drain(
-    queue: asyncio.Queue[TellRegister | refunds.TellRefund], within: float
+    queue: asyncio.Queue[TellRegister | TellRefund], within: float
 ) -> None:
     try:
         await asyncio.wait_for(queue.join(), within)

@@ -53,7 +53,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from pointd.app.reconciliation_export import PaymentLookup, ReconciliationExport
-from pointd.core.effects import Effect
+from pointd.core.effects import Effect, subject_of
 from pointd.core.events import (
     Event,
     SettledSalesForgotten,
@@ -187,7 +187,7 @@ def recovery_effects(state: CoreState, sales: Iterable[Sale], now: float,
                      policy: Policy) -> tuple[Effect, ...]:
     """The core's restart-recovery effects for these sales only."""
     wanted = {sale.sale_id for sale in sales}
-    return tuple(e for e in recover(state, now, policy) if e.sale_id in wanted)
+    return tuple(e for e in recover(state, now, policy) if subject_of(e) in wanted)
 
 
 def longest_quiet_interval(policy: Policy) -> float:

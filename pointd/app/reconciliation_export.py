@@ -2,8 +2,9 @@
 
 ``ReconciliationExport`` builds one day's ``DayReport`` from the journal's sales and their
 timelines, asks Mercado Pago for each sale's payments (by external reference, and by id
-where the journal knows one), judges every line (``judge_line``) and writes the day as CSV
-and JSON atomically, readable by the store's accountant. ``pointd.app.jobs`` schedules it;
+where the journal knows one), has the core judge every line
+(``pointd.core.reconciliation.judge_line``) and writes the day as CSV and JSON atomically,
+readable by the store's accountant. ``pointd.app.jobs`` schedules it;
 docs/reconciliation-export.md describes the files.
 """
 
@@ -18,7 +19,6 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,13 +35,19 @@ from pointd.core.events import (
 )
 from pointd.core.machine import CoreState, step
 from pointd.core.policy import Policy
+from pointd.core.reconciliation import (
+    Match,
+    PaymentLine,
+    PaymentRecord,
+    extra_line,
+    judge_line,
+    unanswered_line,
+)
 from pointd.core.reference import ExternalReference, ExternalReferenceError
-from pointd.core.states import SaleState
+from pointd.core.states import UNVERIFIED_HOLD_STATES, SaleState
 from pointd.journal.store import Journal, SaleRow, TimelineEntry
 
 log = structlog.get_logger(__name__)
-
-S = SaleState
 
 # After this many Mercado Pago calls in a row fail, the rest of the export is marked unknown
 # instead of waiting for every remaining call's timeouts (an offline store has hundreds).
@@ -52,12 +58,6 @@ EXPORT_FILE_MODE = 0o640
 EXPORT_SALES_LIMIT = 100_000
 EXPORT_FORMAT = "pointd-reconciliation/1"
 
-# Sales whose goods may have left: Mercado Pago must show exactly one approved payment.
-_RELEASED_STATES = frozenset({S.APPROVED, S.HANDED_OVER, S.OVERRIDDEN, S.HANDOVER_UNCONFIRMED})
-# Sales that ended without goods leaving: no payment of theirs may be approved.
-_ENDED_UNPAID_STATES = frozenset({S.DECLINED, S.CANCELED, S.FAILED, S.ABANDONED})
-_HOLD_STATES = frozenset({S.HELD, S.ESCALATED})
-_APPROVED = "approved"
 # Spreadsheets run cells that start with these as formulas; free text is neutralised.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -74,17 +74,6 @@ class PaymentLookup(Protocol):
         ...
 
 
-class Match(StrEnum):
-    """How one export line compares with Mercado Pago."""
-
-    OK = "ok"  # the payment exists with the journal's amount and a consistent status
-    MISMATCH = "mismatch"  # it exists but amount, currency or status disagree
-    MISSING = "missing_at_mercado_pago"  # the journal names it; Mercado Pago says 404
-    UNKNOWN = "unknown"  # Mercado Pago could not be asked
-    EXTRA = "extra"  # found at Mercado Pago for this sale's references; the journal lacks it
-    NO_PAYMENT = "no_payment"  # no payment in the journal and none at Mercado Pago
-
-
 @dataclass(frozen=True, slots=True)
 class OverrideRecord:
     """A supervisor override the core accepted for a sale."""
@@ -93,20 +82,6 @@ class OverrideRecord:
     reason: str
     uid: int
     at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentLine:
-    """One payment of a sale (or its absence) compared with Mercado Pago."""
-
-    payment_id: str | None
-    journal_status: str | None
-    mp_status: str | None
-    mp_amount_cents: int | None
-    mp_currency: str | None
-    mp_refunded_cents: int | None
-    matched: Match
-    differences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +151,7 @@ def sale_history(entries: Sequence[TimelineEntry], sale_id: str, store_id: str,
         state = result.state
         sale = state.sales.get(sale_id)
         if sale is not None:
-            held = held or sale.state in _HOLD_STATES
+            held = held or sale.state in UNVERIFIED_HOLD_STATES
             if sale.payment_id is not None:
                 statuses.setdefault(sale.payment_id, None)
         if isinstance(event, OverrideGiven) and result.rejection is None:
@@ -192,53 +167,13 @@ def sale_history(entries: Sequence[TimelineEntry], sale_id: str, store_id: str,
     return _History(held, tuple(overrides), statuses)
 
 
-def judge_line(*, sale_state: SaleState, amount_cents: int, currency: str,
-               settling_payment_id: str | None, journal_status: str | None,
-               payment: Payment) -> PaymentLine:
-    """Compare one payment the journal knows with Mercado Pago's record of it."""
-    differences: list[str] = []
-    mp_status = payment.status.strip().lower()
-    if payment.amount_cents != amount_cents:
-        differences.append("amount")
-    if payment.currency_id is not None and payment.currency_id != currency:
-        differences.append("currency")
-    if journal_status is not None and journal_status != mp_status:
-        differences.append("status")
-    refunded = sum(r.amount_cents or 0 for r in payment.refunds)
-    if refunded:
-        differences.append("refunded")
-    approved = mp_status == _APPROVED
-    if sale_state in _RELEASED_STATES:
-        if payment.id == settling_payment_id and not approved:
-            differences.append("released_without_approved_payment")
-        elif payment.id != settling_payment_id and approved:
-            differences.append("second_approved_payment")
-    elif sale_state in _ENDED_UNPAID_STATES and approved:
-        differences.append("approved_without_handover")
-    return PaymentLine(
-        payment_id=payment.id,
-        journal_status=journal_status,
-        mp_status=mp_status,
-        mp_amount_cents=payment.amount_cents,
-        mp_currency=payment.currency_id,
-        mp_refunded_cents=refunded,
-        matched=Match.MISMATCH if differences else Match.OK,
-        differences=tuple(differences),
+def payment_record(payment: Payment) -> PaymentRecord:
+    """What a line compares of one of Mercado Pago's payments."""
+    return PaymentRecord(
+        payment_id=payment.id, status=payment.status.strip().lower(),
+        amount_cents=payment.amount_cents, currency=payment.currency_id,
+        refunded_cents=sum(r.amount_cents or 0 for r in payment.refunds),
     )
-
-
-def _extra_line(payment: Payment) -> PaymentLine:
-    return PaymentLine(
-        payment_id=payment.id, journal_status=None, mp_status=payment.status.strip().lower(),
-        mp_amount_cents=payment.amount_cents, mp_currency=payment.currency_id,
-        mp_refunded_cents=sum(r.amount_cents or 0 for r in payment.refunds),
-        matched=Match.EXTRA, differences=("not_in_journal",),
-    )
-
-
-def _unanswered(payment_id: str | None, journal_status: str | None,
-                matched: Match) -> PaymentLine:
-    return PaymentLine(payment_id, journal_status, None, None, None, None, matched)
 
 
 class ExportError(Exception):
@@ -377,7 +312,7 @@ class ReconciliationExport:
             requested_at=row.requested_at, updated_at=row.updated_at,
             amount_cents=row.amount_cents, state=row.state, refusal=row.refusal,
             attempts=row.attempt, intent_id=row.intent_id, payment_id=row.payment_id,
-            held=history.held or row.state in _HOLD_STATES,
+            held=history.held or row.state in UNVERIFIED_HOLD_STATES,
             overrides=history.overrides, payments=tuple(lines),
         )
 
@@ -400,20 +335,21 @@ class ReconciliationExport:
                 try:
                     payment = await asker.payment(payment_id)
                 except NotFound:
-                    lines.append(_unanswered(payment_id, status, Match.MISSING))
+                    lines.append(unanswered_line(payment_id, status, Match.MISSING))
                     continue
                 except (CloudError, _GaveUp):
-                    lines.append(_unanswered(payment_id, status, Match.UNKNOWN))
+                    lines.append(unanswered_line(payment_id, status, Match.UNKNOWN))
                     continue
             lines.append(judge_line(
                 sale_state=row.state, amount_cents=row.amount_cents,
                 currency=self._policy.currency, settling_payment_id=row.payment_id,
-                journal_status=status, payment=payment,
+                journal_status=status, payment=payment_record(payment),
             ))
-        lines.extend(_extra_line(p) for pid, p in found.items() if pid not in known)
+        lines.extend(extra_line(payment_record(p)) for pid, p in found.items()
+                     if pid not in known)
         if not lines:
-            lines.append(_unanswered(None, None, Match.NO_PAYMENT if searched
-                                     else Match.UNKNOWN))
+            lines.append(unanswered_line(None, None, Match.NO_PAYMENT if searched
+                                         else Match.UNKNOWN))
         return lines
 
     def _references(self, row: SaleRow) -> list[str]:

@@ -19,39 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import StrEnum
 from typing import Any, Self
+
+# One vocabulary for intent states: the core's.
+from pointd.core.states import FINAL_INTENT_STATES
 
 JSON = Mapping[str, Any]
 
 
 class ModelError(ValueError):
     """A JSON document lacks a field we need, or has it in an unusable form."""
-
-
-class IntentState(StrEnum):
-    """Payment-intent states, as the wire spells them (compare case-insensitively)."""
-
-    OPEN = "OPEN"
-    ON_TERMINAL = "ON_TERMINAL"
-    PROCESSING = "PROCESSING"
-    PROCESSED = "PROCESSED"
-    FINISHED = "FINISHED"
-    CONFIRMATION_REQUIRED = "CONFIRMATION_REQUIRED"
-    CANCELED = "CANCELED"
-    ERROR = "ERROR"
-    ABANDONED = "ABANDONED"
-
-
-FINAL_INTENT_STATES = frozenset(
-    {
-        IntentState.FINISHED,
-        IntentState.CONFIRMATION_REQUIRED,
-        IntentState.CANCELED,
-        IntentState.ERROR,
-        IntentState.ABANDONED,
-    }
-)
 
 
 def is_final_state(state: str) -> bool:

@@ -30,7 +30,7 @@ import structlog
 
 from pointd.cloud.client import PointApiClient, idempotency_header
 from pointd.cloud.errors import AlreadyCanceled, InvalidRequest, NotFound, NotProven
-from pointd.cloud.models import IntentState, Payment
+from pointd.cloud.models import Payment
 from pointd.cloud.orders import Order, OrderRefund, OrdersApiClient
 from pointd.cloud.port import (
     AttemptFound,
@@ -43,6 +43,7 @@ from pointd.cloud.port import (
     payments_naming,
     refund_amount,
 )
+from pointd.core.states import IntentState
 
 log = structlog.get_logger(__name__)
 

@@ -35,15 +35,9 @@ import structlog
 
 from pointd.cloud.client import MAX_EVENTS_RANGE_DAYS, PointApiClient, idempotency_header
 from pointd.cloud.errors import CloudError, InvalidRequest, NotProven, NotSent, RefundExceedsBalance
-from pointd.cloud.models import (
-    Integrator,
-    IntentState,
-    Payment,
-    PaymentIntent,
-    Refund,
-    is_final_state,
-)
+from pointd.cloud.models import Integrator, Payment, PaymentIntent, Refund, is_final_state
 from pointd.cloud.sites import SITE_RULES
+from pointd.core.states import IntentState
 
 log = structlog.get_logger(__name__)
 

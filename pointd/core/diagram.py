@@ -2,7 +2,10 @@
 
 Run ``python -m pointd.core.diagram --write docs/sale-lifecycle.md`` after changing
 ``pointd.core.machine.TRANSITIONS``; a test fails while the committed diagram is stale.
-Admission is drawn from ``[*]`` because it happens before any table lookup.
+Admission is drawn from ``[*]`` because it happens before any table lookup. An edge is
+labelled with the triggers whose rows declare it, a qualified trigger as its event type
+with the qualifiers in brackets: ``IntentObserved(CANCELED)`` is the row for an API answer
+saying the intent was canceled.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ END_MARKER = "<!-- sale-diagram:end -->"
 
 def render() -> str:
     """The Mermaid stateDiagram of every declared transition, in a stable order."""
-    edges: dict[tuple[SaleState, SaleState], set[str]] = defaultdict(set)
-    for (source, event_type), row in TRANSITIONS.items():
+    edges: dict[tuple[SaleState, SaleState], dict[str, set[str]]] = defaultdict(
+        lambda: defaultdict(set))
+    for (source, trigger), row in TRANSITIONS.items():
+        event_type, qualifier = trigger if isinstance(trigger, tuple) else (trigger, None)
         for target in row.targets:
             if target is not source:
-                edges[(source, target)].add(event_type.__name__)
+                qualifiers = edges[(SaleState(source), SaleState(target))][event_type.__name__]
+                if qualifier is not None:
+                    qualifiers.add(str(qualifier))
     order = {state: index for index, state in enumerate(SaleState)}
     lines = [
         "stateDiagram-v2",
@@ -33,8 +40,9 @@ def render() -> str:
         "    [*] --> FAILED : SaleRequested (refused)",
     ]
     for source, target in sorted(edges, key=lambda e: (order[e[0]], order[e[1]])):
-        label = ", ".join(sorted(edges[(source, target)]))
-        lines.append(f"    {source.name} --> {target.name} : {label}")
+        labels = [f"{name}({', '.join(sorted(qualifiers))})" if qualifiers else name
+                  for name, qualifiers in sorted(edges[(source, target)].items())]
+        lines.append(f"    {source.name} --> {target.name} : {', '.join(labels)}")
     lines.extend(f"    {state.name} --> [*]" for state in SaleState if state in FINAL_STATES)
     return "\n".join(lines) + "\n"
 

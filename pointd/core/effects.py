@@ -7,9 +7,13 @@ TerminalBusy / CreateRejected; ``FetchIntent`` → IntentObserved; ``FetchPaymen
 PaymentVerified / PaymentNotFound; ``ReconcileAttempt`` → IntentCreated / IntentObserved /
 PaymentsFound / AttemptNotFound (or nothing, when the API is unreachable: the RECONCILE
 timer asks again). ``CancelIntent`` → CancelRefused on 409; a successful cancel shows up as
-an IntentObserved(CANCELED) from the next notification or poll.
+an IntentObserved(CANCELED) from the next notification or poll. ``SendRefund`` →
+RefundSent / RefundNotSent / RefundOutcomeUnknown / RefundRejected; ``FetchRefund`` →
+RefundObserved.
 
-``ScheduleTimer`` replaces any pending timer of the same kind for the same sale.
+Sales and refunds share one timer effect: ``ScheduleTimer`` names its owner (a sale id, or
+a refund id for the REFUND kind), replaces any pending timer of the same kind for the same
+owner, and says which event to submit when it is due (``due_event``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Union
 
-from pointd.core.events import TimerKind
-from pointd.core.states import Refusal, SaleState
+from pointd.core.events import Event, RefundRefusal, RefundTimerExpired, TimerExpired, TimerKind
+from pointd.core.states import RefundStatus, Refusal, SaleState
 
 
 class Notice(StrEnum):
@@ -102,23 +106,36 @@ class TellRegister:
     # The sale was approved, then not any more, and the register never confirmed the goods
     # left: an approval it was told must be withdrawn.
     approval_withdrawn: bool = False
+    # The register asked for this sale again: it also hears the RESULT of goods that left.
+    repeated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleTimer:
-    """Arm (or re-arm) the sale's timer of this kind for wall-clock time ``at``."""
+    """Arm (or re-arm) the owner's timer of this kind for wall-clock time ``at``."""
 
-    sale_id: str
+    owner: str  # a sale id; a refund id for TimerKind.REFUND
     kind: TimerKind
     at: float
+
+    def due_event(self) -> Event:
+        """The event to submit once the timer is due."""
+        return timer_event(self.owner, self.kind)
 
 
 @dataclass(frozen=True, slots=True)
 class CancelTimer:
-    """Disarm the sale's timer of this kind, if pending."""
+    """Disarm the owner's timer of this kind, if pending."""
 
-    sale_id: str
+    owner: str
     kind: TimerKind
+
+
+def timer_event(owner: str, kind: TimerKind) -> Event:
+    """The event a due timer of this owner and kind becomes."""
+    if kind is TimerKind.REFUND:
+        return RefundTimerExpired(refund_id=owner)
+    return TimerExpired(sale_id=owner, timer=kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +145,43 @@ class AlertTechnician:
     sale_id: str
     severity: Severity
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendRefund:
+    """Call ``refund_payment`` with this key; report RefundSent/NotSent/OutcomeUnknown/Rejected."""
+
+    refund_id: str
+    terminal_id: str
+    intent_id: str
+    payment_id: str
+    amount_cents: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRefund:
+    """Call ``get_refund`` and report RefundObserved (nothing when the API is unreachable)."""
+
+    refund_id: str
+    intent_id: str
+    payment_id: str
+    cloud_refund_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TellRefund:
+    """Show the refund's standing on the register of ``lane`` (None: no lane to tell)."""
+
+    lane: int | None
+    correlation_id: str
+    sale_correlation_id: str | None
+    refund_id: str
+    status: RefundStatus
+    amount_cents: int | None
+    refusal: RefundRefusal | None
+    via: str | None
+    detail: str
 
 
 Effect = Union[  # noqa: UP007 - a runtime value, also used for isinstance checks
@@ -140,4 +194,16 @@ Effect = Union[  # noqa: UP007 - a runtime value, also used for isinstance check
     ScheduleTimer,
     CancelTimer,
     AlertTechnician,
+    SendRefund,
+    FetchRefund,
+    TellRefund,
 ]
+
+
+def subject_of(effect: Effect) -> str:
+    """The sale or refund the effect is about (a timer's owner; a refund effect's refund)."""
+    if isinstance(effect, ScheduleTimer | CancelTimer):
+        return effect.owner
+    if isinstance(effect, SendRefund | FetchRefund | TellRefund):
+        return effect.refund_id
+    return effect.sale_id

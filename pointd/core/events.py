@@ -4,7 +4,9 @@ Every event is a fact the engine observed (the register asked, Mercado Pago answ
 timer fired, a supervisor decided). The journal stores each one as JSON *before* the core's
 effects for it run, and replaying the stored events through ``step`` rebuilds the state, so
 the JSON form is a contract: ``event_from_json(e.to_json()) == e`` for every event, and
-decoding refuses unknown kinds, unknown or missing fields and wrongly typed values.
+decoding (``pointd.core.codec``, shared with the snapshots) refuses unknown kinds, unknown
+or missing fields and wrongly typed values. A field added to an event class after journals
+were written with it has a default, which older events decode with.
 
 Identifiers from Mercado Pago (payment ids, collector ids) travel as strings even where
 the API sends numbers; the engine normalises them before building an event.
@@ -14,28 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Union
 
+from pointd.core.codec import decode_dataclass, encode
 from pointd.core.errors import EventDecodeError
 from pointd.core.states import Refusal, SaleState
-
-
-class IntentState(StrEnum):
-    """A payment intent's state as Mercado Pago spells it (mercadopago-api.md §1.6)."""
-
-    OPEN = "OPEN"
-    ON_TERMINAL = "ON_TERMINAL"
-    PROCESSING = "PROCESSING"
-    PROCESSED = "PROCESSED"
-    FINISHED = "FINISHED"
-    CONFIRMATION_REQUIRED = "CONFIRMATION_REQUIRED"
-    CANCELED = "CANCELED"
-    ERROR = "ERROR"
-    ABANDONED = "ABANDONED"
 
 
 class ObservationSource(StrEnum):
@@ -59,6 +47,7 @@ class TimerKind(StrEnum):
     VERIFY = "verify"  # fetch the payment again (exponential back-off)
     ESCALATE = "escalate"  # verification took too long: call a supervisor
     HANDOVER = "handover"  # approved, and the register has not confirmed the goods left
+    REFUND = "refund"  # a refund's resend or poll is due (its owner is the refund id)
 
 
 class OverrideDecision(StrEnum):
@@ -77,7 +66,7 @@ class CoreEvent:
         """The event as one line of JSON, tagged with its kind."""
         body: dict[str, Any] = {"kind": type(self).__name__}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            body[field.name] = _encode(getattr(self, field.name))
+            body[field.name] = encode(getattr(self, field.name))
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
     @staticmethod
@@ -407,81 +396,6 @@ def event_from_json(text: str | bytes) -> Event:
     cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise EventDecodeError(f"unknown event kind {str(kind)[:40]!r}")
-    return typing.cast(Event, _decode_dataclass(cls, body, kind))
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_encode(item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, StrEnum):
-        return value.value
-    return value
-
-
-# Resolving the string annotations costs more than the rest of a decode; a replay decodes
-# every journaled event, so each class's hints are resolved once.
-_TYPE_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _TYPE_HINTS.get(cls)
-    if hints is None:
-        hints = _TYPE_HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-def _decode_dataclass(cls: type[Any], body: dict[str, Any], where: str) -> Any:
-    hints = _type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(body) - set(names))
-    if unknown:
-        raise EventDecodeError(f"{where}: unknown fields {unknown}")
-    missing = [name for name in names if name not in body]
-    if missing:
-        raise EventDecodeError(f"{where}: missing fields {missing}")
-    values = {name: _decode_value(hints[name], body[name], f"{where}.{name}") for name in names}
-    return cls(**values)
-
-
-def _decode_value(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [option for option in options if option is not type(None)]
-        return _decode_value(inner, value, where)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise EventDecodeError(f"{where}: expected a list")
-        item_hint = typing.get_args(hint)[0]
-        return tuple(_decode_value(item_hint, item, f"{where}[]") for item in value)
-    if isinstance(hint, type) and issubclass(hint, StrEnum):
-        try:
-            return hint(value)
-        except ValueError:
-            shown = str(value)[:40]
-            raise EventDecodeError(f"{where}: {shown!r} is not a {hint.__name__}") from None
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise EventDecodeError(f"{where}: expected an object")
-        return _decode_dataclass(hint, dict(value), where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise EventDecodeError(f"{where}: expected a boolean")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise EventDecodeError(f"{where}: expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise EventDecodeError(f"{where}: expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise EventDecodeError(f"{where}: expected a string")
-        return value
-    raise EventDecodeError(f"{where}: unsupported field type {hint!r}")
+    # Fields an event class gained after older journals were written carry defaults.
+    return typing.cast(Event, decode_dataclass(cls, body, kind, EventDecodeError,
+                                               defaults=True))

@@ -10,8 +10,9 @@ bucket: O(buckets + sales / buckets) per step. Iteration order is stable across 
 
 from __future__ import annotations
 
+import itertools
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=str | int)
@@ -19,6 +20,7 @@ V = TypeVar("V")
 
 BUCKETS = 256
 _EMPTY: dict[Any, Any] = {}
+_NO_BUCKETS: tuple[dict[Any, Any], ...] = (_EMPTY,) * BUCKETS
 
 
 def _bucket_of(key: str | int) -> int:
@@ -31,13 +33,17 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
     __slots__ = ("_buckets", "_length")
 
     def __init__(self, items: Mapping[K, V] | None = None) -> None:
+        if not items:
+            self._buckets: tuple[dict[K, V], ...] = _NO_BUCKETS
+            self._length = 0
+            return
         buckets: list[dict[K, V]] = [_EMPTY] * BUCKETS
         for key, value in (items or {}).items():
             index = _bucket_of(key)
             if buckets[index] is _EMPTY:
                 buckets[index] = {}
             buckets[index][key] = value
-        self._buckets: tuple[dict[K, V], ...] = tuple(buckets)
+        self._buckets = tuple(buckets)
         self._length = sum(len(b) for b in buckets)
 
     @classmethod
@@ -56,11 +62,17 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
         return key in self._buckets[_bucket_of(key)]
 
     def __iter__(self) -> Iterator[K]:
-        for bucket in self._buckets:
-            yield from bucket
+        return itertools.chain.from_iterable(self._buckets)
 
     def __len__(self) -> int:
         return self._length
+
+    # Mapping's views look every key up again (a CRC each); these read the buckets.
+    def values(self) -> ValuesView[V]:
+        return _Values(self)
+
+    def items(self) -> ItemsView[K, V]:
+        return _Items(self)
 
     def set(self, key: K, value: V) -> PersistentMap[K, V]:
         """A map with ``key`` bound to ``value``."""
@@ -91,3 +103,19 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"PersistentMap({dict(self.items())!r})"
+
+
+class _Values(ValuesView[V]):
+    _mapping: PersistentMap[Any, V]
+
+    def __iter__(self) -> Iterator[V]:
+        buckets = self._mapping._buckets
+        return itertools.chain.from_iterable(map(dict.values, buckets))
+
+
+class _Items(ItemsView[K, V]):
+    _mapping: PersistentMap[K, V]
+
+    def __iter__(self) -> Iterator[tuple[K, V]]:
+        buckets = self._mapping._buckets
+        return itertools.chain.from_iterable(map(dict.items, buckets))

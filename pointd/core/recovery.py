@@ -41,13 +41,21 @@ from pointd.core.effects import (
     Notice,
     ReconcileAttempt,
     ScheduleTimer,
-    TellRegister,
 )
-from pointd.core.events import IntentObserved, IntentState, TimerKind
-from pointd.core.machine import OWNED_TIMERS, CoreState, Sale
+from pointd.core.events import (
+    IntentObserved,
+    TimerKind,
+)
+from pointd.core.machine import OWNED_TIMERS, CoreState, Sale, telling
 from pointd.core.policy import Policy
 from pointd.core.reference import ExternalReference, ExternalReferenceError
-from pointd.core.states import SaleState
+from pointd.core.states import (
+    CREATING_STATES,
+    LIVE_INTENT_STATES,
+    VERIFYING_STATES,
+    IntentState,
+    SaleState,
+)
 
 S = SaleState
 
@@ -68,30 +76,22 @@ def recover(state: CoreState, now: float, policy: Policy) -> tuple[Effect, ...]:
     return tuple(effects)
 
 
-def _tell(sale: Sale, policy: Policy) -> TellRegister:
+def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
     unresolved = (sale.state is S.CREATE_UNKNOWN
                   and sale.reconcile_round >= policy.create_reconcile_attempts)
-    return TellRegister(lane=sale.lane, correlation_id=sale.correlation_id,
-                        sale_id=sale.sale_id, state=sale.state, refusal=sale.refusal,
-                        payment_id=sale.payment_id, amount_cents=sale.amount_cents,
-                        notice=Notice.CREATE_UNRESOLVED if unresolved else None,
-                        approval_withdrawn=sale.approval_withdrawn)
-
-
-def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:
-    effects: list[Effect] = [_tell(sale, policy)]
-    if sale.state in (S.CREATING, S.CREATE_UNKNOWN):
+    effects: list[Effect] = [telling(sale, Notice.CREATE_UNRESOLVED if unresolved else None)]
+    if sale.state in CREATING_STATES:
         assert sale.reference is not None
         effects.append(ReconcileAttempt(sale.sale_id, sale.attempt, sale.reference,
                                         sale.terminal_id, sale.attempt_started_at))
         effects.append(ScheduleTimer(sale.sale_id, TimerKind.RECONCILE,
                                      now + policy.reconcile_initial_backoff))
         return effects
-    if sale.state in (S.OPEN, S.ON_TERMINAL, S.PROCESSING, S.CANCELING):
+    if sale.state in LIVE_INTENT_STATES:
         assert sale.intent_id is not None
         effects.append(FetchIntent(sale.sale_id, sale.intent_id))
         due = {TimerKind.POLL: now + policy.poll_fallback_after}
-    elif sale.state in (S.VERIFYING, S.HELD, S.ESCALATED):
+    elif sale.state in VERIFYING_STATES:
         if sale.payment_id is not None:
             effects.append(FetchPayment(sale.sale_id, sale.payment_id))
         elif sale.intent_id is not None:
@@ -139,7 +139,7 @@ def awaiting_intent(known: CoreState, external_reference: str | None) -> Sale | 
     sale = known.sales.get(ref.sale) if ref.store == known.store_id else None
     if (
         sale is not None
-        and sale.state in (S.CREATING, S.CREATE_UNKNOWN)
+        and sale.state in CREATING_STATES
         and sale.intent_id is None
         and sale.attempt == ref.attempt
         and str(ref) == sale.reference

@@ -54,10 +54,12 @@ from typing import Any
 
 import structlog
 
+from pointd.core import snapshot
 from pointd.core.errors import CoreError, StateDecodeError
 from pointd.core.events import Event, event_from_json, event_sale_id
 from pointd.core.machine import CoreState, step
 from pointd.core.policy import Policy
+from pointd.core.refunds import REFUND_EVENT_KINDS
 from pointd.core.states import SaleState
 from pointd.journal.errors import (
     JournalCorrupt,
@@ -66,7 +68,11 @@ from pointd.journal.errors import (
     JournalWriteFailed,
 )
 from pointd.journal.schema import LATEST_VERSION, MIGRATIONS
-from pointd.journal.upgrades import NOTIFICATION_OBSERVATIONS, notification_observation_as_decided
+from pointd.journal.upgrades import (
+    NOTIFICATION_OBSERVATIONS,
+    notification_observation_as_decided,
+    refunds_through_snapshot,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -245,7 +251,7 @@ class Journal:
                 yield seq, at, _decode(seq, text)
 
     def replay_kinds(self, kinds: Iterable[str]) -> Iterator[tuple[int, float, Event]]:
-        """Every event of these kinds, in order, from the first (refunds rebuild from it)."""
+        """Every event of these kinds, in order, from the first."""
         wanted = json.dumps(sorted(set(kinds)))
         cursor = self._db.execute(
             "SELECT seq, at, json FROM events WHERE kind IN (SELECT value FROM json_each(?)) "
@@ -264,7 +270,13 @@ class Journal:
         policies = self._recorded_policies()
         in_force, next_policy = policy, 0
         start = self._snapshot_start(store_id) if from_snapshot else None
-        after_seq, state = start if start is not None else (0, CoreState.empty(store_id))
+        after_seq, state = 0, CoreState.empty(store_id)
+        if start is not None:
+            after_seq, state, has_refunds = start
+            if not has_refunds:  # an older format (pointd.journal.upgrades)
+                refund_events = ((at, event) for seq, at, event
+                                 in self.replay_kinds(REFUND_EVENT_KINDS) if seq <= after_seq)
+                state = refunds_through_snapshot(state, refund_events, policy)
         old_notifications_through = self._upgrade_through(NOTIFICATION_OBSERVATIONS)
         for seq, at, event in self.replay(after_seq):
             while next_policy < len(policies) and policies[next_policy][0] <= seq:
@@ -320,7 +332,8 @@ class Journal:
         return [SnapshotInfo(int(seq), None if at is None else float(at), int(size))
                 for seq, at, size in rows]
 
-    def _snapshot_start(self, store_id: str) -> tuple[int, CoreState] | None:
+    def _snapshot_start(self, store_id: str) -> tuple[int, CoreState, bool] | None:
+        """The newest usable snapshot: its seq, its state, and whether it holds refunds."""
         last = self.last_seq()
         rows = self._db.execute(
             "SELECT seq, store_id, json FROM snapshots ORDER BY seq DESC").fetchall()
@@ -332,15 +345,16 @@ class Journal:
                 log.warning("journal.snapshot_skipped", seq=seq, reason="another store id")
                 continue
             try:
-                state = CoreState.from_json(text)
+                decoded = snapshot.decode(text)
             except StateDecodeError as exc:
                 log.error("journal.snapshot_skipped", seq=seq, reason=str(exc)[:200])
                 continue
+            state = decoded.state
             if state.store_id != store_id:
                 log.error("journal.snapshot_skipped", seq=seq, reason="store id mismatch")
                 continue
             log.info("journal.snapshot_loaded", seq=seq, sales=len(state.sales))
-            return int(seq), state
+            return int(seq), state, decoded.has_refunds
         return None
 
     def _recorded_policies(self) -> list[tuple[int, Policy]]:

@@ -16,13 +16,34 @@ Schema 4: relayed notifications stop being core events
     as the old daemon did and is otherwise stale. One difference is left, on purpose: an
     old notification of progress re-armed the POLL timer, an answer keeps the one pending,
     so after an upgrade a sale in progress may be polled once a little sooner.
+
+Snapshot format 3: the refund book joins the core state
+    Up to ``pointd-core-state/2`` a snapshot held only the sales: the daemon rebuilt its
+    refunds at every start from every refund event ever journaled. Refunds are now part of
+    the core state (they are snapshotted and forgotten with their sales), so a format-2
+    snapshot is read with an empty book, and ``refunds_through_snapshot`` replays the refund
+    events journaled up to it into that book. Refund events change only the book (their
+    admission reads the sale's facts journaled in ``RefundRequested``, never the sale
+    table), so the result is the state the snapshot would hold had it been written today,
+    except that refunds of sales forgotten before the snapshot are still there; the next
+    ``SettledSalesForgotten`` removes them (they are settled refunds of unknown sales).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
-from pointd.core.events import Event, IntentObserved, IntentState, ObservationSource
+from pointd.core.events import (
+    Event,
+    IntentObserved,
+    ObservationSource,
+)
+from pointd.core.machine import step
+from pointd.core.policy import Policy
+from pointd.core.records import CoreState
+from pointd.core.refunds import REFUND_EVENT_TYPES
+from pointd.core.states import IntentState
 
 NOTIFICATION_OBSERVATIONS = "notification_observations"
 
@@ -38,3 +59,15 @@ def notification_observation_as_decided(event: Event) -> Event:
         return dataclasses.replace(event, state=IntentState.OPEN.value, payment_id=None,
                                    payment_state=None, source=ObservationSource.POLL)
     return dataclasses.replace(event, source=ObservationSource.POLL)
+
+
+def refunds_through_snapshot(state: CoreState, events: Iterable[tuple[float, Event]],
+                             policy: Policy) -> CoreState:
+    """A format-2 snapshot's ``state`` with the refund events journaled up to it replayed.
+
+    ``events`` are (time, event) of every refund event up to the snapshot's seq, in order.
+    """
+    for at, event in events:
+        if isinstance(event, REFUND_EVENT_TYPES):
+            state = step(state, event, now=at, policy=policy).state
+    return state

@@ -7,21 +7,18 @@ without a handshake; until the register's HELLO is answered, requests get ERROR
 ``hello_required``. Payloads are decoded with ``pointd.register.messages``; a bad one is
 answered with ERROR and its code, never dropped silently.
 
-The session keeps the protocol's promises that do not need the journal:
+The session translates; it decides nothing about sales. Every SALE goes to the handler,
+which has the core decide it: one sale at a time per lane (``Refusal.LANE_BUSY``), a
+repeated correlation id answered with its sale's standing again (a repeated telling also
+carries the RESULT of goods that already left), an id reused for another amount or after
+the retry window refused (ERROR ``id_reused``, returned as a ``RequestRejected``). The
+session keeps only the promises of the link itself:
 
-* one sale at a time per lane — a SALE with a new correlation id while another sale is
-  open is refused (``Refusal.LANE_BUSY``) without reaching the handler;
-* a SALE repeating the open sale's correlation id and amount is that sale: the handler is
-  not called again and the register gets its latest messages again; the same id with
-  another amount is ERROR ``id_reused``. A SALE repeating a sale that is no longer open
-  goes to the handler marked ``repeated``, without taking the lane: only the journal can
-  tell a retry (the register lost the RESULT) from an id reused for a new purchase. The
-  memory is bounded and lives only as long as the process, so the engine must also know
-  the correlation ids its journal holds;
 * after a HELLO the current screen and a HOLD for every held sale are sent again, because
   a register that reconnected has lost them;
 * an approval withdrawn before the register confirmed the handover is told with WITHDRAW
-  (then the HOLD or the new RESULT).
+  (then the HOLD or the new RESULT);
+* what did not reach the register is pushed again (below).
 
 A REFUND goes to the handler every time it arrives: the engine's refund book, not this
 session, knows whether its correlation id is a repeat, and answers a repeat with the
@@ -51,11 +48,15 @@ import structlog
 
 from pointd.core.effects import Notice
 from pointd.core.events import RefundRefusal
-from pointd.core.refunds import RefundStatus
 from pointd.core.states import (
+    ENDED_UNPAID_STATES,
     FINAL_STATES,
     HANDOVER_ALLOWED_STATES,
+    HOLD_STATES,
+    PAID_FINAL_STATES,
+    RELEASED_STATES,
     LaneCondition,
+    RefundStatus,
     Refusal,
     SaleState,
 )
@@ -66,21 +67,17 @@ from pointd.register.prompts import LANGUAGES, RefundScreen, Subject, prompt_for
 
 log = structlog.get_logger(__name__)
 
-# Sales remembered for duplicate detection: far more than a lane does between restarts of
-# its register, small enough to never matter for memory.
+# Sales whose latest messages are remembered (to push again what did not arrive): far more
+# than a lane does between restarts of its register, small enough to never matter.
 SALE_MEMORY = 256
 
-_HOLD_STATES = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
-# Approved sales closed without a RESULT of their own: the approved one was their last.
-_CLOSED_APPROVED = frozenset({SaleState.HANDED_OVER, SaleState.HANDOVER_UNCONFIRMED})
-# States in which an approval the register was told still stands.
-_STANDING_APPROVALS = HANDOVER_ALLOWED_STATES | {SaleState.HANDED_OVER}
 _OUTCOMES = {
     SaleState.DECLINED: msg.Outcome.DECLINED,
     SaleState.CANCELED: msg.Outcome.CANCELED,
     SaleState.FAILED: msg.Outcome.ERROR,
     SaleState.ABANDONED: msg.Outcome.ABANDONED,
 }
+assert set(_OUTCOMES) == ENDED_UNPAID_STATES
 
 
 _REFUND_REFUSAL_SCREENS = {
@@ -106,8 +103,6 @@ class SaleRequest:
     correlation_id: str
     amount_cents: int
     terminal_id: str | None = None
-    # This lane's register asked for this correlation id before (since the daemon started).
-    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,9 +251,7 @@ class RegisterSession:
         self._handler = handler
         self._link: RegisterLink | None = None
         self._hello_done = False
-        self._sales: OrderedDict[str, int] = OrderedDict()
         self._latest: OrderedDict[str, tuple[msg.DaemonMessage, ...]] = OrderedDict()
-        self._open_sale: str | None = None
         # Sales under a HOLD and its reason, told again after every HELLO.
         self._held: dict[str, str] = {}
         # Sales whose latest messages did not all reach the register, and whether any of
@@ -273,11 +266,6 @@ class RegisterSession:
     def register_connected(self) -> bool:
         """True while the register's HELLO on the current connection has been answered."""
         return self._hello_done
-
-    @property
-    def open_sale(self) -> str | None:
-        """The correlation id of the sale in progress on this lane, if any."""
-        return self._open_sale
 
     async def run(self, link: RegisterLink) -> None:
         """Run the link and serve the register until stop(); survives reconnects."""
@@ -329,9 +317,9 @@ class RegisterSession:
         """
         screen: Subject = notice if notice is not None else state
         messages: list[msg.DaemonMessage] = [self._display(screen, correlation_id)]
-        if approval_withdrawn and state not in _STANDING_APPROVALS:
+        if approval_withdrawn and state not in RELEASED_STATES:
             messages.append(msg.Withdraw(correlation_id, state.value))
-        if state in _HOLD_STATES:
+        if state in HOLD_STATES:
             self._held[correlation_id] = state.value
             messages.append(msg.Hold(correlation_id, state.value))
         elif state is SaleState.APPROVED:
@@ -354,7 +342,7 @@ class RegisterSession:
                     reason="override",
                 )
             )
-        elif repeated_sale and state in _CLOSED_APPROVED:
+        elif repeated_sale and state in PAID_FINAL_STATES:
             messages.append(
                 msg.Result(
                     correlation_id, msg.Outcome.APPROVED, amount_cents, payment_id, card_last4
@@ -373,14 +361,10 @@ class RegisterSession:
             )
         if state in FINAL_STATES or state is SaleState.APPROVED:
             self._held.pop(correlation_id, None)
-            if self._open_sale == correlation_id:
-                self._open_sale = None
         await self._push(correlation_id, messages)
 
     async def show_refusal(self, correlation_id: str, refusal: Refusal) -> None:
         """Tell the register its sale was refused before anything reached Mercado Pago."""
-        if self._open_sale == correlation_id:
-            self._open_sale = None
         messages: list[msg.DaemonMessage] = [
             self._display(refusal, correlation_id),
             msg.Result(correlation_id, msg.Outcome.REFUSED, reason=refusal.value),
@@ -564,47 +548,15 @@ class RegisterSession:
         self._spawn(answer())
 
     def _on_sale(self, sale: msg.Sale) -> None:
-        known_amount = self._sales.get(sale.correlation_id)
-        if known_amount is not None and known_amount != sale.amount_cents:
-            self._reject(
-                msg.ErrorCode.ID_REUSED,
-                "this correlation id belongs to a sale of another amount",
-                sale.correlation_id,
-            )
-            return
-        if known_amount is not None and sale.correlation_id == self._open_sale:
-            log.info("register.sale_repeated", lane=self.lane, id=sale.correlation_id)
-            latest = self._latest.get(sale.correlation_id, ())
-            self._spawn(self._resend(latest))
-            return
-        if known_amount is not None:
-            log.info("register.sale_repeated_after_end", lane=self.lane, id=sale.correlation_id)
-            request = SaleRequest(sale.correlation_id, sale.amount_cents, sale.terminal_id,
-                                  repeated=True)
-            self._spawn(self._call(request))
-            return
-        if self._open_sale is not None:
-            self._spawn(self.show_refusal(sale.correlation_id, Refusal.LANE_BUSY))
-            return
-        self._sales[sale.correlation_id] = sale.amount_cents
-        while len(self._sales) > SALE_MEMORY:
-            self._sales.popitem(last=False)
-        self._open_sale = sale.correlation_id
         log.info("register.sale", lane=self.lane, id=sale.correlation_id, amount=sale.amount_cents)
         request = SaleRequest(sale.correlation_id, sale.amount_cents, sale.terminal_id)
         self._spawn(self._call(request))
-
-    async def _resend(self, messages: tuple[msg.DaemonMessage, ...]) -> None:
-        for message in messages:
-            await self._send(message)
 
     async def _call(self, request: RegisterRequest) -> None:
         try:
             reply = await self._handler(request)
         except Exception:
             log.exception("register.handler_failed", lane=self.lane, request=type(request).__name__)
-            if isinstance(request, SaleRequest) and self._open_sale == request.correlation_id:
-                self._open_sale = None
             await self._send(
                 msg.Error(
                     msg.ErrorCode.INTERNAL,
@@ -620,9 +572,6 @@ class RegisterSession:
     def _answer(self, request: RegisterRequest, reply: Reply | None) -> msg.DaemonMessage | None:
         cid = request.correlation_id
         if isinstance(reply, RequestRejected):
-            if isinstance(request, SaleRequest) and self._open_sale == cid:
-                self._open_sale = None
-                self._sales.pop(cid, None)
             return msg.Error(reply.code, reply.text, reply.correlation_id or cid)
         if isinstance(request, StatusQuery):
             status = reply if isinstance(reply, SaleStatus) else SaleStatus(cid, None)

@@ -23,6 +23,7 @@ from pointd.core.effects import (
     ReconcileAttempt,
     ScheduleTimer,
     TellRegister,
+    subject_of,
 )
 from pointd.core.events import (
     HandoverConfirmed,
@@ -89,7 +90,8 @@ async def test_only_live_sales_with_timers_quiet_too_long_are_recovered(store: S
 
     # S3 waits for its register's HANDOVER_DONE, with time to spare before it counts.
     assert result == {"swept": ["S1", "S2"]}
-    expected = [e for e in recover(store.state, clock.now, POLICY) if e.sale_id in {"S1", "S2"}]
+    expected = [e for e in recover(store.state, clock.now, POLICY)
+                if subject_of(e) in {"S1", "S2"}]
     assert engine.ran == expected
     assert FetchIntent("S1", "I1") in engine.ran
     assert FetchPayment("S2", "P2") in engine.ran
@@ -102,7 +104,7 @@ async def test_an_approved_sale_whose_handover_wait_was_lost_is_recovered(
     late = T0 + STALE_AFTER + POLICY.handover_confirm_after + 10
     jobs, engine, _clock = build(store, late)
     assert "S3" in (await jobs.sweep_stale_sales())["swept"]
-    [rearmed] = [e for e in engine.ran if isinstance(e, ScheduleTimer) and e.sale_id == "S3"]
+    [rearmed] = [e for e in engine.ran if isinstance(e, ScheduleTimer) and e.owner == "S3"]
     assert rearmed.kind is TimerKind.HANDOVER
     assert rearmed.at <= late  # long past due: it fires at once and frees the lane
 

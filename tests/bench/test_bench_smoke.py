@@ -128,3 +128,15 @@ def test_end_to_end_benchmarks_refuse_bad_arguments(name: str, bad: list[str]) -
     done = run_bench(name, *bad)
     assert done.returncode == 2
     assert bad[0] in done.stderr
+
+
+def test_explore_reports_states_per_depth_against_its_reference(tmp_path: Path) -> None:
+    stdout, record = run_quick("explore", tmp_path)
+    results = record["results"]
+    assert results["violation"] is None
+    assert results["depth_reached"] == 3
+    assert [d["depth"] for d in results["per_depth"]] == [1, 2, 3]
+    assert sum(d["new_states"] for d in results["per_depth"]) + 1 == results["states"]
+    assert results["calibration_ms"] > 0
+    assert results["reference_steps_per_s"] > 0
+    assert "of the reference's core steps/s" in stdout

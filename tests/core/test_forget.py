@@ -17,11 +17,14 @@ from pointd.core.events import (
     OverrideDecision,
     OverrideGiven,
     PaymentNotFound,
+    RefundRequested,
+    RefundSent,
     SettledSalesForgotten,
     TimerExpired,
     TimerKind,
 )
 from pointd.core.machine import CoreState, Step, forget_settled, forgettable, step
+from pointd.core.refunds import facts_of
 from pointd.core.states import Refusal, SaleState
 from tests.core.scenario import (
     POLICY,
@@ -287,3 +290,31 @@ def test_json_round_trip_of_a_forgotten_state() -> None:
     assert CoreState.from_json(text) == run.state
     assert CoreState.from_json(text).to_json() == text
     assert dataclasses.replace(run.state, forgotten_through="") != run.state
+
+
+def _refund(run: Run, refund_id: str, sale_id: str, amount: int | None) -> None:
+    sale = run.state.sales.get(sale_id)
+    run.feed(RefundRequested(refund_id, f"lane1:{refund_id}", refund_id, sale_id, amount,
+                             "register", None, None if sale is None else facts_of(sale)))
+
+
+def test_refunds_are_forgotten_with_their_sale_and_keep_an_unfinished_one_alive() -> None:
+    run = Run()
+    run.feed(*paid(OLD, 1))
+    _refund(run, "RF-DONE", OLD, 500)
+    run.feed(RefundSent("RF-DONE", "9001", "REFUNDED", 500, "api"))
+    run.feed(*paid(KEPT, 2))
+    _refund(run, "RF-LIVE", KEPT, 500)  # sent, no answer yet
+    _refund(run, "RF-NOSALE", "S0404", 100)  # refused: no such sale
+    run.now += 10 * 86400
+    result = run.feed(SettledSalesForgotten(run.now - 86400))
+    assert result.rejection is None
+    book = run.state.refunds
+    # OLD and its settled refund go; KEPT stays for its refund in progress; the refusal of
+    # a refund of an unknown sale goes once it is as old as the forgotten sales.
+    assert set(run.state.sales) == {KEPT}
+    assert set(book.refunds) == {"RF-LIVE"}
+    assert dict(book.by_sale) == {KEPT: ("RF-LIVE",)}
+    assert set(book.by_request.values()) == {"RF-LIVE"}
+    # What is forgotten stays forgotten through a snapshot.
+    assert CoreState.from_json(run.state.to_json()) == run.state

@@ -40,7 +40,6 @@ from pointd.core.events import (
     HandoverConfirmed,
     IntentCreated,
     IntentObserved,
-    IntentState,
     ObservationSource,
     OverrideDecision,
     OverrideGiven,
@@ -52,10 +51,10 @@ from pointd.core.events import (
     TimerExpired,
     TimerKind,
 )
-from pointd.core.machine import TRANSITIONS, CoreState, step
+from pointd.core.machine import TRANSITIONS, CoreState, classify, step
 from pointd.core.recovery import recover
 from pointd.core.reference import ExternalReference
-from pointd.core.states import Refusal, SaleState
+from pointd.core.states import IntentState, Refusal, SaleState
 from tests.core.scenario import COLLECTOR, POLICY, STORE, T0, check_invariants
 
 S = SaleState
@@ -112,7 +111,8 @@ class CoreMachine(RuleBasedStateMachine):
             old = before.sales[result.sale_id].state
             new = after.sales[result.sale_id].state
             if new is not old:
-                assert new in TRANSITIONS[(old, type(event))].targets, (old, event, new)
+                trigger = classify(before.sales[result.sale_id], event, before, POLICY)[0]
+                assert new in TRANSITIONS[(old, trigger)].targets, (old, event, new)
         if result.rejection is None and result.sale_id is not None:
             self._remember(event, result.sale_id, after)
         for effect in result.effects:
@@ -240,7 +240,7 @@ class CoreMachine(RuleBasedStateMachine):
                                     None) for status in STATUSES] + [
                 PaymentNotFound(effect.payment_id)]
         if isinstance(effect, ScheduleTimer):
-            return [TimerExpired(effect.sale_id, effect.kind)]
+            return [effect.due_event()]
         return [None]
 
     # --- the adversary --------------------------------------------------------------------

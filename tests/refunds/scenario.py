@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pointd.core.events import RefundableSale, RefundRequested
+from pointd.core import machine
+from pointd.core.events import Event, RefundableSale, RefundRequested
+from pointd.core.records import CoreState, RefundBook
 from pointd.core.states import SaleState
+from pointd.core.table import Step
+from tests.core.scenario import POLICY, STORE
 
 SALE = "01JSALE0000000000000000001"
 LANE = 2
@@ -31,3 +35,9 @@ def asked(refund_id: str, amount: int | None = None, *, key: str | None = None,
         correlation_id=refund_id, sale_id=sale_id, amount_cents=amount, by="register",
         uid=None, sale=facts,
     )
+
+
+def step(book: RefundBook, event: Event, *, now: float) -> Step:
+    """One refund event through the core's one ``step``, on a state holding only ``book``."""
+    return machine.step(CoreState(store_id=STORE, refunds=book), event, now=now,
+                        policy=POLICY)

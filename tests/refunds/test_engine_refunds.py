@@ -8,7 +8,6 @@ from pointd.app.engine import Engine
 from pointd.cloud.errors import RefundNeedsPerson, RefundRetryLater
 from pointd.cloud.port import RefundView
 from pointd.core.events import RefundRefusal
-from pointd.core.machine import CoreState
 from pointd.core.refunds import REFUND_RESEND_AFTER, RefundStatus
 from tests.refunds.conftest import POLICY, STORE, Rig, eventually
 
@@ -91,14 +90,15 @@ async def test_the_refund_book_is_rebuilt_from_the_journal(rig: Rig) -> None:
     assert done.refund_id is not None
     await rig.settle(done.refund_id)
     await rig.engine.request_refund(sale_id=sale_id, amount_cents=9999, by="test")
-    restarted = Engine(journal=rig.journal, state=CoreState.empty(STORE), policy=POLICY,
-                       cloud=rig.cloud, register=rig.screens, wall_clock=rig.clock,
-                       timers=rig.clock)
-    assert restarted.refund_book == rig.engine.refund_book
-    assert restarted.refund_book.committed_cents(sale_id) == 300
-    # The sale table replays as before: refund events leave the sales untouched.
-    rebuilt = rig.journal.rebuild(STORE, POLICY)
-    assert rebuilt.sales[sale_id] == rig.engine.state.sales[sale_id]
+    for from_snapshot in (False, True):
+        rig.journal.write_snapshot(rig.engine.state, rig.journal.last_seq())
+        rebuilt = rig.journal.rebuild(STORE, POLICY, from_snapshot=from_snapshot)
+        restarted = Engine(journal=rig.journal, state=rebuilt, policy=POLICY,
+                           cloud=rig.cloud, register=rig.screens, wall_clock=rig.clock,
+                           timers=rig.clock)
+        assert restarted.refund_book == rig.engine.refund_book
+        assert restarted.refund_book.committed_cents(sale_id) == 300
+        assert rebuilt == rig.engine.state
 
 
 # Only refund intents wait on the terminal: an Orders refund answers final at once, so

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pointd.core import refunds as rf
+from pointd.core.effects import SendRefund
 from pointd.core.events import (
     RefundNotSent,
     RefundObserved,
@@ -16,8 +16,9 @@ from pointd.core.events import (
     RefundSent,
     RefundTimerExpired,
 )
-from pointd.core.refunds import RefundBook, RefundStatus, step
-from tests.refunds.scenario import PAID, SALE, T0, asked
+from pointd.core.records import RefundBook
+from pointd.core.states import RefundStatus
+from tests.refunds.scenario import PAID, SALE, T0, asked, step
 
 IDS = [f"R{n}" for n in range(6)]
 
@@ -60,7 +61,7 @@ def test_never_more_than_paid_and_one_refund_per_key(sequence: list[Any]) -> Non
         # What is done or may still happen never exceeds what was paid.
         assert book.committed_cents(SALE) <= PAID
         for effect in result.effects:
-            if isinstance(effect, rf.SendRefund):
+            if isinstance(effect, SendRefund):
                 assert effect.amount_cents > 0
                 # One key, one refund, one amount: a resend is the same request again.
                 assert key_amounts.setdefault(effect.idempotency_key,

@@ -9,7 +9,7 @@ import pytest
 
 from pointd.core.effects import Notice
 from pointd.core.machine import TRANSITIONS
-from pointd.core.states import Refusal, SaleState
+from pointd.core.states import HOLD_STATES, Refusal, SaleState
 from pointd.link import arq
 from pointd.link.frame import (
     MAX_PAYLOAD_SIZE,
@@ -20,7 +20,7 @@ from pointd.link.frame import (
 )
 from pointd.register.messages import ErrorCode, MessageType, decode_message
 from pointd.register.prompts import DISPLAY_WIDTH, LANGUAGES, prompt_for
-from pointd.register.session import _HOLD_STATES, _OUTCOMES
+from pointd.register.session import _OUTCOMES
 from tests.register.test_messages import GOLDEN
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "register-protocol.md").read_text()
@@ -87,7 +87,7 @@ def _codes(cell: str) -> set[str]:
 
 def test_hold_and_withdraw_reasons_are_the_states_the_code_sends() -> None:
     hold = {row[0].strip("`") for row in _table_rows("`reason` is the sale's state:")}
-    assert hold == {state.value for state in _HOLD_STATES}
+    assert hold == {state.value for state in HOLD_STATES}
     withdraw = {row[0].strip("`") for row in _table_rows("sale's new state, and says what")}
     # Every state an approved sale can move to other than by the register's handover.
     left_approval = {target for (state, _event), row in TRANSITIONS.items()

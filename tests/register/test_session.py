@@ -124,15 +124,15 @@ async def test_repeated_sale_is_the_same_sale(lane: Lane) -> None:
     outcome = await asyncio.wait_for(lane.emulator.sale(1500, correlation_id="S-4"), WAIT)
     assert outcome.outcome is m.Outcome.APPROVED
     assert len(of_type(lane, m.Result)) == results_before + 1  # latest state sent again
-    # The sale had ended: the repeat goes to the engine, which alone can tell a retry from
-    # an id reused for a new purchase; it never takes the lane.
+    # The session decides nothing: the repeat goes to the engine, which alone can tell a
+    # retry from an id reused for a new purchase.
     assert [r for r in lane.engine.requests if isinstance(r, SaleRequest)] == [
-        SaleRequest("S-4", 1500), SaleRequest("S-4", 1500, repeated=True)
+        SaleRequest("S-4", 1500), SaleRequest("S-4", 1500)
     ]
-    assert lane.session.open_sale is None
 
 
-async def test_repeating_the_open_sale_never_reaches_the_engine(lane: Lane) -> None:
+async def test_repeating_the_open_sale_is_answered_by_the_engine_not_started_again(
+        lane: Lane) -> None:
     first = asyncio.create_task(lane.emulator.sale(1503, correlation_id="S-4b"))
     await asyncio.wait_for(lane.engine.sale_requested.wait(), WAIT)
     await lane.emulator.send_message(m.Sale("S-4b", 1503))
@@ -140,8 +140,9 @@ async def test_repeating_the_open_sale_never_reaches_the_engine(lane: Lane) -> N
     assert status.state == "approved"
     await asyncio.wait_for(first, WAIT)
     assert [r for r in lane.engine.requests if isinstance(r, SaleRequest)] == [
-        SaleRequest("S-4b", 1503)
+        SaleRequest("S-4b", 1503), SaleRequest("S-4b", 1503)
     ]
+    assert list(lane.engine.states) == ["S-4b"]
 
 
 async def test_same_id_other_amount_is_an_error(lane: Lane) -> None:
@@ -157,7 +158,8 @@ async def test_one_sale_at_a_time_per_lane(lane: Lane) -> None:
     second = await asyncio.wait_for(lane.emulator.sale(1500, correlation_id="S-7"), WAIT)
     assert second.outcome is m.Outcome.REFUSED
     assert second.reason == "lane_busy"
-    assert [r.correlation_id for r in lane.engine.requests] == ["S-6"]
+    assert [r.correlation_id for r in lane.engine.requests] == ["S-6", "S-7"]
+    assert list(lane.engine.states) == ["S-6"]
     status = await asyncio.wait_for(lane.emulator.status("S-6"), WAIT)  # completes S-6
     assert status.state == "approved"
     await asyncio.wait_for(first, WAIT)
@@ -286,9 +288,12 @@ async def test_unplug_mid_sale_then_status_is_answered_after_reconnect(lane: Lan
     assert outcome.from_status
     assert outcome.outcome is m.Outcome.APPROVED
     assert StatusQuery("S-17") in lane.engine.requests
-    assert [r for r in lane.engine.requests if isinstance(r, SaleRequest)] == [
+    # A SALE repeated across the reconnect reaches the engine, which answers it as the same
+    # purchase: one sale only.
+    assert {r for r in lane.engine.requests if isinstance(r, SaleRequest)} == {
         SaleRequest("S-17", 1503)
-    ]
+    }
+    assert list(lane.engine.states) == ["S-17"]
 
 
 async def test_condition_is_shown_and_sent_again_after_a_new_hello(lane: Lane) -> None:

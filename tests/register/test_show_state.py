@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pointd.core.effects import Notice
-from pointd.core.states import FINAL_STATES, LaneCondition, Refusal, SaleState
+from pointd.core.states import LaneCondition, Refusal, SaleState
 from pointd.link.driver import LinkEvent, LinkUp, PayloadReceived
 from pointd.register import messages as m
 from pointd.register.prompts import prompt_for
@@ -153,22 +153,6 @@ async def test_every_condition(
     assert isinstance(display, m.Display)
     assert display.lines == prompt_for(condition, "en").lines
     assert display.correlation_id is None
-
-
-@pytest.mark.parametrize("state", sorted(FINAL_STATES | {SaleState.APPROVED}))
-async def test_final_states_free_the_lane(
-    running: tuple[RegisterSession, RecordingLink], state: SaleState
-) -> None:
-    session, link = running
-    link.deliver(m.Hello(("1.0",)).to_payload())
-    link.deliver(m.Sale("X-7", 500).to_payload())
-    for _ in range(10):
-        await asyncio.sleep(0)  # let the session's reader take both events
-    assert session.open_sale == "X-7"
-    await session.show_state("X-7", SaleState.PROCESSING)
-    assert session.open_sale == "X-7"
-    await session.show_state("X-7", state)
-    assert session.open_sale is None
 
 
 @pytest.mark.parametrize(

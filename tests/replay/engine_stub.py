@@ -7,6 +7,11 @@ cents, the way Mercado Pago's test cards decide by amount:
     ..01  OPEN, DECLINED
     ..02  OPEN, HELD (released only by a later approve())
     ..03  OPEN, then nothing until the register asks STATUS: the answer is APPROVED
+
+It answers a SALE the way the core's admission does (the session only translates): a
+correlation id it knows, with the same amount, is told its standing again; with another
+amount it is ERROR ``id_reused``; a new one while another sale is unfinished is refused as
+``lane_busy``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from pointd.core.states import FINAL_STATES, HANDOVER_ALLOWED_STATES, SaleState
+from pointd.core.states import FINAL_STATES, HANDOVER_ALLOWED_STATES, Refusal, SaleState
 from pointd.register import messages as msg
 from pointd.register.session import (
     CancelRequest,
@@ -66,7 +71,7 @@ class StubEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _show(self, cid: str, state: SaleState) -> None:
+    async def _show(self, cid: str, state: SaleState, *, repeated: bool = False) -> None:
         assert self.session is not None
         self.states[cid] = state
         amount = self.amounts[cid]
@@ -77,6 +82,7 @@ class StubEngine:
             payment_id=f"P{amount}" if approved else None,
             amount_cents=amount,
             card_last4=CARD_LAST4 if approved else None,
+            repeated_sale=repeated,
         )
 
     async def _run_sale(self, cid: str) -> None:
@@ -104,9 +110,16 @@ class StubEngine:
         """The session's handler."""
         self.requests.append(request)
         cid = request.correlation_id
-        if isinstance(request, SaleRequest) and request.repeated and cid in self.states:
-            # The daemon's answer to a retry of an ended sale: its standing again.
-            self._spawn(self._show(cid, self.states[cid]))
+        if isinstance(request, SaleRequest) and cid in self.states:
+            if self.amounts[cid] != request.amount_cents:
+                return RequestRejected(cid, msg.ErrorCode.ID_REUSED,
+                                       "this correlation id names a sale of another amount")
+            self._spawn(self._show(cid, self.states[cid], repeated=True))
+            return None
+        if isinstance(request, SaleRequest) and any(
+                state not in FINAL_STATES for state in self.states.values()):
+            assert self.session is not None
+            self._spawn(self.session.show_refusal(cid, Refusal.LANE_BUSY))
             return None
         if isinstance(request, SaleRequest):
             self.amounts[cid] = request.amount_cents
