@@ -20,7 +20,6 @@ other request, and the stream through a proxy, goes through httpx's own transpor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
@@ -163,6 +162,6 @@ class _Body(httpx.AsyncByteStream):
                 from None
 
     async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        # Abort, not close: nothing more is sent on a stream being left, and a TLS close
+        # waits for the peer's close_notify (up to 30 s), which would hold up a stop.
+        self._writer.transport.abort()
