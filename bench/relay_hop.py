@@ -428,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     factory = relay_floor.loop_factory()
     if args.consumer is not None:
-        with asyncio.Runner(loop_factory=factory) as runner:
+        # pointd's consumer runs on asyncio's own loop, as `pointd run` does; the floor's
+        # consumer keeps uvloop (the floor is the stack at its best).
+        consumer_loop = factory if args.consumer == "floor" else None
+        with asyncio.Runner(loop_factory=consumer_loop) as runner:
             runner.run(consumer_main(args))
         return 0
     if args.replicas == 2 and args.backend != "postgres":

@@ -45,6 +45,7 @@ from pointd.cloud.signature import SignatureInvalid, verify
 from pointd.relay import sse
 from pointd.relay.errors import RelayRefused, RelayUnreachable
 from pointd.relay.notification import Kind, read_body
+from pointd.relay.stream_transport import DirectStreamTransport, proxy_configured
 
 log = structlog.get_logger(__name__)
 
@@ -240,6 +241,17 @@ class RelayConsumer:
             headers={"authorization": f"Bearer {token}"},
             transport=transport,
         )
+        # The stream is read below httpcore (pointd.relay.stream_transport) unless a proxy
+        # or an injected transport must see it too.
+        self._stream_client = (
+            httpx.AsyncClient(
+                base_url=self._client.base_url,
+                headers=self._client.headers,
+                transport=DirectStreamTransport(),
+            )
+            if transport is None and not proxy_configured(base_url)
+            else self._client
+        )
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._failures = 0
         self._canary: tuple[int, float] | None = None
@@ -306,6 +318,8 @@ class RelayConsumer:
         """Send the last acknowledgement, if one is pending, and close the HTTP client."""
         await self.flush_acks()
         await self._client.aclose()
+        if self._stream_client is not self._client:
+            await self._stream_client.aclose()
 
     def _ack_soon(self, cursor: int) -> None:
         """Acknowledge in the background, coalesced: the ack only feeds the relay's lag
@@ -435,7 +449,7 @@ class RelayConsumer:
         events were handed to the handler. Raises StreamUnavailable when the relay cannot
         stream to this consumer (the caller long-polls instead)."""
         cursor = int(await _maybe_await(self._cursor_store.get()))
-        request = self._client.build_request(
+        request = self._stream_client.build_request(
             "GET",
             f"/stores/{self._store}/stream",
             headers={"accept": "text/event-stream", "last-event-id": str(cursor)},
@@ -445,7 +459,7 @@ class RelayConsumer:
         opening = asyncio.get_running_loop().time() + self._open_timeout
         try:
             async with asyncio.timeout_at(opening):
-                response = await self._client.send(request, stream=True)
+                response = await self._stream_client.send(request, stream=True)
         except TimeoutError:
             raise StreamUnavailable(self._not_opened) from None
         except httpx.TransportError as exc:

@@ -51,6 +51,10 @@ class StoreFeed:
         self.touched += 1
         self._wake()
 
+    def wake(self) -> None:
+        """Wake every waiter without claiming anything changed (a stream's client left)."""
+        self._wake()
+
     def frames_after(self, after: int) -> tuple[int, list[bytes]]:
         """The frames of positions after+1, after+2, … while they are kept, and the last
         position they reach (``after`` when the next one is not kept)."""

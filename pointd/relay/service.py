@@ -405,7 +405,7 @@ class RelayService:
             log.warning("store_read_failed", store=store, error=str(exc))
             return _error(503, "storage unavailable")
         self._last_poll[store] = self.clock()
-        return _EventStream(self, store, after)
+        return _EventStream(self, store, after, self._feeds[store])
 
     async def stream(self, store: str, after: int, send: Send, gone: asyncio.Event) -> None:
         """Send a store's events after ``after`` until ``gone`` or the relay closes."""
@@ -447,16 +447,12 @@ class RelayService:
                 quiet_since = loop.time()
                 self._last_poll[store] = self.clock()
                 continue
-            waiting = asyncio.ensure_future(changed.wait())
-            leaving = asyncio.ensure_future(gone.wait())
-            done, _pending = await asyncio.wait(
-                {waiting, leaving},
-                timeout=min(heartbeat_in, WAKE_RECHECK_INTERVAL),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            waiting.cancel()
-            leaving.cancel()
-            if not done:
+            # One future and one timer per wake-up, not two tasks: the client leaving
+            # wakes the feed too (_EventStream).
+            try:
+                async with asyncio.timeout(min(heartbeat_in, WAKE_RECHECK_INTERVAL)):
+                    await changed.wait()
+            except TimeoutError:
                 read_storage = True  # a wake-up may have been lost: look again
 
     async def store_ack(self, request: Request) -> Response:
@@ -693,11 +689,12 @@ class RelayService:
 class _EventStream(Response):
     """The answer of ``/stores/{id}/stream``: headers, an ``open`` message, then events."""
 
-    def __init__(self, service: RelayService, store: str, after: int) -> None:
+    def __init__(self, service: RelayService, store: str, after: int, feed: StoreFeed) -> None:
         super().__init__(media_type="text/event-stream")
         self._service = service
         self._store = store
         self._after = after
+        self._feed = feed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.Event()
@@ -706,6 +703,7 @@ class _EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
             gone.set()
+            self._feed.wake()  # the stream waits on its feed alone
 
         watcher = asyncio.get_running_loop().create_task(watch(), name="stream-disconnect")
         try:
