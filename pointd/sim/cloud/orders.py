@@ -35,7 +35,7 @@ import itertools
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -309,6 +309,7 @@ class OrderDesk:
             intent.stale_gets_left
         ):
             intent.stale_gets_left -= 1
+            self.world.fired["stale_gets"] += 1
             return self.order_json(intent, stale=True)
         return self.order_json(intent)
 
@@ -492,19 +493,22 @@ class OrderDesk:
         if world.config.webhook_url is None:
             return
         scenario = intent.scenario
-        if scenario.webhook is WebhookQuirk.NEVER:
-            return
         final = state in (FINISHED, CONFIRMATION_REQUIRED, CANCELED, ERROR, ABANDONED)
         if not (refund or final or world.config.notify_all_states):
             return
+        if scenario.webhook is WebhookQuirk.NEVER:
+            world.fired["webhook_missing"] += 1
+            return
         due = at + scenario.webhook_delay
-        delivery = self._delivery(intent, self.order_json(intent), at)
+        late = "webhook_late" if scenario.webhook_delay > 0 else None
+        delivery = replace(self._delivery(intent, self.order_json(intent), at), quirk=late)
         world.schedule_delivery(due, delivery)
         if scenario.webhook is WebhookQuirk.DUPLICATE:
-            world.schedule_delivery(due, delivery)
+            world.schedule_delivery(due, replace(delivery, quirk="webhook_duplicate"))
         if scenario.webhook is WebhookQuirk.OUT_OF_ORDER and final:
             stale = self.order_json(intent, stale=True)
-            world.schedule_delivery(due, self._delivery(intent, stale, at))
+            world.schedule_delivery(due, replace(self._delivery(intent, stale, at),
+                                                 quirk="webhook_out_of_order"))
 
     def _delivery(self, intent: SimIntent, order: dict[str, Any], at: float) -> Delivery:
         world = self.world
