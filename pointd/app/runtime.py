@@ -29,7 +29,6 @@ import fcntl
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 import structlog
 
 from pointd import __version__
-from pointd.app.checkout import Checkout, RegisterScreens
+from pointd.app.checkout import Checkout, RegisterScreens, new_sale_id
 from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
 from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
@@ -89,6 +88,8 @@ EXIT_FAILED = 1
 # How often the engine's health is looked at: a journal that cannot be written makes the
 # engine unhealthy, and the daemon must then fail within about this long.
 HEALTH_CHECK_INTERVAL = 1.0
+# Random bytes in a new sale or refund id (a ULID's 80 random bits).
+SALE_ID_ENTROPY = 10
 # Sale states announced in systemd's STATUS= line: the goods must stay at the checkout.
 _DO_NOT_HAND_OVER = frozenset({SaleState.HELD, SaleState.ESCALATED, SaleState.BLOCKED})
 
@@ -355,7 +356,12 @@ def _wire(
             pool=config.cloud.pool_timeout,
         ),
         transport=ports.cloud_transport,
+        clock=ports.monotonic,
+        random=ports.random,
     )
+
+    def new_id() -> str:
+        return new_sale_id(clock(), ports.entropy(SALE_ID_ENTROPY))
 
     # Built below; the closures by which lower parts report upward refer to them.
     checkout: Checkout
@@ -396,6 +402,7 @@ def _wire(
         on_step=on_step,
         ticket_numbers=SITE_RULES[site].requires_ticket_number,
         timers=ports.timers,
+        new_refund_id=new_id,
     )
 
     def usb_changed(change: TerminalChange) -> None:
@@ -421,14 +428,15 @@ def _wire(
 
     lanes = LaneTerminals(
         [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
-        catalog=DeviceCatalog(time.monotonic),
+        catalog=DeviceCatalog(ports.monotonic),
         fetch_devices=cloud.list_terminals,
         live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
         on_condition=on_condition,
         watch=watch,
         refresh_interval=config.terminals.refresh_interval,
     )
-    checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup)
+    checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup,
+                        new_id=new_id)
     links = {
         lane.number: LinkDriver(lane.register, baudrate=lane.baud,
                                 fresh_start_types=FRESH_START_TYPES,
@@ -455,6 +463,8 @@ def _wire(
             on_health_change=on_relay_health,
             canary_interval=config.relay.canary_interval,
             transport=ports.relay_transport,
+            clock=clock,
+            random=ports.random,
         )
         if config.relay.url and store_token is not None
         else None
@@ -465,6 +475,8 @@ def _wire(
         record_audit=journal_audit(journal, clock),
         read_group=config.control.read_group,
         admin_group=config.control.admin_group,
+        clock=clock,
+        monotonic=ports.monotonic,
     )
     handlers = DaemonHandlers(
         engine=engine,
@@ -488,6 +500,8 @@ def _wire(
         evaluate_relay=relay.evaluate_health if relay is not None else None,
         retention=journal,
         export_dir=Path(config.journal.path).parent / "exports",
+        timezone=ports.timezone,
+        scheduler=ports.job_scheduler,
     )
     return Parts(
         config=config, ports=ports, supervisor=supervisor, startup=startup, journal=journal,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pointd.core.reference import ExternalReference, ExternalReferenceError
 from pointd.journal.store import Journal
 from pointd.rig.chaos.cashier import SaleNote
 from pointd.rig.chaos.invariants import (
@@ -42,6 +43,27 @@ def relay_view(event: Mapping[str, Any]) -> RelayEventView:
         data_id = None if raw_id is None else str(raw_id)
         state = None if raw_state is None else str(raw_state)
     return RelayEventView(int(event["id"]), str(event.get("kind")), data_id, state)
+
+
+def store_record(record: Mapping[str, Any], store_id: str) -> dict[str, Any]:
+    """The simulator's record with only the webhooks about this store's intents and orders.
+
+    Stores sharing one account and one relay each check their own stream: another store's
+    notification is not one this store's relay stream should hold. Every other section is
+    left whole (the rules themselves tell this store's charges from foreign ones).
+    """
+    ours: set[str] = set()
+    for intent in record.get("intents") or ():
+        try:
+            if ExternalReference.parse(str(intent.get("external_reference"))).store == store_id:
+                ours.add(str(intent.get("id")))
+        except ExternalReferenceError:
+            continue
+    filtered = dict(record)
+    if isinstance(record.get("webhooks"), list):
+        filtered["webhooks"] = [w for w in record["webhooks"]
+                                if not isinstance(w, Mapping) or str(w.get("data_id")) in ours]
+    return filtered
 
 
 def register_views(notes: Iterable[SaleNote]) -> list[RegisterView]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -97,8 +96,7 @@ _TRANSACTION_DETAIL = {
 }
 
 
-def _ulid_like(prefix: str) -> str:
-    value = uuid.uuid4().int
+def _ulid_like(prefix: str, value: int) -> str:
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)
@@ -277,7 +275,7 @@ class OrderDesk:
             else self.world.config.abandon_after
         )
         intent = SimIntent(
-            id=_ulid_like("ORD"),
+            id=_ulid_like("ORD", self.world.new_uuid().int),
             device_id=terminal,
             amount=cents,
             external_reference=reference,
@@ -289,7 +287,7 @@ class OrderDesk:
             created_at=now,
             state_changed_at=now,
             api=ORDERS_API,
-            transaction_id=_ulid_like("PAY"),
+            transaction_id=_ulid_like("PAY", self.world.new_uuid().int),
         )
         return intent, expiration
 
@@ -388,7 +386,7 @@ class OrderDesk:
         entry = self.world.refund_now(payment, cents, now, "order")
         intent.order_refunds.append(
             {
-                "id": _ulid_like("REF"),
+                "id": _ulid_like("REF", self.world.new_uuid().int),
                 "transaction_id": intent.transaction_id,
                 "reference_id": str(entry["id"]),
                 "amount": units(cents),

@@ -276,9 +276,18 @@ _SETTLEMENT: Mapping[Outcome, tuple[str, str]] = {
 class SimWorld:
     """The simulated account; see the module docstring for the timing model."""
 
-    def __init__(self, config: SimConfig, *, start_wall: float) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        start_wall: float,
+        new_uuid: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
         self.config = config
         self.start_wall = start_wall
+        # Where intent, order, refund and webhook request ids come from (seeded by the
+        # deterministic simulation, random otherwise).
+        self.new_uuid = new_uuid
         # Each scripted fault counted when it actually happened: a quirky delivery attempted,
         # a notification withheld, a create answer lost, an error answered.
         self.fired: Counter[str] = Counter()
@@ -314,6 +323,10 @@ class SimWorld:
     def next_due(self) -> float | None:
         """When the earliest timer is due, or None."""
         return self._timers[0][0] if self._timers else None
+
+    def deliveries_pending(self) -> int:
+        """Webhook deliveries (first attempts and retries) still on the timeline."""
+        return sum(1 for _due, _seq, timer in self._timers if isinstance(timer, _Deliver))
 
     def _at(self, due: float, timer: _Timer) -> None:
         heapq.heappush(self._timers, (due, next(self._seq), timer))
@@ -513,7 +526,7 @@ class SimWorld:
             raise SimApiError(400, "bad_request", str(exc)) from None
         return self.open_intent(
             SimIntent(
-                id=str(uuid.uuid4()),
+                id=str(self.new_uuid()),
                 device_id=device_id,
                 amount=amount,
                 external_reference=reference,
@@ -1006,7 +1019,7 @@ class SimWorld:
         if self._busy(device_id):
             raise SimApiError(409, "conflict_error", "Device has a queued intent")
         refund = SimRefundIntent(
-            id=str(uuid.uuid4()),
+            id=str(self.new_uuid()),
             device_id=device_id,
             payment_id=payment.id,
             print_on_terminal=[str(t) for t in tickets],
