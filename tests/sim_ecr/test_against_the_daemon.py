@@ -21,7 +21,7 @@ from pointd.rig import RigLane, StoreRig, StoreSpec
 from pointd.sim.cloud.config import Delays
 from pointd.sim.cloud.scenarios import Outcome, Scenario, ScenarioRule
 from pointd.sim.ecr.lines import PtyCable, TcpCable
-from pointd.sim.ecr.register import Refused, Register
+from pointd.sim.ecr.register import Refused, Register, Result
 
 DEVICES = {1: "PAX_A910__ECR00000001", 2: "PAX_A910__ECR00000002"}
 # The daemon's start, a sale and a restart take seconds on a loaded 2-core machine.
@@ -66,6 +66,20 @@ async def running_store(tmp_path: Path, backend: str = "payment-intent",
     finally:
         for cable in cables.values():
             await cable.close()
+
+
+async def held_on_every_lane(store: Store, prefix: str,
+                             base: int) -> list[asyncio.Future[Result]]:
+    """A sale on each lane, scripted to wait for confirmation: in progress once all are held."""
+    for register in store.registers.values():
+        await register.hello(WITHIN)
+    for lane in DEVICES:
+        store.script(base + lane, Outcome.CONFIRMATION_APPROVED)
+    sales = [asyncio.ensure_future(register.sale(f"{prefix}{lane}", base + lane, within=WITHIN))
+             for lane, register in store.registers.items()]
+    for lane, register in store.registers.items():
+        await register.until(lambda r=register, c=f"{prefix}{lane}": c in r.held, WITHIN)
+    return sales
 
 
 @pytest.mark.parametrize("backend", ["payment-intent", "orders"])
@@ -119,15 +133,7 @@ async def test_a_resent_sale_is_the_same_sale_and_another_amount_is_id_reused(
 
 async def test_a_sale_rides_out_a_daemon_restart(tmp_path: Path) -> None:
     async with running_store(tmp_path, delays=SLOW_SETTLE) as store:
-        for register in store.registers.values():
-            await register.hello(WITHIN)
-        store.script(5001, Outcome.CONFIRMATION_APPROVED)
-        store.script(5002, Outcome.CONFIRMATION_APPROVED)
-        sales = [asyncio.ensure_future(store.registers[lane].sale(f"X{lane}", 5000 + lane,
-                                                                   within=WITHIN))
-                 for lane in DEVICES]
-        for lane, register in store.registers.items():
-            await register.until(lambda r=register, c=f"X{lane}": c in r.held, WITHIN)
+        sales = await held_on_every_lane(store, "X", 5000)
         assert await store.rig.stop_daemon() == 0
         await store.rig.start_daemon()
         results = await asyncio.gather(*sales)
@@ -152,15 +158,7 @@ async def test_line_noise_a_corrupt_frame_and_lost_acks_cost_nothing(tmp_path: P
 
 async def test_an_unplugged_cable_comes_back_and_the_sale_still_ends(tmp_path: Path) -> None:
     async with running_store(tmp_path, delays=SLOW_SETTLE) as store:
-        for register in store.registers.values():
-            await register.hello(WITHIN)
-        store.script(7001, Outcome.CONFIRMATION_APPROVED)
-        store.script(7002, Outcome.CONFIRMATION_APPROVED)
-        sales = [asyncio.ensure_future(store.registers[lane].sale(f"U{lane}", 7000 + lane,
-                                                                   within=WITHIN))
-                 for lane in DEVICES]
-        for lane, register in store.registers.items():
-            await register.until(lambda r=register, c=f"U{lane}": c in r.held, WITHIN)
+        sales = await held_on_every_lane(store, "U", 7000)
         pty, tcp = store.cables[1], store.cables[2]
         assert isinstance(pty, PtyCable)
         assert isinstance(tcp, TcpCable)
