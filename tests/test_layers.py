@@ -49,6 +49,9 @@ def test_every_layer_contract_is_kept() -> None:
         ("relay/client.py", "import pointd.sim.cloud", "production code never imports"),
         ("app/engine.py", "import pointd.relay.service", "the daemon runs no relay service"),
         ("link/frame.py", "import pointd.register.messages", "link/ knows no register"),
+        ("sim/ecr/wire.py", "import pointd.link.frame", "the second register implementation"),
+        ("sim/ecr/fields.py", "import pointd.register.messages",
+         "the second register implementation"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

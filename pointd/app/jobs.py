@@ -33,7 +33,8 @@ tasks) and the journal's connection belong to the loop's thread.
   the export itself is ``pointd.app.reconciliation_export`` (docs/reconciliation-export.md).
 
 A job that fails is logged and recorded in ``status()``; it runs again at its next time.
-Jobs read the time from the injected wall clock; only their firing follows the real clock.
+Jobs read the time from the injected wall clock; their firing follows the scheduler's clock
+(apscheduler's: the real one, unless the caller hands in another ``JobScheduler``).
 """
 
 from __future__ import annotations
@@ -199,6 +200,31 @@ def longest_quiet_interval(policy: Policy) -> float:
 # --- the scheduler -------------------------------------------------------------------------
 
 
+class JobScheduler(Protocol):
+    """What the jobs need of a scheduler (apscheduler's ``AsyncIOScheduler`` is one)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether it has started and not yet shut down."""
+        ...
+
+    def add_job(self, func: Callable[..., Any], trigger: Any = None, **kwargs: Any) -> Any:
+        """Register a job (``trigger`` None: run it once, as soon as started)."""
+        ...
+
+    def start(self) -> None:
+        """Start firing jobs on the running loop."""
+        ...
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop firing jobs."""
+        ...
+
+    def get_jobs(self) -> list[Any]:
+        """The jobs, each with ``id``, ``trigger`` and ``next_run_time``."""
+        ...
+
+
 @dataclass(slots=True)
 class JobRecord:
     """The last outcome of one job, for the technician's view."""
@@ -233,6 +259,7 @@ class DaemonJobs:
         retention_days: int = RETENTION_DAYS,
         compaction_interval: float = COMPACTION_INTERVAL,
         forget_after_days: float = FORGET_AFTER_DAYS,
+        scheduler: Callable[[dt.tzinfo], JobScheduler] | None = None,
     ) -> None:
         for name, value in (("sweep_interval", sweep_interval), ("stale_after", stale_after),
                             ("device_refresh_interval", device_refresh_interval),
@@ -280,7 +307,10 @@ class DaemonJobs:
             fraud_alerts=lambda: engine.state.fraud_alerts,
         )
         self.records: dict[str, JobRecord] = {}
-        self.scheduler = AsyncIOScheduler(timezone=self.timezone)
+        self.scheduler: JobScheduler = (
+            scheduler(self.timezone) if scheduler is not None
+            else AsyncIOScheduler(timezone=self.timezone)
+        )
         self._add(SWEEP_JOB, self.sweep_stale_sales, IntervalTrigger(seconds=sweep_interval))
         if refresh_devices is not None:
             self._add(DEVICE_REFRESH_JOB, self.refresh_devices,
@@ -314,14 +344,18 @@ class DaemonJobs:
 
     async def shutdown(self) -> None:
         """Stop the scheduler; a job in progress is cancelled (an export leaves no file)."""
-        if not self.scheduler.running:
+        if not self._running():
             return
         self.scheduler.shutdown(wait=False)
         # AsyncIOScheduler stops on the loop's next turn; wait, so that nothing fires after.
         for _ in range(_SHUTDOWN_TURNS):
-            if not self.scheduler.running:
+            if not self._running():
                 return
             await asyncio.sleep(0)
+
+    def _running(self) -> bool:
+        # A method, not the attribute: shutdown() changes it between two reads.
+        return self.scheduler.running
 
     def status(self) -> list[dict[str, Any]]:
         """Each job's trigger, next run and last outcome, JSON-able."""

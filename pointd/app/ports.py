@@ -1,14 +1,20 @@
 """The daemon's ports: everything outside the process that ``build`` wires the parts to.
 
-Production takes ``Ports.production()``: the wall clock and the event loop's timers, libusb
-and udev when this machine has them, systemd's notify socket when systemd started us, the
-real serial/socket opener and the network. The rig and the tests hand in their own: a
-simulated USB bus, a clock they move by hand, transports that misbehave. Nothing else in
-the daemon asks whether it is simulated.
+Production takes ``Ports.production()``: the wall clock, the monotonic clock and the event
+loop's timers, the operating system's randomness, the machine's time zone, apscheduler for
+the periodic jobs, libusb and udev when this machine has them, systemd's notify socket when
+systemd started us, the real serial/socket opener and the network. The rig and the tests
+hand in their own: a simulated USB bus, a clock they move by hand, transports that
+misbehave; the deterministic simulation (``pointd.rig.simulation``) replaces every clock,
+every random draw and the scheduler so that a seed replays a whole run. Nothing else in the
+daemon asks whether it is simulated.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +23,7 @@ import httpx
 import structlog
 
 from pointd.app.engine import LoopTimers, TimerService
+from pointd.app.jobs import JobScheduler
 from pointd.app.systemd_notify import Notifier, watchdog_interval
 from pointd.link.ports import Port, open_port
 from pointd.terminal import (
@@ -50,6 +57,15 @@ class Ports:
     # None: the real network (httpx's default transport).
     cloud_transport: httpx.AsyncBaseTransport | None = None
     relay_transport: httpx.AsyncBaseTransport | None = None
+    # Elapsed time (pacing, caches): never jumps, unlike the wall clock.
+    monotonic: Callable[[], float] = time.monotonic
+    # Uniform draws in [0, 1) for retry jitter, and bytes for the random part of new ids.
+    random: Callable[[], float] = random.random
+    entropy: Callable[[int], bytes] = os.urandom
+    # The zone of the end-of-day export; None: this machine's local time zone.
+    timezone: dt.tzinfo | None = None
+    # Makes the periodic jobs' scheduler for a zone; None: apscheduler on the event loop.
+    job_scheduler: Callable[[dt.tzinfo], JobScheduler] | None = None
 
     @classmethod
     def production(cls) -> Ports:

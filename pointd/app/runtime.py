@@ -31,7 +31,6 @@ import fcntl
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ import structlog
 
 from pointd import __version__
 from pointd.app import selfcheck
-from pointd.app.checkout import Checkout, RegisterScreens
+from pointd.app.checkout import Checkout, RegisterScreens, new_sale_id
 from pointd.app.control_handlers import DaemonHandlers, journal_audit, reconciliation
 from pointd.app.engine import Alert, Engine
 from pointd.app.jobs import DaemonJobs
@@ -94,6 +93,8 @@ EXIT_FAILED = 1
 # How often the engine's health is looked at: a journal that cannot be written makes the
 # engine unhealthy, and the daemon must then fail within about this long.
 HEALTH_CHECK_INTERVAL = 1.0
+# Random bytes in a new sale or refund id (a ULID's 80 random bits).
+SALE_ID_ENTROPY = 10
 
 
 class EngineUnhealthy(RuntimeError):
@@ -380,7 +381,12 @@ def _wire(
         ),
         transport=ports.cloud_transport,
         observer=metrics.observe_cloud_call,
+        clock=ports.monotonic,
+        random=ports.random,
     )
+
+    def new_id() -> str:
+        return new_sale_id(clock(), ports.entropy(SALE_ID_ENTROPY))
 
     # Built below; the closures by which lower parts report upward refer to them.
     checkout: Checkout
@@ -417,6 +423,7 @@ def _wire(
         on_step=on_step,
         ticket_numbers=SITE_RULES[site].requires_ticket_number,
         timers=ports.timers,
+        new_refund_id=new_id,
     )
 
     def usb_changed(change: TerminalChange) -> None:
@@ -445,7 +452,7 @@ def _wire(
 
     lanes = LaneTerminals(
         [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
-        catalog=DeviceCatalog(time.monotonic),
+        catalog=DeviceCatalog(ports.monotonic),
         fetch_devices=cloud.list_terminals,
         live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
         on_condition=on_condition,
@@ -456,7 +463,8 @@ def _wire(
         wall_clock=clock,
         on_change=terminals_changed,
     )
-    checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup)
+    checkout = Checkout(engine=engine, terminals=lanes, screens=screens, startup=startup,
+                        new_id=new_id)
     links = {
         lane.number: LinkDriver(lane.register, baudrate=lane.baud,
                                 fresh_start_types=FRESH_START_TYPES,
@@ -490,6 +498,8 @@ def _wire(
             delivery=config.relay.delivery,
             canary_interval=config.relay.canary_interval,
             transport=ports.relay_transport,
+            clock=clock,
+            random=ports.random,
         )
         if config.relay.url and store_token is not None
         else None
@@ -500,6 +510,8 @@ def _wire(
         record_audit=journal_audit(journal, clock),
         read_group=config.control.read_group,
         admin_group=config.control.admin_group,
+        clock=clock,
+        monotonic=ports.monotonic,
     )
     relay_status = RelayStatus(relay, cursor, clock)
     handlers = DaemonHandlers(
@@ -526,6 +538,8 @@ def _wire(
         evaluate_relay=relay.evaluate_health if relay is not None else None,
         retention=journal,
         export_dir=Path(config.journal.path).parent / "exports",
+        timezone=ports.timezone,
+        scheduler=ports.job_scheduler,
     )
     metrics.attach(
         LiveSources(

@@ -56,6 +56,9 @@ class RigLane:
     usb: tuple[str, str] | None = None
     # Pin the lane by its terminal's USB serial (needs ``usb``) instead of its device id.
     pin_by_serial: bool = False
+    # The lane's register port as the daemon opens it (a pty path or ``socket://host:port``)
+    # when the caller runs its own register there; None: the rig opens a RegisterEmulator.
+    register: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class StoreRig:
             self._stack.push_async_callback(self.relay.stop)
         self._sim = await self._stack.enter_async_context(self._sim_factory(self.sim_config()))
         for lane in self.spec.lanes:
+            if lane.register is not None:
+                continue
             emulator = await RegisterEmulator.open_pty(self.state_dir / f"register-{lane.number}")
             self.registers[lane.number] = emulator
             self._on_register(lane.number, emulator)
@@ -302,9 +307,8 @@ class StoreRig:
         return str(path)
 
     def _lane_table(self, lane: RigLane) -> dict[str, Any]:
-        table: dict[str, Any] = {"number": lane.number,
-                                 "register": self.registers[lane.number].device_path,
-                                 "baud": 115200}
+        register = lane.register or self.registers[lane.number].device_path
+        table: dict[str, Any] = {"number": lane.number, "register": register, "baud": 115200}
         if lane.pin_by_serial:
             assert lane.usb is not None, f"lane {lane.number} is pinned by a USB serial"
             table["terminal_serial"] = lane.usb[1]

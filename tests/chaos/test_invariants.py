@@ -6,7 +6,8 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from bench.chaos_invariants import (
+from pointd.core.states import SaleState
+from pointd.rig.chaos.invariants import (
     RULES,
     Evidence,
     JournalSale,
@@ -16,7 +17,6 @@ from bench.chaos_invariants import (
     check,
     count_by_rule,
 )
-from pointd.core.states import SaleState
 
 STORE = "chaos"
 TERMINAL = "PAX_A910__CHAOS0001"

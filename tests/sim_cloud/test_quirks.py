@@ -8,7 +8,7 @@ import pytest
 from pointd.cloud import errors
 from pointd.cloud.client import PointApiClient
 from pointd.sim.cloud import CloudSimulator
-from tests.sim_cloud.conftest import DEVICE, TOKEN, SimFactory, advance
+from tests.sim_cloud.conftest import DEVICE, TOKEN, Receiver, SimFactory, advance
 from tests.support.clock import ManualClock
 
 REF = "pd1_shop_1_S1_1"
@@ -100,3 +100,40 @@ async def test_one_get_per_second_is_enforced_when_configured(start_sim: SimFact
         assert limited.headers["retry-after"] == "1"
         await sim.advance(1.0)
         assert (await http.get(path)).status_code == 200
+
+
+async def test_faults_fired_counts_what_the_simulator_played_not_what_was_scripted(
+    client: PointApiClient, control: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    def fired() -> dict[str, int]:
+        return dict(control_record["faults_fired"])
+
+    scripts = [
+        {"amount": 2101, "webhook": "duplicate", "get_429": 1, "retry_after": 0},
+        {"amount": 2102, "webhook": "never"},
+        {"amount": 2103, "stale_gets": 2},
+        {"amount": 2104, "webhook": "out_of_order", "create_failure": "drop"},
+    ]
+    for script in scripts:
+        await control.post("/_sim/scenarios", json=script)
+    control_record = (await control.get("/_sim/record")).json()
+    assert fired() == {}  # scripted, nothing played yet
+    duplicated = await client.create_payment_intent(DEVICE, 2101, "pd1_shop_1_S1_1",
+                                                     ticket_number="T")
+    await client.get_payment_intent(duplicated.id)  # one 429 answered, then the intent
+    await advance(control, TO_THE_END)
+    await receiver.wait_for(2)
+    await client.create_payment_intent(DEVICE, 2102, "pd1_shop_1_S2_1", ticket_number="T")
+    await advance(control, TO_THE_END)
+    stale = await client.create_payment_intent(DEVICE, 2103, "pd1_shop_1_S3_1", ticket_number="T")
+    await advance(control, TO_THE_END)
+    await client.get_payment_intent(stale.id)  # the first of two stale answers
+    control_record = (await control.get("/_sim/record")).json()
+    assert fired() == {"intent_get_429": 1, "webhook_duplicate": 1, "webhook_missing": 1,
+                       "stale_gets": 1}
+    with pytest.raises(errors.OutcomeUnknown):
+        await client.create_payment_intent(DEVICE, 2104, "pd1_shop_1_S4_1", ticket_number="T")
+    await advance(control, TO_THE_END)
+    control_record = (await control.get("/_sim/record")).json()
+    assert fired()["create_dropped_after_create"] == 1
+    assert fired()["webhook_out_of_order"] == 1

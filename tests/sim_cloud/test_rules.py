@@ -275,7 +275,7 @@ async def test_record_lists_intents_and_payments(
         "rejected",
         1200,
     )
-    assert set(record) == {"intents", "payments", "refund_intents", "webhooks"}
+    assert set(record) == {"intents", "payments", "refund_intents", "webhooks", "faults_fired"}
 
 
 def test_sim_clock_scales_real_time_and_adds_advances() -> None:

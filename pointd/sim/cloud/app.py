@@ -61,6 +61,15 @@ def _error(exc: SimApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
+def _lose_create_answer(world: SimWorld, failure: CreateFailure) -> Response:
+    """The scripted answer to a create that was made: a 500, or a connection dropped mid-answer."""
+    if failure is CreateFailure.SERVER_ERROR:
+        world.fired["create_5xx_after_create"] += 1
+        return _error(SimApiError(500, "internal_error", "Internal server error"))
+    world.fired["create_dropped_after_create"] += 1
+    return DroppedResponse()
+
+
 def _key(request: Request) -> str | None:
     return request.headers.get("x-idempotency-key") or None
 
@@ -165,10 +174,8 @@ def build_app(sim: Simulation) -> Starlette:
         body = await _json_body(request)
         intent, failure = world.create_intent(request.path_params["device_id"], body, now())
         sim.sync()
-        if failure is CreateFailure.SERVER_ERROR:
-            return _error(SimApiError(500, "internal_error", "Internal server error"))
-        if failure is CreateFailure.DROP:
-            return DroppedResponse()
+        if failure is not None:
+            return _lose_create_answer(world, failure)
         return JSONResponse(world.created_json(intent), status_code=sim.config.create_status)
 
     async def cancel_intent(request: Request) -> Response:
@@ -219,10 +226,8 @@ def build_app(sim: Simulation) -> Starlette:
         body = await _json_body(request)
         status, order, failure = orders.create(body, _key(request), now())
         sim.sync()
-        if failure is CreateFailure.SERVER_ERROR:
-            return _error(SimApiError(500, "internal_error", "Internal server error"))
-        if failure is CreateFailure.DROP:
-            return DroppedResponse()
+        if failure is not None:
+            return _lose_create_answer(world, failure)
         return JSONResponse(order, status_code=status)
 
     async def get_order(request: Request) -> Response:

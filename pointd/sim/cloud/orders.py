@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import itertools
 import re
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -97,8 +96,7 @@ _TRANSACTION_DETAIL = {
 }
 
 
-def _ulid_like(prefix: str) -> str:
-    value = uuid.uuid4().int
+def _ulid_like(prefix: str, value: int) -> str:
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)
@@ -277,7 +275,7 @@ class OrderDesk:
             else self.world.config.abandon_after
         )
         intent = SimIntent(
-            id=_ulid_like("ORD"),
+            id=_ulid_like("ORD", self.world.new_uuid().int),
             device_id=terminal,
             amount=cents,
             external_reference=reference,
@@ -289,7 +287,7 @@ class OrderDesk:
             created_at=now,
             state_changed_at=now,
             api=ORDERS_API,
-            transaction_id=_ulid_like("PAY"),
+            transaction_id=_ulid_like("PAY", self.world.new_uuid().int),
         )
         return intent, expiration
 
@@ -309,6 +307,7 @@ class OrderDesk:
             intent.stale_gets_left
         ):
             intent.stale_gets_left -= 1
+            self.world.fired["stale_gets"] += 1
             return self.order_json(intent, stale=True)
         return self.order_json(intent)
 
@@ -387,7 +386,7 @@ class OrderDesk:
         entry = self.world.refund_now(payment, cents, now, "order")
         intent.order_refunds.append(
             {
-                "id": _ulid_like("REF"),
+                "id": _ulid_like("REF", self.world.new_uuid().int),
                 "transaction_id": intent.transaction_id,
                 "reference_id": str(entry["id"]),
                 "amount": units(cents),
@@ -492,19 +491,22 @@ class OrderDesk:
         if world.config.webhook_url is None:
             return
         scenario = intent.scenario
-        if scenario.webhook is WebhookQuirk.NEVER:
-            return
         final = state in (FINISHED, CONFIRMATION_REQUIRED, CANCELED, ERROR, ABANDONED)
         if not (refund or final or world.config.notify_all_states):
             return
+        if scenario.webhook is WebhookQuirk.NEVER:
+            world.fired["webhook_missing"] += 1
+            return
         due = at + scenario.webhook_delay
-        delivery = self._delivery(intent, self.order_json(intent), at)
+        late = "webhook_late" if scenario.webhook_delay > 0 else None
+        delivery = replace(self._delivery(intent, self.order_json(intent), at), quirk=late)
         world.schedule_delivery(due, delivery)
         if scenario.webhook is WebhookQuirk.DUPLICATE:
-            world.schedule_delivery(due, delivery)
+            world.schedule_delivery(due, replace(delivery, quirk="webhook_duplicate"))
         if scenario.webhook is WebhookQuirk.OUT_OF_ORDER and final:
             stale = self.order_json(intent, stale=True)
-            world.schedule_delivery(due, self._delivery(intent, stale, at))
+            world.schedule_delivery(due, replace(self._delivery(intent, stale, at),
+                                                 quirk="webhook_out_of_order"))
 
     def _delivery(self, intent: SimIntent, order: dict[str, Any], at: float) -> Delivery:
         world = self.world

@@ -10,6 +10,11 @@ before it returns, so a test that advances the clock can assert on the result at
 
 Webhook batches are delivered in order, one POST at a time, each signed as Mercado Pago
 signs (``pointd.cloud.signature``) with a fresh ``x-request-id``.
+
+``async with CloudSimulator(...)`` serves the app on loopback with uvicorn. The deterministic
+simulation (``pointd.rig.simulation``) instead hands in its virtual clock and an in-memory
+transport for the webhooks, calls ``start_delivery`` / ``stop_delivery``, and serves
+``app`` itself.
 """
 
 from __future__ import annotations
@@ -162,12 +167,23 @@ class LoopbackServer:
 class CloudSimulator:
     """The Mercado Pago cloud simulator, embeddable with ``async with``."""
 
-    def __init__(self, config: SimConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: SimClock | None = None,
+        webhook_transport: httpx.AsyncBaseTransport | None = None,
+        new_uuid: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
         self.config = config
         start_wall = config.start_time if config.start_time is not None else time.time()
-        self.world = SimWorld(config, start_wall=start_wall)
+        self.world = SimWorld(config, start_wall=start_wall, new_uuid=new_uuid)
         self.orders = OrderDesk(self.world)
-        self.clock = SimClock(config.time_scale)
+        self.clock = clock if clock is not None else SimClock(config.time_scale)
+        self.app = build_app(self)
+        self._webhook_transport = webhook_transport
         self._host = host
         self._port = port
         self._wake = asyncio.Event()
@@ -187,16 +203,9 @@ class CloudSimulator:
         return self._server.base_url
 
     async def __aenter__(self) -> Self:
-        self._http = httpx.AsyncClient(
-            timeout=WEBHOOK_ANSWER_TIMEOUT, follow_redirects=False, verify=_tls_context()
-        )
-        self._server = LoopbackServer(build_app(self), host=self._host, port=self._port)
-        try:
-            await self._server.__aenter__()
-        except BaseException:
-            await self._http.aclose()
-            raise
-        self._driver = asyncio.create_task(self._drive())
+        self._server = LoopbackServer(self.app, host=self._host, port=self._port)
+        await self._server.__aenter__()
+        self.start_delivery()
         log.info("sim.cloud.started", url=self.base_url, time_scale=self.clock.time_scale)
         return self
 
@@ -206,17 +215,33 @@ class CloudSimulator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.stop_delivery()
+        if self._server is not None:
+            await self._server.aclose()
+
+    def start_delivery(self) -> None:
+        """Start the timer driver and the webhook client (``async with`` does it)."""
+        if self._webhook_transport is not None:
+            self._http = httpx.AsyncClient(timeout=WEBHOOK_ANSWER_TIMEOUT, follow_redirects=False,
+                                           transport=self._webhook_transport)
+        else:
+            self._http = httpx.AsyncClient(timeout=WEBHOOK_ANSWER_TIMEOUT,
+                                           follow_redirects=False, verify=_tls_context())
+        self._driver = asyncio.create_task(self._drive(), name="sim-cloud-driver")
+
+    async def stop_delivery(self) -> None:
+        """Stop the driver and any delivery in flight, and close the webhook client."""
         if self._driver is not None:
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
+            self._driver = None
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._server is not None:
-            await self._server.aclose()
         if self._http is not None:
             await self._http.aclose()
+            self._http = None
 
     # -- time ------------------------------------------------------------------------
 
@@ -224,7 +249,7 @@ class CloudSimulator:
         """Bring the world up to the clock; send what fell due in the background."""
         deliveries = self.world.run_due(self.clock.now())
         if deliveries:
-            task = asyncio.create_task(self.deliver(deliveries))
+            task = asyncio.create_task(self.deliver(deliveries), name="sim-cloud-webhooks")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         self._wake.set()
@@ -267,7 +292,7 @@ class CloudSimulator:
         target = f"{url}{'&' if '?' in url else '?'}{query}"
         wall = self.world.start_wall + self.clock.now()
         ts = str(int(wall * 1000)) if self.config.signature_ts_unit == "ms" else str(int(wall))
-        request_id = str(uuid.uuid4())
+        request_id = str(self.world.new_uuid())
         headers = {
             "content-type": "application/json",
             "x-request-id": request_id,

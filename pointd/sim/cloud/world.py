@@ -32,8 +32,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -196,6 +197,9 @@ class Delivery:
     retried: bool = True
     # The id the x-signature manifest uses when it differs from data_id (lower-cased ORD ids).
     signed_id: str | None = None
+    # The scripted quirk this delivery plays (``webhook_duplicate``, ...), counted in
+    # ``SimWorld.fired`` when its first attempt is made.
+    quirk: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,9 +276,21 @@ _SETTLEMENT: Mapping[Outcome, tuple[str, str]] = {
 class SimWorld:
     """The simulated account; see the module docstring for the timing model."""
 
-    def __init__(self, config: SimConfig, *, start_wall: float) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        start_wall: float,
+        new_uuid: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
         self.config = config
         self.start_wall = start_wall
+        # Where intent, order, refund and webhook request ids come from (seeded by the
+        # deterministic simulation, random otherwise).
+        self.new_uuid = new_uuid
+        # Each scripted fault counted when it actually happened: a quirky delivery attempted,
+        # a notification withheld, a create answer lost, an error answered.
+        self.fired: Counter[str] = Counter()
         self.devices = {d.id: DeviceState(d, d.operating_mode) for d in config.devices}
         self.intents: dict[str, SimIntent] = {}
         self.payments: dict[int, SimPayment] = {}
@@ -307,6 +323,10 @@ class SimWorld:
     def next_due(self) -> float | None:
         """When the earliest timer is due, or None."""
         return self._timers[0][0] if self._timers else None
+
+    def deliveries_pending(self) -> int:
+        """Webhook deliveries (first attempts and retries) still on the timeline."""
+        return sum(1 for _due, _seq, timer in self._timers if isinstance(timer, _Deliver))
 
     def _at(self, due: float, timer: _Timer) -> None:
         heapq.heappush(self._timers, (due, next(self._seq), timer))
@@ -506,7 +526,7 @@ class SimWorld:
             raise SimApiError(400, "bad_request", str(exc)) from None
         return self.open_intent(
             SimIntent(
-                id=str(uuid.uuid4()),
+                id=str(self.new_uuid()),
                 device_id=device_id,
                 amount=amount,
                 external_reference=reference,
@@ -583,6 +603,7 @@ class SimWorld:
     def _check_get(self, intent: SimIntent, now: float) -> None:
         if intent.get_429_left:
             intent.get_429_left -= 1
+            self.fired["intent_get_429"] += 1
             raise SimApiError(
                 429,
                 "too_many_requests",
@@ -591,6 +612,7 @@ class SimWorld:
             )
         if intent.get_5xx_left:
             intent.get_5xx_left -= 1
+            self.fired["intent_get_5xx"] += 1
             raise SimApiError(503, "internal_error", "Service unavailable")
         if self.config.enforce_get_rate_limit:
             last = intent.last_get_at
@@ -605,6 +627,7 @@ class SimWorld:
         state = intent.state
         if state in FINAL and intent.stale_gets_left:
             intent.stale_gets_left -= 1
+            self.fired["stale_gets"] += 1
             return self._intent_json(intent, ON_TERMINAL, with_payment=False)
         return self._intent_json(intent, state, with_payment=True)
 
@@ -683,18 +706,22 @@ class SimWorld:
             return
         state = intent.state
         quirk = intent.scenario.webhook
-        if quirk is WebhookQuirk.NEVER:
-            return
         if state not in FINAL and not self.config.notify_all_states:
             return
+        if quirk is WebhookQuirk.NEVER:
+            self.fired["webhook_missing"] += 1
+            return
         due = at + intent.scenario.webhook_delay
-        delivery = Delivery(POINT_TOPIC, intent.id, state, self.intent_webhook_body(intent, state))
+        late = "webhook_late" if intent.scenario.webhook_delay > 0 else None
+        delivery = Delivery(POINT_TOPIC, intent.id, state, self.intent_webhook_body(intent, state),
+                            quirk=late)
         self._at(due, _Deliver(delivery))
         if quirk is WebhookQuirk.DUPLICATE:
-            self._at(due, _Deliver(delivery))
+            self._at(due, _Deliver(replace(delivery, quirk="webhook_duplicate")))
         if quirk is WebhookQuirk.OUT_OF_ORDER and state in FINAL:
             stale = self.intent_webhook_body(intent, ON_TERMINAL)
-            self._at(due, _Deliver(Delivery(POINT_TOPIC, intent.id, ON_TERMINAL, stale)))
+            self._at(due, _Deliver(Delivery(POINT_TOPIC, intent.id, ON_TERMINAL, stale,
+                                            quirk="webhook_out_of_order")))
 
     def intent_webhook_body(self, intent: SimIntent, state: str) -> dict[str, Any]:
         """A ``point_integration_wh`` body as Mercado Pago documents it (seed 000/001)."""
@@ -724,6 +751,8 @@ class SimWorld:
         now: float,
     ) -> None:
         """Record one attempt; schedule the retry when it was not answered 2xx."""
+        if delivery.quirk is not None and delivery.attempt == 1:
+            self.fired[delivery.quirk] += 1
         self.webhook_attempts.append(
             {
                 "topic": delivery.topic,
@@ -990,7 +1019,7 @@ class SimWorld:
         if self._busy(device_id):
             raise SimApiError(409, "conflict_error", "Device has a queued intent")
         refund = SimRefundIntent(
-            id=str(uuid.uuid4()),
+            id=str(self.new_uuid()),
             device_id=device_id,
             payment_id=payment.id,
             print_on_terminal=[str(t) for t in tickets],
@@ -1053,6 +1082,7 @@ class SimWorld:
         """Consume one injected GET fault (``/_sim/faults``), if any is left."""
         if self.get_faults["get_429"]:
             self.get_faults["get_429"] -= 1
+            self.fired["api_429_burst"] += 1
             raise SimApiError(
                 429,
                 "too_many_requests",
@@ -1061,6 +1091,7 @@ class SimWorld:
             )
         if self.get_faults["get_5xx"]:
             self.get_faults["get_5xx"] -= 1
+            self.fired["api_5xx_burst"] += 1
             raise SimApiError(503, "internal_error", "Service unavailable")
 
     def record(self) -> dict[str, Any]:
@@ -1107,4 +1138,5 @@ class SimWorld:
                 for r in self.refunds.values()
             ],
             "webhooks": list(self.webhook_attempts),
+            "faults_fired": dict(sorted(self.fired.items())),
         }

@@ -12,7 +12,7 @@ setting one against another, never against pointd's own opinion of itself:
   payment id, which relayed notifications were journaled, and the audit trail of every
   supervisor override;
 * the relay's store stream, read through the store delivery API: what the relay stored;
-* the register emulators' own notes: what each cashier asked for and was told, and whether
+* the registers' own notes: what each cashier asked for and was told, and whether
   an outcome arrived as a RESULT or only in answer to STATUS.
 
 The run also names the terminals pinned to its lanes: every approved charge on them must be

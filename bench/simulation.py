@@ -1,0 +1,102 @@
+"""The deterministic simulation's speed, and an exploration of many seeds.
+
+``python bench/simulation.py --total-sales 100000`` runs seeds one after the other from
+``--seed`` (each ``--sales`` sales over two stores, four lanes, faults every 30 simulated
+seconds, ``pointd.rig.simulation``) until the total is reached, and prints simulated sales
+per second of real time, seeds per minute and the ratio of simulated to real time, with the
+CPU calibration of ``run_record.py`` measured in the same run (sales per second per
+calibration is the figure that compares across machines). Real time is the reference: a
+ratio above 1 is faster than the store itself. A failing seed is reported with its replay
+command (``python -m pointd.rig.simulation --seed N ...``) and makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from run_record import (  # noqa: E402
+    add_run_arguments,
+    calibration_ms,
+    describe_machine,
+    print_machine,
+    save_json,
+)
+
+from pointd.rig.simulation.__main__ import line, replay_command  # noqa: E402
+from pointd.rig.simulation.shrink import run_once  # noqa: E402
+from pointd.rig.simulation.store import SimOptions  # noqa: E402
+
+QUICK_TOTAL = 40
+
+
+def explore(first_seed: int, sales: int, total: int) -> dict[str, Any]:
+    """Run seeds until ``total`` sales were simulated; the figures."""
+    started = time.perf_counter()
+    seeds = simulated = made = 0
+    failed: list[str] = []
+    seed = first_seed
+    while made < total:
+        options = SimOptions(seed, sales=sales)
+        report = run_once(options)
+        seeds += 1
+        made += sales
+        simulated += report.simulated_seconds
+        print(f"  {line(report)}", flush=True)
+        if not report.passed:
+            failed.append(replay_command(options))
+        seed += 1
+    wall = time.perf_counter() - started
+    return {
+        "seeds": seeds, "sales": made, "sales_per_seed": sales,
+        "wall_seconds": round(wall, 1), "simulated_seconds": round(simulated, 1),
+        "sales_per_second": round(made / wall, 1),
+        "seeds_per_minute": round(seeds * 60 / wall, 1),
+        "simulated_per_real": round(simulated / wall, 1),
+        "failed_seeds": failed,
+    }
+
+
+def main(argv: list[str]) -> int:
+    """``python bench/simulation.py [--total-sales N] [--sales N] [--seed N]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=1, help="the first seed (default 1)")
+    parser.add_argument("--sales", type=int, default=200, help="sales per seed (default 200)")
+    parser.add_argument("--total-sales", type=int, default=100_000,
+                        help="stop once this many sales were simulated (default 100000)")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.sales < 1 or args.total_sales < 1:
+        parser.error("--sales and --total-sales must be at least 1")
+    total = QUICK_TOTAL if args.quick else args.total_sales
+    sales = min(args.sales, total)
+    machine = describe_machine()
+    print_machine("pointd deterministic simulation: seeds explored", machine)
+    calibration = calibration_ms()
+    print(f"calibration: {calibration:.1f} ms (run_record's pure-Python loop, best of 5)")
+    figures = explore(args.seed, sales, total)
+    figures["calibration_ms"] = round(calibration, 1)
+    figures["sales_per_second_per_calibration_ms"] = round(
+        figures["sales_per_second"] * calibration, 1)
+    print(f"\n{figures['sales']} sales in {figures['seeds']} seeds: "
+          f"{figures['sales_per_second']} simulated sales/s, {figures['seeds_per_minute']} "
+          f"seeds/min, {figures['simulated_per_real']}x real time "
+          f"({figures['sales_per_second_per_calibration_ms']} sales/s x calibration ms)")
+    for command in figures["failed_seeds"]:
+        print(f"FAILED: {command}")
+    if args.json is not None:
+        figures["machine"] = machine
+        print(f"figures written to {save_json('simulation', args.json, figures)}")
+    return 1 if figures["failed_seeds"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
