@@ -468,6 +468,7 @@ def _wire(
     links = {
         lane.number: LinkDriver(lane.register, baudrate=lane.baud,
                                 fresh_start_types=FRESH_START_TYPES,
+                                enq_first=True,
                                 opener=ports.open_register_port,
                                 wall_clock=clock,
                                 on_change=lambda _status: handlers.publish_status())

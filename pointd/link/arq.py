@@ -91,11 +91,21 @@ def initial_state(now: float, timers: LinkTimers | None = None,
 
 
 def start(now: float, timers: LinkTimers | None = None,
-          fresh_start_types: frozenset[int] = frozenset()) -> tuple[ArqState, list[Action]]:
-    """A fresh link with its keep-alive timer armed: what a driver runs on opening."""
+          fresh_start_types: frozenset[int] = frozenset(),
+          *, enq_first: bool = False) -> tuple[ArqState, list[Action]]:
+    """A fresh link with its timer armed: what a driver runs on opening.
+
+    ``enq_first`` sends an ENQ before anything else. Our numbering starts again at 01, and
+    a peer that did not notice (we restarted, or only we declared the link down) may have
+    accepted 01 last: it would drop our first message as a repeat. The ENQ carries nothing,
+    so it may be dropped; whatever it is, the number after it differs from the peer's last.
+    """
     state = initial_state(now, timers, fresh_start_types)
+    actions: list[Action] = []
+    if enq_first:
+        state, actions = _transmit(state, EnqFrame(state.next_seq), None, now)
     deadline = _deadline(state)
-    return replace(state, armed=deadline), [StartTimer(deadline)]
+    return replace(state, armed=deadline), [*actions, StartTimer(deadline)]
 
 
 # --- events -----------------------------------------------------------------------------

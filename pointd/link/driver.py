@@ -109,6 +109,7 @@ class ArqConnection:
         timers: arq.LinkTimers | None = None,
         tap: ByteTap | None = None,
         fresh_start_types: frozenset[int] = frozenset(),
+        enq_first: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._port = port
@@ -125,7 +126,9 @@ class ArqConnection:
         self.lost_reason: str | None = None
         # Frames sent again for want of an ACK (or after a NAK) on this connection.
         self.retransmits = 0
-        self._state, actions = arq.start(self._loop.time(), timers, fresh_start_types)
+        self._state, actions = arq.start(
+            self._loop.time(), timers, fresh_start_types, enq_first=enq_first
+        )
         self._loop.add_reader(self._fd, self._on_readable)
         self._apply(actions)
 
@@ -283,6 +286,7 @@ class LinkDriver:
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
         opener: Callable[[str, int], Awaitable[Port]] = open_port,
         fresh_start_types: frozenset[int] = frozenset(),
+        enq_first: bool = False,
         wall_clock: Callable[[], float] = time.time,
         on_change: Callable[[LinkStatus], None] | None = None,
     ) -> None:
@@ -298,6 +302,7 @@ class LinkDriver:
         self._max_delay = reconnect_max_delay
         self._open_port = opener
         self._fresh_start_types = fresh_start_types
+        self._enq_first = enq_first
         self._events: asyncio.Queue[LinkEvent] = asyncio.Queue()
         self._connection: ArqConnection | None = None
         self._stopping = asyncio.Event()
@@ -388,6 +393,7 @@ class LinkDriver:
                 timers=self._timers,
                 tap=self._tap,
                 fresh_start_types=self._fresh_start_types,
+                enq_first=self._enq_first,
             )
             self._generation += 1
             if self._tap is not None:

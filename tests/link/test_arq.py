@@ -231,3 +231,54 @@ def test_every_payload_delivered_exactly_once_in_order_or_link_down(
     if not down:
         assert confirmed == list(range(len(payloads)))
         assert delivered == payloads
+
+
+def _exchange(
+    sender: arq.ArqState, receiver: arq.ArqState, pending: list[arq.Action], now: float
+) -> tuple[arq.ArqState, arq.ArqState, list[bytes]]:
+    """Carry frames both ways until neither side writes; what the receiver delivered."""
+    delivered: list[bytes] = []
+    to_receiver = [a.data for a in pending if isinstance(a, Write)]
+    while to_receiver:
+        to_sender: list[bytes] = []
+        for data in to_receiver:
+            receiver, actions = arq.on_event(receiver, arq.event_for_frame(parse_frame(data)), now)
+            delivered += [a.payload for a in actions if isinstance(a, Deliver)]
+            to_sender += [a.data for a in actions if isinstance(a, Write)]
+        to_receiver = []
+        for data in to_sender:
+            sender, actions = arq.on_event(sender, arq.event_for_frame(parse_frame(data)), now)
+            to_receiver += [a.data for a in actions if isinstance(a, Write)]
+    return sender, receiver, delivered
+
+
+def _peer_after_a_run_of(frames: int) -> arq.ArqState:
+    """A register that accepted ``frames`` messages from the daemon's previous run."""
+    daemon, register = fresh(), fresh()
+    for n in range(frames):
+        daemon, actions = arq.on_event(daemon, SendRequested(n, b"D"), 0.0)
+        daemon, register, _ = _exchange(daemon, register, actions, 0.0)
+    return register
+
+
+def test_a_restart_the_peer_did_not_notice_drops_the_first_message_without_the_enq() -> None:
+    # The daemon's previous run sent one message (SEQ 01); it restarts and numbers from 01.
+    register = _peer_after_a_run_of(1)
+    daemon, opening = arq.start(1.0, TIMERS)
+    daemon, actions = arq.on_event(daemon, SendRequested(1, b"Rid=S1"), 1.0)
+    _, _, delivered = _exchange(daemon, register, opening + actions, 1.0)
+    assert delivered == []  # taken for a retransmission: the failure enq_first prevents
+
+
+@settings(max_examples=60, deadline=None)
+@given(earlier_frames=st.integers(min_value=0, max_value=600))
+def test_enq_first_makes_the_first_message_after_a_restart_new_for_the_peer(
+    earlier_frames: int,
+) -> None:
+    register = _peer_after_a_run_of(earlier_frames)
+    daemon, opening = arq.start(1.0, TIMERS, enq_first=True)
+    assert writes(opening) == [EnqFrame(1)]
+    daemon, actions = arq.on_event(daemon, SendRequested(1, b"Rid=S1"), 1.0)
+    assert actions == []  # half duplex: it waits for the ENQ's ACK
+    daemon, register, delivered = _exchange(daemon, register, opening, 1.0)
+    assert delivered == [b"Rid=S1"]
