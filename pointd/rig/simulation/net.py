@@ -117,12 +117,13 @@ class Host:
         # A client that gave up (read timeout) or died no longer waits for this answer; one
         # that still waits gets the error all the same.
         answer.add_done_callback(_seen, context=contextvars.Context())
-        process.spawn(self._serve(app, process, scope, body, gone, answer),
+        process.spawn(self._serve(app, scope, body, gone, answer, process=process),
                       f"{self.name}-request")
         return answer
 
-    async def _serve(self, app: ASGIApp, process: Process, scope: dict[str, Any], body: bytes,
-                     gone: asyncio.Event, answer: asyncio.Future[_Answer]) -> None:
+    async def _serve(self, app: ASGIApp, scope: dict[str, Any], body: bytes,
+                     gone: asyncio.Event, answer: asyncio.Future[_Answer], *,
+                     process: Process) -> None:
         try:
             result = await _call(app, scope, body, gone)
         except Exception as exc:  # a server answers 500 for what its app raised, and logs it
