@@ -116,6 +116,16 @@ def sale_event(sale: Sale) -> dict[str, Any]:
 
 def sale_summary(sale: Sale) -> dict[str, Any]:
     """A sale's list row built from the core state (same fields as a ``sales`` row)."""
+    return _summary(sale, sale.refusal.value if sale.refusal else None)
+
+
+def row_summary(row: SaleRow) -> dict[str, Any]:
+    """A journaled sale's list row (the ``sales`` method)."""
+    return _summary(row, row.refusal)
+
+
+def _summary(sale: Sale | SaleRow, refusal: str | None) -> dict[str, Any]:
+    # The core's Sale and the journal's SaleRow name these fields alike.
     return {
         "sale_id": sale.sale_id,
         "correlation_id": sale.correlation_id,
@@ -128,27 +138,8 @@ def sale_summary(sale: Sale) -> dict[str, Any]:
         "terminal_id": sale.terminal_id or None,
         "intent_id": sale.intent_id,
         "attempt": sale.attempt,
-        "refusal": sale.refusal.value if sale.refusal else None,
+        "refusal": refusal,
         "detail": sale.detail or None,
-    }
-
-
-def row_summary(row: SaleRow) -> dict[str, Any]:
-    """A journaled sale's list row (the ``sales`` method)."""
-    return {
-        "sale_id": row.sale_id,
-        "correlation_id": row.correlation_id,
-        "lane": str(row.lane),
-        "state": row.state.value,
-        "amount_cents": row.amount_cents,
-        "payment_id": row.payment_id,
-        "started_at": iso_time(row.requested_at),
-        "updated_at": iso_time(row.updated_at),
-        "terminal_id": row.terminal_id or None,
-        "intent_id": row.intent_id,
-        "attempt": row.attempt,
-        "refusal": row.refusal,
-        "detail": row.detail or None,
     }
 
 
