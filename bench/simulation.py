@@ -1,20 +1,25 @@
 """The deterministic simulation's speed, and an exploration of many seeds.
 
-``python bench/simulation.py --total-sales 100000`` runs seeds one after the other from
-``--seed`` (each ``--sales`` sales over two stores, four lanes, faults every 30 simulated
-seconds, ``pointd.rig.simulation``) until the total is reached, and prints simulated sales
-per second of real time, seeds per minute and the ratio of simulated to real time, with the
-CPU calibration ``run_record.describe_machine`` measures at the start of the run (sales per
-second times calibration is the figure that compares across machines). Real time is the reference: a
-ratio above 1 is faster than the store itself. A failing seed is reported with its replay
-command (``python -m pointd.rig.simulation --seed N ...``) and makes the exit code 1.
+``python bench/simulation.py --total-sales 100000`` runs seeds from ``--seed`` on (each
+``--sales`` sales over two stores, four lanes, faults every 30 simulated seconds,
+``pointd.rig.simulation``) until the total is reached, ``--jobs`` of them at a time in
+separate processes, and prints simulated sales per second of real time, seeds per minute and
+the ratio of simulated to real time (for the whole run and per process), with the CPU
+calibration ``run_record.describe_machine`` measures at the start of the run (sales per
+second times calibration is the figure that compares across machines). Real time is the
+reference: a ratio above 1 is faster than the store itself. The seeds run are the same
+whatever ``--jobs`` is, so a run's result does not depend on how it was spread. A failing
+seed is reported with its replay command (``python -m pointd.rig.simulation --seed N ...``)
+and makes the exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,57 +42,67 @@ from pointd.rig.simulation.store import SimOptions  # noqa: E402
 QUICK_TOTAL = 40
 
 
-def explore(first_seed: int, sales: int, total: int) -> dict[str, Any]:
-    """Run seeds until ``total`` sales were simulated; the figures."""
+def _run_seed(seed: int, sales: int) -> tuple[str, float, str | None]:
+    """One seed in this process: its line, its simulated seconds, its replay if it failed."""
+    options = SimOptions(seed, sales=sales)
+    report = run_once(options)
+    return line(report), report.simulated_seconds, (
+        None if report.passed else replay_command(options))
+
+
+def explore(first_seed: int, sales: int, total: int, jobs: int = 1) -> dict[str, Any]:
+    """Run ``ceil(total / sales)`` seeds from ``first_seed``, ``jobs`` at a time; the figures."""
+    seeds = list(range(first_seed, first_seed + math.ceil(total / sales)))
     started = time.perf_counter()
-    seeds = simulated = made = 0
+    simulated = 0.0
     failed: list[str] = []
-    seed = first_seed
-    while made < total:
-        options = SimOptions(seed, sales=sales)
-        report = run_once(options)
-        seeds += 1
-        made += sales
-        simulated += report.simulated_seconds
-        print(f"  {line(report)}", flush=True)
-        if not report.passed:
-            failed.append(replay_command(options))
-        seed += 1
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for text, seconds, replay in pool.map(_run_seed, seeds, [sales] * len(seeds)):
+            simulated += seconds
+            print(f"  {text}", flush=True)
+            if replay is not None:
+                failed.append(replay)
     wall = time.perf_counter() - started
+    made = len(seeds) * sales
     return {
-        "seeds": seeds, "sales": made, "sales_per_seed": sales,
+        "seeds": len(seeds), "first_seed": first_seed, "sales": made,
+        "sales_per_seed": sales, "jobs": jobs,
         "wall_seconds": round(wall, 1), "simulated_seconds": round(simulated, 1),
         "sales_per_second": round(made / wall, 1),
-        "seeds_per_minute": round(seeds * 60 / wall, 1),
+        "seeds_per_minute": round(len(seeds) * 60 / wall, 1),
         "simulated_per_real": round(simulated / wall, 1),
+        "simulated_per_real_per_job": round(simulated / wall / jobs, 1),
         "failed_seeds": failed,
     }
 
 
 def main(argv: list[str]) -> int:
-    """``python bench/simulation.py [--total-sales N] [--sales N] [--seed N]``."""
+    """``python bench/simulation.py [--total-sales N] [--sales N] [--seed N] [--jobs N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=1, help="the first seed (default 1)")
     parser.add_argument("--sales", type=int, default=200, help="sales per seed (default 200)")
     parser.add_argument("--total-sales", type=int, default=100_000,
                         help="stop once this many sales were simulated (default 100000)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at a time, each in its own process (default 1)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    if args.sales < 1 or args.total_sales < 1:
-        parser.error("--sales and --total-sales must be at least 1")
+    if args.sales < 1 or args.total_sales < 1 or args.jobs < 1:
+        parser.error("--sales, --total-sales and --jobs must be at least 1")
     total = QUICK_TOTAL if args.quick else args.total_sales
     sales = min(args.sales, total)
     machine = describe_machine()
     print_machine("pointd deterministic simulation: seeds explored", machine)
     calibration = float(machine["calibration_ms"])  # printed with the machine
-    figures = explore(args.seed, sales, total)
+    figures = explore(args.seed, sales, total, args.jobs)
     figures["calibration_ms"] = round(calibration, 1)
     figures["sales_per_second_per_calibration_ms"] = round(
         figures["sales_per_second"] * calibration, 1)
     print(f"\n{figures['sales']} sales in {figures['seeds']} seeds: "
           f"{figures['sales_per_second']} simulated sales/s, {figures['seeds_per_minute']} "
           f"seeds/min, {figures['simulated_per_real']}x real time "
-          f"({figures['sales_per_second_per_calibration_ms']} sales/s x calibration ms)")
+          f"({figures['simulated_per_real_per_job']}x per process, {args.jobs} at a time; "
+          f"{figures['sales_per_second_per_calibration_ms']} sales/s x calibration ms)")
     for command in figures["failed_seeds"]:
         print(f"FAILED: {command}")
     if args.json is not None:
