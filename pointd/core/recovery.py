@@ -19,6 +19,15 @@ the register each sale's standing (a hold survives the restart):
   from before that timer existed gets the full wait from now);
 - BLOCKED: only re-tell the register (the goods wait for a supervisor).
 
+A sale that ended just before the crash may have lost its RESULT with the process (the
+DISPLAY went out, the daemon died before the RESULT was acknowledged), and nothing in the
+journal says whether the register had it. So each lane's latest sale, when it ended within
+``sale_retry_window`` and the register did not confirm its goods left (HANDED_OVER proves
+it held the RESULT), is re-told too: its DISPLAY and RESULT go out again as soon as the
+link is up. The protocol makes the repeat harmless (a register takes a RESULT for a
+correlation id it already has as the same result, docs/register-protocol.md §7), and
+without it a register that did not notice the restart waits for a RESULT that never comes.
+
 Every re-tell carries what the register must still hear: an approval withdrawn while the
 handover was unconfirmed, and the escalation of a create still unresolved after
 ``create_reconcile_attempts`` rounds.
@@ -73,7 +82,22 @@ def recover(state: CoreState, now: float, policy: Policy) -> tuple[Effect, ...]:
     effects: list[Effect] = []
     for sale in state.unfinished():
         effects.extend(_recover_sale(sale, now, policy))
+    effects.extend(telling(sale) for sale in _recent_endings(state, now, policy))
     return tuple(effects)
+
+
+def _recent_endings(state: CoreState, now: float, policy: Policy) -> list[Sale]:
+    """Each lane's latest sale if it ended within the retry window, goods not handed over."""
+    latest: dict[int, Sale] = {}
+    for sale in state.sales.values():
+        known = latest.get(sale.lane)
+        if known is None or (sale.requested_at, sale.sale_id) > (known.requested_at,
+                                                                   known.sale_id):
+            latest[sale.lane] = sale
+    return sorted((sale for sale in latest.values()
+                   if sale.is_final and sale.state is not S.HANDED_OVER
+                   and now - sale.updated_at <= policy.sale_retry_window),
+                  key=lambda sale: sale.sale_id)
 
 
 def _recover_sale(sale: Sale, now: float, policy: Policy) -> list[Effect]:

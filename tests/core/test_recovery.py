@@ -24,11 +24,22 @@ from pointd.core.events import (
     TimerExpired,
     TimerKind,
 )
-from pointd.core.machine import CoreState, step
+from pointd.core.machine import CoreState, step, telling
 from pointd.core.recovery import OrphanDecision, orphan_decision, recover
-from pointd.core.states import FINAL_STATES, SaleState
+from pointd.core.states import FINAL_STATES, Refusal, SaleState
 from tests.core.golden import golden, rendered
-from tests.core.scenario import INTENT, PAYMENT, POLICY, REF1, SALE, STORE, T0, reach, run
+from tests.core.scenario import (
+    INTENT,
+    PAYMENT,
+    POLICY,
+    REF1,
+    SALE,
+    STORE,
+    T0,
+    reach,
+    requested,
+    run,
+)
 
 S = SaleState
 LATER = T0 + 3600
@@ -82,8 +93,41 @@ def _owned(state: SaleState) -> frozenset[TimerKind]:
 
 
 @pytest.mark.parametrize("state", sorted(FINAL_STATES), ids=lambda s: s.value)
-def test_final_sales_need_no_recovery(state: SaleState) -> None:
-    assert recover(reach(state), LATER, POLICY) == ()
+def test_a_sale_that_ended_lately_is_only_told_again(state: SaleState) -> None:
+    # Its RESULT may have died with the process; nothing is asked of the API, no timer runs.
+    ended = reach(state)
+    effects = recover(ended, ended.sales[SALE].updated_at + POLICY.sale_retry_window, POLICY)
+    if state is S.HANDED_OVER:  # the register's HANDOVER_DONE proves it had the RESULT
+        assert effects == ()
+    else:
+        assert effects == (telling(ended.sales[SALE]),)
+
+
+@pytest.mark.parametrize("state", sorted(FINAL_STATES), ids=lambda s: s.value)
+def test_a_sale_that_ended_before_the_retry_window_needs_no_recovery(state: SaleState) -> None:
+    ended = reach(state)
+    later = ended.sales[SALE].updated_at + POLICY.sale_retry_window + 1
+    assert recover(ended, later, POLICY) == ()
+
+
+def test_only_each_lanes_latest_ended_sale_is_told_again() -> None:
+    first = reach(S.DECLINED)
+    second, _ = run([requested("S2", amount=1600)], first, now=T0 + 60)
+    assert second.sales["S2"].state is S.CREATING
+    told = [e for e in recover(second, T0 + 70, POLICY) if isinstance(e, TellRegister)]
+    assert [tell.sale_id for tell in told] == ["S2"]
+
+
+def test_a_refusal_behind_a_held_sale_is_told_again_after_it() -> None:
+    # Simulation seed 1089 (before the fix): a SALE refused LANE_BUSY while the lane's sale
+    # was held; the daemon died between the refusal's DISPLAY and its RESULT, and the
+    # register, which did not notice the restart, waited for that RESULT.
+    held = reach(S.HELD)
+    refused, steps = run([requested("S2", amount=1600)], held, now=T0 + 500)
+    assert steps[0].state.sales["S2"].refusal is Refusal.LANE_BUSY
+    told = [e for e in recover(refused, T0 + 600, POLICY) if isinstance(e, TellRegister)]
+    assert [(tell.sale_id, tell.state, tell.refusal) for tell in told] == [
+        (SALE, S.HELD, None), ("S2", S.FAILED, Refusal.LANE_BUSY)]
 
 
 def test_hold_survives_a_restart_with_its_original_escalation_time() -> None:
