@@ -169,3 +169,24 @@ async def test_an_unplugged_cable_comes_back_and_the_sale_still_ends(tmp_path: P
         await tcp.plug()
         results = await asyncio.gather(*sales)
         assert [r.outcome for r in results] == ["approved", "approved"]
+
+
+async def test_a_sale_and_its_cancel_sent_to_a_restarted_daemon_are_both_sent_again(
+    tmp_path: Path,
+) -> None:
+    # A serial register does not notice the daemon's restart: its SALE and the cashier's
+    # CANCEL, sent at once, are each answered hello_required. Both must go again after the
+    # HELLO; when the register attributed both ERRORs to the CANCEL, the SALE never went
+    # again and the sale had no outcome (simulation seed 3148).
+    async with running_store(tmp_path, delays=SLOW_SETTLE) as store:
+        register = store.registers[1]
+        await register.hello(WITHIN)
+        assert await store.rig.stop_daemon() == 0
+        await store.rig.start_daemon()
+        store.script(8001, Outcome.CONFIRMATION_APPROVED)
+        sale = asyncio.ensure_future(register.sale("K-1", 8001, within=WITHIN))
+        cancel = asyncio.ensure_future(register.cancel("K-1", within=WITHIN))
+        result, _ = await asyncio.gather(sale, cancel)
+        assert [e.get("code") for e in register.errors][:2] == ["hello_required"] * 2
+        assert result.outcome in {"canceled", "approved"}
+        assert len(store.rig.sim.world.intents) == 1

@@ -18,6 +18,12 @@ from pointd.rig.simulation.shrink import run_once
 # the registers on serial cables and half on the LAN, with faults every 30 simulated s.
 CI_SEEDS = (1, 2, 3, 4, 5)
 CI_SALES = 40
+# Seeds of 200 sales that found a bug (docs/benchmarks.md, "Deterministic simulation"):
+# 3148, a serial register's SALE and CANCEL both refused hello_required after an unnoticed
+# restart, the SALE never sent again; 3269, a declined sale's RESULT lost with the process.
+# Each fails on the code before its fix (commit b851ebf).
+FOUND_SEEDS = (3148, 3269)
+FOUND_SALES = 200
 SMALL = 8
 OVERCHARGE = 500
 
@@ -33,16 +39,18 @@ def test_one_seed_is_one_trace_byte_for_byte(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", CI_SEEDS)
-def test_the_ci_seeds_keep_every_money_rule(seed: int) -> None:
-    report = run_once(SimOptions(seed, sales=CI_SALES))
+@pytest.mark.parametrize(("seed", "sales"), [*((seed, CI_SALES) for seed in CI_SEEDS),
+                                             *((seed, FOUND_SALES) for seed in FOUND_SEEDS)])
+def test_the_ci_seeds_keep_every_money_rule(seed: int, sales: int) -> None:
+    report = run_once(SimOptions(seed, sales=sales))
     assert report.failures == []
     assert report.checked.unexercised == ()
     assert report.passed
     faults = report.summary()["faults"]
     assert sum(counts["fired"] for counts in faults.values()) > 0
-    # Virtual time: hours of a store's life in seconds, far faster than real time.
-    assert report.simulated_seconds > 100 * report.wall_seconds
+    # The clock is virtual: it runs ahead of the wall clock (how far ahead is a figure of
+    # bench/simulation.py, about 300x here, not something a test on a busy machine asserts).
+    assert report.simulated_seconds > report.wall_seconds
 
 
 class Overcharging(httpx.AsyncBaseTransport):

@@ -43,6 +43,8 @@ from pointd.sim.ecr.wire import ACK, ENQ, NAK, STX, Frame, Receiver, crc16, stuf
 HELLO_REPLY_TIMEOUT = 5.0
 REPLY_TIMEOUT = 5.0
 SALE_RESULT_TIMEOUT = 20 * 60.0
+# Requests remembered per correlation id (a sale sees a SALE, a CANCEL, a few STATUS).
+REQUESTS_REMEMBERED = 8
 # §5: the versions this register implements, best first.
 VERSIONS = ("1.0",)
 # The reply each request waits for (§6.1 "Answer"); None: the link ACK is the receipt.
@@ -55,6 +57,11 @@ REPLY_OF = {
     f.HANDOVER_DONE: None,
 }
 HELLO_REQUIRED = "hello_required"
+# §6.3: the requests an ERROR code can answer, where the page names them.
+ANSWERED_BY = {
+    "unknown_sale": frozenset({f.CANCEL, f.HANDOVER_DONE}),
+    "id_reused": frozenset({f.SALE}),
+}
 UNSUPPORTED_VERSION = "unsupported_version"
 
 
@@ -142,7 +149,9 @@ class Register:
         self._timer: asyncio.TimerHandle | None = None
         self._sends: dict[int, asyncio.Future[None]] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[f.Message]]] = {}
-        self._last_request: dict[str, tuple[str, dict[str, str]]] = {}
+        # Requests sent under each correlation id and not yet refused with hello_required,
+        # oldest first: a SALE and its CANCEL share an id, and an ERROR names only the id.
+        self._requests: dict[str, list[tuple[str, dict[str, str]]]] = {}
         # Set while this connection's HELLO is answered; replaced at every loss.
         self._greeted = asyncio.Event()
         self._lost = asyncio.Event()
@@ -378,7 +387,9 @@ class Register:
                 await self._greeted.wait()
         except TimeoutError:
             raise LinkTrouble("the daemon has not answered HELLO") from None
-        self._last_request[request["id"]] = (kind, request)
+        sent = self._requests.setdefault(request["id"], [])
+        sent.append((kind, request))
+        del sent[:-REQUESTS_REMEMBERED]
         await self._send(kind, request)
 
     async def _send(self, kind: str, request: dict[str, str]) -> None:
@@ -500,17 +511,24 @@ class Register:
             self.version_refused = code == UNSUPPORTED_VERSION
             self._fail(f.HELLO_REPLY, "", refused)
             return
-        if code == HELLO_REQUIRED:
-            self._start_hello()
-        request = self._last_request.get(correlation_id)
-        if request is None:
+        if code != HELLO_REQUIRED:
+            # §6.3 names the requests some codes answer: unknown_sale never answers a SALE.
+            kinds = ANSWERED_BY.get(code)
+            sent = [kind for kind, _ in self._requests.get(correlation_id, [])
+                    if kinds is None or kind in kinds]
+            reply_kind = REPLY_OF.get(sent[-1]) if sent else None
+            if reply_kind is not None:
+                self._fail(reply_kind, correlation_id, refused)
             return
-        reply_kind = REPLY_OF.get(request[0])
-        if reply_kind is not None:
-            self._fail(reply_kind, correlation_id, refused)
-        elif code == HELLO_REQUIRED:
+        # §5: the daemon took none of the requests sent before its HELLO was answered, and
+        # answers each with hello_required in order; the first such ERROR settles them all.
+        self._start_hello()
+        for kind, fields in self._requests.pop(correlation_id, []):
+            reply_kind = REPLY_OF.get(kind)
+            if reply_kind is not None:
+                self._fail(reply_kind, correlation_id, refused)
+                continue
             # A CANCEL or HANDOVER_DONE has no answer to fail: repeat it after the HELLO.
-            kind, fields = request
             task = asyncio.get_running_loop().create_task(
                 self._repeat(kind, fields), name=f"ecr-repeat-{self.name}")
             self._repeats.add(task)
