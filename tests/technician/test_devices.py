@@ -5,8 +5,9 @@ integrator`` shows the account's device-event channels and turns the e-mail chan
 (stating Mercado Pago's 30-minute delay) and off; ``pointctl terminals`` shows what a device
 refresh saw change, with its time: a terminal's mode going PDV -> STANDALONE, the switch
 back to PDV the daemon then asked for (``terminals.switch_to_pdv``, so the runtime really
-passes the mode setter), and a switch Mercado Pago refused because nobody is logged in on
-the terminal, whose message says what to fix instead of "safe to retry". ``pointd run
+passes the mode setter), a switch Mercado Pago refused because nobody is logged in on
+the terminal, whose message says what to fix instead of "safe to retry", and a terminal
+gone from the account's device list. ``pointd run
 --check`` reports the lanes' terminal modes as the account's device list has them.
 """
 
@@ -79,7 +80,9 @@ async def test_refresh_changes_and_refused_switches_show_in_pointctl_terminals(
         assert "held by the running pointd" in out
 
         watch, _status = await shop.watch("--json")
-        # Someone switches lane 1's terminal to STANDALONE, and it restarts.
+        # Lane 2's terminal leaves the account (unlinked from the store at Mercado Pago),
+        # and someone switches lane 1's terminal to STANDALONE, and it restarts.
+        shop.rig.sim.world.devices.pop(OTHER_DEVICE)
         async with httpx.AsyncClient(base_url=shop.rig.sim.base_url) as http:
             answer = await http.patch(
                 f"/point/integration-api/devices/{DEVICE}", json={"operating_mode": "STANDALONE"},
@@ -95,6 +98,9 @@ async def test_refresh_changes_and_refused_switches_show_in_pointctl_terminals(
         ]
         event = await _terminal_event(shop, watch, "mode PDV -> STANDALONE")
         assert event["lane"] == "1"
+        terminals = await _until_changed(shop, "2", "gone from the account's device list")
+        assert _changes(terminals, "2")[0] == (
+            f"terminal {OTHER_DEVICE} gone from the account's device list")
 
 
 async def test_pointctl_integrator_turns_device_event_emails_on_and_off(
