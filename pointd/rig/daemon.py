@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,17 +163,19 @@ async def spawn_daemon(
     *,
     watchdog_usec: int | None = None,
     command: tuple[str, list[str]] | None = None,
+    python: str = sys.executable,
 ) -> DaemonRun:
     """Start ``pointd run --config`` as systemd would, reporting to ``notify``.
 
     ``command`` is another ``(module, arguments)`` to run instead (a test's own entry point
-    around the same daemon). READY=1 is not waited for (``DaemonRun.wait_ready``): a test of
-    a failing start-up wants the exit instead.
+    around the same daemon); ``python`` another interpreter (another virtual environment's).
+    READY=1 is not waited for (``DaemonRun.wait_ready``): a test of a failing start-up wants
+    the exit instead.
     """
     extra = {"NOTIFY_SOCKET": str(notify.path)}
     if watchdog_usec is not None:
         extra["WATCHDOG_USEC"] = str(watchdog_usec)
-    child = Child("daemon", log_path, child_environment(extra))
+    child = Child("daemon", log_path, child_environment(extra), python)
     run = DaemonRun(child, notify, len(notify.messages))
     module, arguments = command or ("pointd.cli", ["run", "--config", str(config_path)])
     await child.start(arguments, module=module)

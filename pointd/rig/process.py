@@ -40,10 +40,12 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Child:
     """One ``python -m pointd.cli ...`` process; its output appended to a log file."""
 
-    def __init__(self, name: str, log_path: Path, environment: Mapping[str, str]) -> None:
+    def __init__(self, name: str, log_path: Path, environment: Mapping[str, str],
+                 python: str = sys.executable) -> None:
         self.name = name
         self.log_path = log_path
         self._env = dict(environment)
+        self._python = python
         self.process: asyncio.subprocess.Process | None = None
         self.exit_codes: list[int] = []
 
@@ -51,7 +53,7 @@ class Child:
         """Start it (again): ``python -m module arguments...``."""
         with self.log_path.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, *arguments,
+                self._python, "-m", module, *arguments,
                 cwd=PACKAGE_ROOT,
                 env=self._env,
                 stdin=subprocess.DEVNULL,
