@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run_record import (  # noqa: E402 - after the path set-up
     add_run_arguments,
-    calibration_ms,
     describe_machine,
     print_machine,
     save_json,
@@ -92,8 +91,7 @@ def main() -> int:
     depth = 3 if args.quick else args.depth
     machine_info = describe_machine()
     print_machine("explorer: states per depth", machine_info)
-    calibration = calibration_ms()
-    print(f"calibration: {calibration:.1f} ms (10^6 pure-Python loop steps, best of 5)")
+    calibration = float(machine_info["calibration_ms"])  # printed with the machine
     reference = reference_steps_per_second(50 if args.quick else REFERENCE_SALES)
     print(f"reference: {reference:,.0f} core steps/s (machine.step over approved sales)")
     print(f"{'depth':>5} {'new states':>11} {'transitions':>12} {'seconds':>9} "
