@@ -1,31 +1,27 @@
 """One whole run with real processes, then every byte it printed or wrote searched for secrets.
 
-Processes: ``pointd relay`` (SQLite, webhook secret, one store's token hash, admin token),
-``pointd run`` (access token, webhook secret and relay store token in 0600 files, relay
-configured, debug logging), pointctl; in this process the cloud simulator, which signs its
-webhooks and sends them to the relay, and a register emulator on a real pty. The run sells
-(approved, held then approved, declined), asks pointctl for status, sales, a sale, holds,
-terminals, relay, methods and a support bundle, and takes a few wrong turns on purpose (a
-wrong store token, a wrong admin token, a forged and a badly formed signature, an IPN
-carrying credentials, an unknown sale). Then it scans the relay's and the daemon's output,
-both SQLite databases with their WAL, the bundle member by member, any export file, every
-answer the relay and the control socket gave, and the systemd notify messages, for each
-configured secret and for any ``Bearer`` credential.
+The store is the rig's (pointd.rig, as the demo and the other end-to-end tests start it), with
+both product processes real: ``pointd relay`` (SQLite, webhook secret, one store's token
+hash, admin token) and ``pointd run`` (access token, webhook secret and relay store token in
+0600 files, relay configured), both at debug level, and pointctl; in this process the cloud
+simulator, which signs its webhooks and sends them to the relay, and a register emulator on
+a real pty. The run sells (approved, held then approved, declined), asks pointctl for
+status, sales, a sale, holds, terminals, relay, methods and a support bundle, and takes a
+few wrong turns on purpose (a wrong store token, a wrong admin token, a forged and a badly
+formed signature, an IPN carrying credentials, an unknown sale). Then it scans the relay's
+and the daemon's output, both SQLite databases with their WAL, the bundle member by member,
+any export file, every answer the relay and the control socket gave, and the systemd notify
+messages, for each configured secret and for any ``Bearer`` credential.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import os
-import re
 import secrets
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +31,7 @@ import pytest
 from pointd.cloud.signature import sign
 from pointd.core.states import SaleState
 from pointd.register import messages as msg
-from pointd.sim.cloud import CloudSimulator, SimConfig, SimDevice
-from pointd.sim.register.emulator import RegisterEmulator
+from pointd.rig import RelayProcess, RigLane, RigSecrets, StoreRig, StoreSpec, toml_text
 from tests.e2e_daemon.harness import (
     APPROVED_CENTS,
     COLLECTOR_ID,
@@ -44,16 +39,13 @@ from tests.e2e_daemon.harness import (
     DEVICE,
     EVENT_TIMEOUT,
     LANE,
+    LANGUAGE,
     PROJECT_ROOT,
     SIM_SALE_SECONDS,
     SIM_SETTLE_SECONDS,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
     STORE_ID,
-    NotifySocket,
     Store,
     child_environment,
-    daemon_toml,
     eventually,
 )
 from tests.security.leaks import LeakScanner
@@ -102,56 +94,35 @@ def private_file(path: Path, value: str) -> Path:
     return path
 
 
-def relay_toml(tmp: Path, keys: Secrets) -> Path:
-    """The relay's configuration: SQLite, one store, secrets in 0600 files."""
-    secret_file = private_file(tmp / "relay_webhook_secret", keys.webhook_secret[0])
+def store_spec(tmp: Path, keys: Secrets) -> StoreSpec:
+    """The rig's store with every process real and talkative: ``pointd relay`` (SQLite, the
+    webhook secret, this store's token hash, an admin token) and ``pointd run`` (access token,
+    webhook secret and relay store token in 0600 files, the relay's canary on), both at
+    debug level."""
     admin_file = private_file(tmp / "relay_admin_token", keys.admin_token[0])
-    token_hash = hashlib.sha256(keys.store_token[0].encode()).hexdigest()
-    path = tmp / "relay.toml"
-    path.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 8080\n'
-        f'[intake]\nwebhook_secret_file = "{secret_file}"\n'
-        f'[storage]\nbackend = "sqlite"\nsqlite_path = "{tmp / "relay.sqlite3"}"\n'
-        f"batch_wait = 0.001\n"
-        f'[admin]\ntoken_file = "{admin_file}"\n'
-        f'[[stores]]\nid = "{STORE_ID}"\ntoken_sha256 = "{token_hash}"\n',
-        encoding="utf-8",
+    return StoreSpec(
+        store_id=STORE_ID,
+        collector_id=COLLECTOR_ID,
+        language=LANGUAGE,
+        lanes=(RigLane(LANE, DEVICE),),
+        relay="process",
+        relay_log_level="debug",
+        relay_config={"storage": {"batch_wait": 0.001},
+                      "admin": {"token_file": str(admin_file)}},
+        daemon="process",
+        start_daemon=False,
+        sim={"time_scale": 0.0},
+        daemon_config={
+            "cloud": {"read_timeout": 5.0},
+            "timers": {"poll_fallback_after": 1, "verify_initial_backoff": 1,
+                       "verify_max_backoff": 1},
+            "relay": {"canary_interval": 5, "silence_alarm": 10},
+            "logging": {"level": "debug", "format": "json"},
+        },
+        secrets=RigSecrets(access_token=keys.access_token[0],
+                           webhook_secret=keys.webhook_secret[0],
+                           store_token=keys.store_token[0]),
     )
-    return path
-
-
-@contextlib.asynccontextmanager
-async def relay_process(config: Path, log_path: Path) -> AsyncIterator[str]:
-    """``pointd relay`` at debug level, output to a file; yield its base URL."""
-    with log_path.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pointd.cli", "relay", "--config", str(config),
-            "--port", "0", "--log-level", "debug",
-            cwd=PROJECT_ROOT,
-            env=child_environment({}),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    try:
-        found: list[str] = []
-
-        def listening() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"relay exited: {log_path.read_text()}")
-            found[:] = re.findall(r"listening on (http://[0-9.:]+)/", log_path.read_text())
-            return bool(found)
-
-        await eventually("the relay to listen", listening, START_TIMEOUT)
-        yield found[0]
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 class Answers:
@@ -235,57 +206,39 @@ async def wrong_turns(relay: httpx.AsyncClient, keys: Secrets, answers: Answers)
 async def test_no_secret_reaches_any_output_of_a_whole_run(tmp_path: Path) -> None:
     keys = Secrets.fresh()
     answers = Answers()
-    notify = NotifySocket(tmp_path / "notify.sock")
-    notify.start()
-    relay_log = tmp_path / "relay.log"
     bundle = tmp_path / "support.tar.gz"
-    try:
-        async with relay_process(relay_toml(tmp_path, keys), relay_log) as relay_url:
-            sim_config = SimConfig(
-                access_token=keys.access_token[0],
-                webhook_secret=keys.webhook_secret[0],
-                devices=(SimDevice(id=DEVICE, store_id="1000001", pos_id=LANE,
-                                   external_pos_id="LANE1"),),
-                time_scale=0.0,
-                collector_id=COLLECTOR_ID,
-                webhook_url=relay_url + INTAKE,
-            )
-            async with CloudSimulator(sim_config) as sim, httpx.AsyncClient(
-                base_url=relay_url, timeout=EVENT_TIMEOUT
-            ) as relay:
-                register = await RegisterEmulator.open_pty(tmp_path / "register")
-                config = tmp_path / "pointd.toml"
-                config.write_text(
-                    daemon_config(tmp_path, sim.base_url, register.device_path, relay_url, keys),
-                    encoding="utf-8",
+    async with StoreRig(tmp_path, store_spec(tmp_path, keys)) as rig:
+        assert isinstance(rig.relay, RelayProcess)
+        relay_log = rig.relay.child.log_path
+        rig.config_path.write_text(toml_text(rig.config_document()), encoding="utf-8")
+        store = Store(tmp_path, rig.sim, rig.registers[LANE], rig.notify, rig.config_path,
+                      tmp_path / "control.sock")
+        async with httpx.AsyncClient(base_url=rig.relay.url, timeout=EVENT_TIMEOUT) as relay:
+            try:
+                await store.start_daemon()
+                await sell(store, answers)
+                await wrong_turns(relay, keys, answers)
+                await pointctl(store, answers, "sale", "no-such-sale")
+                for args in (("status",), ("sales",), ("holds",), ("terminals",),
+                             ("relay",), ("methods",), ("connections",)):
+                    await pointctl(store, answers, *args)
+                await pointctl(store, answers, "status", json_out=False)
+                await pointctl(store, answers, "relay", json_out=False)
+                await pointctl(store, answers, "bundle", "-o", str(bundle))
+                stats = answers.http(
+                    "admin stats",
+                    await relay.get("/admin/stats", headers={
+                        "authorization": f"Bearer {keys.admin_token[0]}"}),
                 )
-                store = Store(tmp_path, sim, register, notify, config, tmp_path / "control.sock")
-                try:
-                    await store.start_daemon()
-                    await sell(store, answers)
-                    await wrong_turns(relay, keys, answers)
-                    await pointctl(store, answers, "sale", "no-such-sale")
-                    for args in (("status",), ("sales",), ("holds",), ("terminals",),
-                                 ("relay",), ("methods",), ("connections",)):
-                        await pointctl(store, answers, *args)
-                    await pointctl(store, answers, "status", json_out=False)
-                    await pointctl(store, answers, "relay", json_out=False)
-                    await pointctl(store, answers, "bundle", "-o", str(bundle))
-                    stats = answers.http(
-                        "admin stats",
-                        await relay.get("/admin/stats", headers={
-                            "authorization": f"Bearer {keys.admin_token[0]}"}),
-                    )
-                    for status in ("unrouted", "quarantined"):
-                        answers.http(f"admin {status} events", await relay.get(
-                            "/admin/events", params={"status": status},
-                            headers={"authorization": f"Bearer {keys.admin_token[0]}"}))
-                    answers.http("metrics", await relay.get("/metrics"))
-                    assert await store.daemon.terminate() == 0
-                finally:
-                    await store.close()
-    finally:
-        await notify.close()
+                for status in ("unrouted", "quarantined"):
+                    answers.http(f"admin {status} events", await relay.get(
+                        "/admin/events", params={"status": status},
+                        headers={"authorization": f"Bearer {keys.admin_token[0]}"}))
+                answers.http("metrics", await relay.get("/metrics"))
+                assert await store.daemon.terminate() == 0
+            finally:
+                await store.close()
+        notify_messages = list(rig.notify.messages)
 
     # The run really went through the relay: signed notifications reached the store.
     assert stats.status_code == 200
@@ -293,6 +246,9 @@ async def test_no_secret_reaches_any_output_of_a_whole_run(tmp_path: Path) -> No
     assert stream["acked"] >= 3, stats.json()
     assert stats.json()["intake"].get("unauthorized", 0) >= 2
     assert bundle.exists()
+    # Not a vacuous scan: each process wrote its log at the level this run asked for.
+    assert '"event": "relay_started"' in relay_log.read_text()
+    assert any(e.get("level") == "debug" for run in store.runs for e in run.log_entries())
 
     scanner = LeakScanner(keys.by_name())
     scanner.file(relay_log, "relay stdout/stderr")
@@ -309,7 +265,7 @@ async def test_no_secret_reaches_any_output_of_a_whole_run(tmp_path: Path) -> No
         scanner.text(where, text)
     for message in store.register.received:
         scanner.text("the register's screen and replies", repr(message))
-    scanner.text("systemd notify messages", repr(notify.messages))
+    scanner.text("systemd notify messages", repr(notify_messages))
     assert scanner.leaks == [], "secrets leaked:\n" + scanner.report()
     # Positive control: the same scanner finds each secret where it is meant to be.
     control = LeakScanner(keys.by_name())
@@ -318,28 +274,6 @@ async def test_no_secret_reaches_any_output_of_a_whole_run(tmp_path: Path) -> No
     assert {leak.what.split(" (")[0] for leak in control.leaks} == set(keys.by_name())
     assert len(scanner.scanned) >= 20, scanner.scanned
     assert [entry for run in store.runs for entry in run.failures()] == []
-
-
-def daemon_config(tmp: Path, base_url: str, register: str, relay_url: str, keys: Secrets) -> str:
-    """The e2e harness's daemon configuration with every secret file, a relay and debug logs."""
-    token_file = private_file(tmp / "mp_access_token", keys.access_token[0])
-    secret_file = private_file(tmp / "mp_webhook_secret", keys.webhook_secret[0])
-    store_token_file = private_file(tmp / "relay_store_token", keys.store_token[0])
-    text = daemon_toml(
-        tmp=tmp,
-        base_url=base_url,
-        register=register,
-        token_file=token_file,
-        extra=(
-            f'[relay]\nurl = "{relay_url}"\nstore_token_file = "{store_token_file}"\n'
-            "canary_interval = 5\nsilence_alarm = 10\n"
-        ),
-    )
-    text = text.replace('level = "info"', 'level = "debug"')
-    return text.replace(
-        f'access_token_file = "{token_file}"\n',
-        f'access_token_file = "{token_file}"\nwebhook_secret_file = "{secret_file}"\n',
-    )
 
 
 async def sell(store: Store, answers: Answers) -> None:
