@@ -14,8 +14,14 @@ not possible yet (an answer to a create that was never sent). The moves are:
 
 - the register: a SALE (a new purchase, then the same one again; its id with another
   amount; a second purchase, refused while the first is in progress), a CANCEL, a
-  HANDOVER_DONE (STATUS and HANDOVER_CHECK only read the state, which the
-  invariants below check);
+  HANDOVER_DONE, and STATUS for its sale, for its second purchase and for an id it never
+  used (a STATUS changes nothing: its answer, ``pointd.core.answers.status``, is checked);
+- the register of a second lane whose terminal is the same one (two lanes left to find
+  their terminal on USB both find it): a SALE while this lane's sale holds the terminal,
+  which admission must refuse, and its STATUS. The checkout sends the lane's terminal
+  verdict (USB, device list, PDV mode) with the SALE; whether another sale holds the
+  terminal only the core judges, so the SALE arrives with a clean verdict. Once a terminal
+  is free, the second lane's sale would be what this lane's is, so it is not asked then;
 - a create's outcome, when one is in flight: created, not sent, unknown, terminal busy,
   rejected; a reconciliation's: the attempt proven absent, or its approved payment found;
 - the intent (or order) in every state, as the API answers it, and two notifications
@@ -57,7 +63,14 @@ At every transition and every state reached it checks the rules of docs/architec
 - ``way out``: every unfinished sale or refund has an armed timer or a call whose answer
   will come (a sale BLOCKED by a fraud alert waits for a person: its way out is a
   supervisor's override, which is a move);
-- ``table``: no handler moves a record where its row does not say it may.
+- ``table``: no handler moves a record where its row does not say it may;
+- ``admission``: no two unfinished sales share a lane, and no two sales hold one terminal
+  (a second intent could be created where the first may be charging);
+- ``status``: STATUS names the newest sale that lane's register asked for under the id
+  (``unknown`` only when there is none: the register then sends the SALE again), says the
+  state it is in (so a final state is told to a register that asks), its amount, and
+  ``handover=yes`` exactly when the goods may leave now, which needs a payment the API
+  approved for it or a supervisor's release, as for ``handover``.
 """
 
 from __future__ import annotations
@@ -71,7 +84,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointd.core import machine, refunds
+from pointd.core import answers, machine, refunds
 from pointd.core.effects import (
     CancelTimer,
     CreateIntent,
@@ -119,6 +132,7 @@ from pointd.core.states import (
     HANDOVER_ALLOWED_STATES,
     PAID_INTENT_STATES,
     REFUNDABLE_SALE_STATES,
+    TERMINAL_HOLDING_STATES,
     IntentState,
     SaleState,
 )
@@ -126,6 +140,7 @@ from pointd.core.table import Step
 
 STORE = "explore"
 LANE = 1
+OTHER_LANE = 2  # its register finds the same terminal
 TERMINAL = "PAX_EXPLORE"
 AMOUNT = 1500
 COLLECTOR = "1234567"
@@ -219,11 +234,12 @@ Build = Callable[[CoreState, World], Event | None]
 
 
 def _current(state: CoreState) -> Sale | None:
-    """The lane's sale in progress, else the newest sale."""
+    """The lane's sale in progress, else its newest sale."""
     sale = state.sale_on_lane(LANE)
     if sale is not None:
         return sale
-    return state.sales[max(state.sales, key=lambda s: (len(s), s))] if state.sales else None
+    mine = [s for s in state.sales.values() if s.lane == LANE]
+    return max(mine, key=lambda s: (len(s.sale_id), s.sale_id)) if mine else None
 
 
 def _new_sale_id(state: CoreState) -> str:
@@ -242,6 +258,15 @@ def _sale_request(correlation: str, amount: int = AMOUNT) -> Build:
     def build(state: CoreState, world: World) -> Event:
         return SaleRequested(_new_sale_id(state), LANE, correlation, amount, TERMINAL, None)
     return build
+
+
+def _other_lane_sale(state: CoreState, world: World) -> Event | None:
+    """The second lane's SALE, asked once, while this lane's sale holds their terminal."""
+    holder = state.sale_on_lane(LANE)
+    if (holder is None or holder.state not in TERMINAL_HOLDING_STATES
+            or any(sale.lane == OTHER_LANE for sale in state.sales.values())):
+        return None
+    return SaleRequested(_new_sale_id(state), OTHER_LANE, "c1", AMOUNT, TERMINAL, None)
 
 
 def _on_sale(make: Callable[[Sale], Event | None]) -> Build:
@@ -356,6 +381,7 @@ MOVES: Mapping[str, Build] = {
     "register: another sale": _sale_request("c2"),
     "register: cancel": lambda state, world: CancelRequested(None, LANE, "register"),
     "register: handover done": _on_sale(lambda sale: HandoverConfirmed(sale.sale_id)),
+    "lane 2: sale, terminal held": _other_lane_sale,
     "create: created": _call_answer(
         "create", lambda sale, n: IntentCreated(sale, n, f"I{sale}A{n}")),
     "create: not sent": _call_answer("create", lambda s, n: CreateNotSent(s, n, "refused")),
@@ -403,6 +429,13 @@ MOVES: Mapping[str, Build] = {
     "refund polled: failed": _refund_observed("FAILED"),
 }
 RESTART = "restart"
+# STATUS changes nothing: its move checks the answer and leaves the node as it is.
+STATUS_QUERIES: Mapping[str, tuple[int, str]] = {
+    "register: status": (LANE, "c1"),
+    "register: status, second purchase": (LANE, "c2"),
+    "register: status, unknown id": (LANE, "c9"),
+    "lane 2: status": (OTHER_LANE, "c1"),
+}
 # A move that is a timer: "timer: <owner> <kind>".
 _TIMER = "timer: "
 
@@ -429,6 +462,8 @@ def moves(state: CoreState, world: World) -> Iterable[tuple[str, Event | None]]:
             yield name, event
     for owner, kind in sorted(world.armed):
         yield f"{_TIMER}{owner} {kind.value}", _timer_event(owner, kind)
+    for name in STATUS_QUERIES:
+        yield name, None
     yield RESTART, None
 
 
@@ -562,12 +597,15 @@ def _attempt_possible(world: World, event: Event | None) -> bool:
 
 
 def _check_state(before: CoreState | None, state: CoreState, world: World) -> None:
+    lanes: dict[int, str] = {}
+    terminals: dict[str, str] = {}
     for sale in state.sales.values():
         old = before.sales.get(sale.sale_id) if before else None
         if old is not sale:
             _check_sale_change(old, sale, state, world)
         if not sale.is_final:
             _check_sale_way_out(sale, world)
+            _check_admitted(sale, lanes, terminals)
     for refund in state.refunds.refunds.values():
         old_refund = before.refunds.refunds.get(refund.refund_id) if before else None
         if old_refund is not refund:
@@ -582,13 +620,35 @@ def _check_state(before: CoreState | None, state: CoreState, world: World) -> No
                           f"{paid} paid")
 
 
+def _check_admitted(sale: Sale, lanes: dict[int, str], terminals: dict[str, str]) -> None:
+    """Note an unfinished sale's lane and terminal; two sales on one of them break a rule."""
+    other = lanes.setdefault(sale.lane, sale.sale_id)
+    if other != sale.sale_id:
+        raise _Broken("admission", f"{other} and {sale.sale_id} are both in progress on "
+                      f"lane {sale.lane}")
+    if sale.state in TERMINAL_HOLDING_STATES:
+        other = terminals.setdefault(sale.terminal_id, sale.sale_id)
+        if other != sale.sale_id:
+            raise _Broken("admission", f"{other} and {sale.sale_id} both hold terminal "
+                          f"{sale.terminal_id}: the second intent may go where the first "
+                          "may be charging")
+
+
+def _api_approved(sale: Sale, world: World) -> bool:
+    """Whether the API approved the payment this sale holds as approved."""
+    return (sale.approved_payment_id is not None
+            and (sale.sale_id, sale.approved_payment_id) in world.approved)
+
+
+def _supervisor_released(sale: Sale, world: World) -> bool:
+    """Whether a supervisor's journaled release stands for this sale."""
+    return (sale.sale_id in world.released and sale.override is not None
+            and sale.override.decision is OverrideDecision.RELEASE)
+
+
 def _check_sale_change(old: Sale | None, sale: Sale, state: CoreState, world: World) -> None:
     if sale.state in _GOODS_OUT:
-        verified = (sale.approved_payment_id is not None
-                    and (sale.sale_id, sale.approved_payment_id) in world.approved)
-        released = (sale.sale_id in world.released and sale.override is not None
-                    and sale.override.decision is OverrideDecision.RELEASE)
-        if not (verified or released):
+        if not (_api_approved(sale, world) or _supervisor_released(sale, world)):
             raise _Broken("handover", f"{sale.sale_id} is {sale.state.value} without a payment "
                           "the API approved for it or a supervisor's release")
         if sale.state is SaleState.APPROVED and sale.approved_payment_id in state.fraud_alerts:
@@ -604,6 +664,42 @@ def _check_sale_change(old: Sale | None, sale: Sale, state: CoreState, world: Wo
                 _INTENT_RANK[sale.intent_state] < _INTENT_RANK[old.intent_state])):
             raise _Broken("backwards", f"{sale.sale_id}: intent {old.intent_state} → "
                           f"{sale.intent_state}")
+
+
+def _check_status(state: CoreState, world: World, lane: int, correlation_id: str) -> None:
+    """The daemon's answer to this STATUS, held to the sale the register asked for."""
+    answer = answers.status(state, lane, correlation_id)
+    asked = [s for s in state.sales.values()
+             if s.lane == lane and s.correlation_id == correlation_id]
+    sale = max(asked, key=lambda s: (s.requested_at, s.sale_id)) if asked else None
+    said = (f"STATUS {correlation_id} on lane {lane} says {answer.sale_id or 'unknown'} "
+            f"{answer.state.value if answer.state else ''} handover="
+            f"{'yes' if answer.handover else 'no'}")
+    if sale is None:
+        if answer.state is not None or answer.handover:
+            raise _Broken("status", f"{said}, but that register never asked for a sale "
+                          f"under {correlation_id}")
+        return
+    if answer.sale_id != sale.sale_id or answer.state is not sale.state \
+            or answer.amount_cents != sale.amount_cents:
+        raise _Broken("status", f"{said} (amount {answer.amount_cents}); the sale asked for is "
+                      f"{sale.sale_id}, {sale.state.value}, {sale.amount_cents} cents")
+    fraud = sale.approved_payment_id in state.fraud_alerts
+    if sale.is_final:
+        # Rule handover held its approval or release to the world's facts when it entered
+        # this state, and it never changes again (the world forgets them then).
+        released = sale.override is not None and sale.override.decision is \
+            OverrideDecision.RELEASE
+        verified = sale.approved_payment_id is not None
+    else:
+        released, verified = _supervisor_released(sale, world), _api_approved(sale, world)
+    cleared = released or (verified and not fraud)
+    if answer.handover and not cleared:
+        raise _Broken("status", f"{said} without a payment the API approved for "
+                      f"{sale.sale_id} that no fraud alert names, or a supervisor's release")
+    if answer.handover != (cleared and sale.state in HANDOVER_ALLOWED_STATES):
+        raise _Broken("status", f"{said}: the goods may leave exactly in approved, "
+                      "overridden and handover_unconfirmed, with that payment or release")
 
 
 def _check_sale_way_out(sale: Sale, world: World) -> None:
@@ -678,6 +774,9 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
     if name == RESTART:
         restored, world = _restart(node)
         return Node(restored, world, node.depth + 1, (*node.path, name), (*node.events, None))
+    if name in STATUS_QUERIES:
+        _check_status(node.state, node.world, *STATUS_QUERIES[name])
+        return node
     if event is None:
         return Node(node.state, node.world, node.depth + 1, (*node.path, name),
                     (*node.events, None))
