@@ -261,10 +261,9 @@ def _sale_request(correlation: str, amount: int = AMOUNT) -> Build:
 
 
 def _other_lane_sale(state: CoreState, world: World) -> Event | None:
-    """The second lane's SALE, asked once, while this lane's sale holds their terminal."""
+    """The second lane's SALE while this lane's sale holds their terminal."""
     holder = state.sale_on_lane(LANE)
-    if (holder is None or holder.state not in TERMINAL_HOLDING_STATES
-            or any(sale.lane == OTHER_LANE for sale in state.sales.values())):
+    if holder is None or holder.state not in TERMINAL_HOLDING_STATES:
         return None
     return SaleRequested(_new_sale_id(state), OTHER_LANE, "c1", AMOUNT, TERMINAL, None)
 
@@ -790,6 +789,9 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
     world = _check_effects(node.state, world, event, result)
     _check_state(node.state, result.state, world)
     world = _forget_settled(node.state, result.state, world)
+    if isinstance(event, SaleRequested):
+        # Asked at once, before canonical() may drop the sale as refused and inert.
+        _check_status(result.state, world, event.lane, event.correlation_id)
     return Node(result.state, world, node.depth + 1, (*node.path, name), (*node.events, event))
 
 
@@ -801,13 +803,25 @@ def canonical(state: CoreState) -> Hashable:
 
     ``detail`` is only shown (no rule reads it), so states that differ in it alone have the
     same future. Every index is derived from the records and the fraud alerts.
+
+    A sale the second lane asked for and the core refused is left out too: it is final
+    from the start, has no intent, payment, timer or reference for any event to reach, and
+    its lane asks nothing else of it (its STATUS was checked when it was refused). The state
+    with it has the future of the state without it, which is where the refusal came from,
+    so the move adds transitions but no states. One the core admitted is kept (and has
+    already broken rule admission).
     """
+    sales = (state.sales[k] for k in sorted(state.sales))
     return (
-        tuple(_SALE_KEY(state.sales[k]) for k in sorted(state.sales)),
+        tuple(_SALE_KEY(sale) for sale in sales if not _inert(sale)),
         tuple(_REFUND_KEY(state.refunds.refunds[k]) for k in sorted(state.refunds.refunds)),
         state.fraud_alerts,
         state.forgotten_through,
     )
+
+
+def _inert(sale: Sale) -> bool:
+    return sale.lane != LANE and sale.is_final and sale.attempt == 0
 
 
 def _decisive_fields(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]]:
