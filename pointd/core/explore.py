@@ -790,8 +790,10 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
     _check_state(node.state, result.state, world)
     world = _forget_settled(node.state, result.state, world)
     if isinstance(event, SaleRequested):
-        # Asked at once, before canonical() may drop the sale as refused and inert.
-        _check_status(result.state, world, event.lane, event.correlation_id)
+        # Asked at once, before canonical() may drop a refused sale of the second lane.
+        asked = dict.fromkeys([(event.lane, event.correlation_id), *STATUS_QUERIES.values()])
+        for lane, correlation_id in asked:
+            _check_status(result.state, world, lane, correlation_id)
     return Node(result.state, world, node.depth + 1, (*node.path, name), (*node.events, event))
 
 
