@@ -7,7 +7,8 @@ that replays it (exit 1).
 
 Theory of operation
 -------------------
-The explorer plays the world around one lane: a register, Mercado Pago and a supervisor.
+The explorer plays the world around one lane: a register, Mercado Pago and a supervisor,
+and the register of a second lane that shares the first lane's terminal.
 A *move* is one thing the world can do next; it becomes a core event built from what the
 world has seen so far (the sale's intent id and reference, the refund being sent), or it is
 not possible yet (an answer to a create that was never sent). The moves are:
@@ -15,13 +16,16 @@ not possible yet (an answer to a create that was never sent). The moves are:
 - the register: a SALE (a new purchase, then the same one again; its id with another
   amount; a second purchase, refused while the first is in progress), a CANCEL, a
   HANDOVER_DONE, and STATUS for its sale, for its second purchase and for an id it never
-  used (a STATUS changes nothing: its answer, ``pointd.core.answers.status``, is checked);
-- the register of a second lane whose terminal is the same one (two lanes left to find
-  their terminal on USB both find it): a SALE while this lane's sale holds the terminal,
-  which admission must refuse, and its STATUS. The checkout sends the lane's terminal
-  verdict (USB, device list, PDV mode) with the SALE; whether another sale holds the
-  terminal only the core judges, so the SALE arrives with a clean verdict. Once a terminal
-  is free, the second lane's sale would be what this lane's is, so it is not asked then;
+  used, in every state (a STATUS changes nothing: the move checks the daemon's answer,
+  ``pointd.core.answers.status``, and leaves the state as it was; every STATUS is also
+  asked right after each SALE);
+- the register of a second lane with the same terminal (two unpinned lanes and one
+  terminal on USB both find it): a SALE while this lane's sale holds the terminal, which
+  admission must refuse, and a STATUS. The checkout sends the lane's terminal verdict
+  (USB, device list, PDV mode, Mercado Pago reachable) with the SALE and leaves whether
+  another sale holds the terminal to the core, so the SALE arrives with a clean verdict,
+  as the daemon sends it. Once the terminal is free, that lane's sale would be what this
+  lane's is, so it is not asked then;
 - a create's outcome, when one is in flight: created, not sent, unknown, terminal busy,
   rejected; a reconciliation's: the attempt proven absent, or its approved payment found;
 - the intent (or order) in every state, as the API answers it, and two notifications
@@ -43,7 +47,9 @@ because time passed, so two sequences that reach the same state reach the same J
 document, and a state is explored once however many sequences reach it. What is deduplicated
 is the snapshot of the core state together with the world's view (armed timers, calls in
 flight, and the facts the invariants need: which payments the API approved for which sale,
-which create attempts it proved absent).
+which create attempts it proved absent). A sale the second lane asked for and the core
+refused is left out of that key (``canonical``): nothing can reach it again, so the state
+after the refusal is the state before it.
 
 At every transition and every state reached it checks the rules of docs/architecture.md:
 
@@ -69,8 +75,10 @@ At every transition and every state reached it checks the rules of docs/architec
 - ``status``: STATUS names the newest sale that lane's register asked for under the id
   (``unknown`` only when there is none: the register then sends the SALE again), says the
   state it is in (so a final state is told to a register that asks), its amount, and
-  ``handover=yes`` exactly when the goods may leave now, which needs a payment the API
-  approved for it or a supervisor's release, as for ``handover``.
+  ``handover=yes`` exactly when the goods may leave now: approved, overridden or
+  handover_unconfirmed, with a payment the API approved for it that no fraud alert names
+  (an alert after the sale closed unconfirmed takes the permission back), or with a
+  supervisor's release.
 """
 
 from __future__ import annotations
@@ -919,7 +927,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.depth < 1:
         parser.error("--depth must be at least 1")
-    print(f"exploring to depth {args.depth}: {len(MOVES) + 2} kinds of move "
+    kinds = len(MOVES) + len(STATUS_QUERIES) + 2
+    print(f"exploring to depth {args.depth}: {kinds} kinds of move "
           "(timers counted as one, restart as one)")
     print(f"{'depth':>5} {'new states':>11} {'transitions':>12} {'seconds':>9}")
 
