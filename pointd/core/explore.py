@@ -16,9 +16,9 @@ not possible yet (an answer to a create that was never sent). The moves are:
 - the register: a SALE (a new purchase, then the same one again; its id with another
   amount; a second purchase, refused while the first is in progress), a CANCEL, a
   HANDOVER_DONE, and STATUS for its sale, for its second purchase and for an id it never
-  used, in every state (a STATUS changes nothing: the move checks the daemon's answer,
-  ``pointd.core.answers.status``, and leaves the state as it was; every STATUS is also
-  asked right after each SALE);
+  used, in every state, and HANDOVER_CHECK for its sale (neither changes anything: the
+  move checks the daemon's answer, ``pointd.core.answers``, and leaves the state as it
+  was; every STATUS is also asked right after each SALE);
 - the register of a second lane with the same terminal (two unpinned lanes and one
   terminal on USB both find it): a SALE while this lane's sale holds the terminal, which
   admission must refuse, and a STATUS. The checkout sends the lane's terminal verdict
@@ -54,7 +54,8 @@ after the refusal is the state before it.
 At every transition and every state reached it checks the rules of docs/architecture.md:
 
 - ``handover``: goods may leave only with a payment the API approved for this sale (and no
-  fraud alert against it), or with a supervisor's journaled release;
+  fraud alert against it), or with a supervisor's journaled release; HANDOVER_CHECK says
+  ``allowed=yes`` only then;
 - ``create``: no create for attempt n+1 unless attempt n was proven absent, and no resend of
   an attempt unless its send was proven not to have left;
 - ``backwards``: a final sale or refund never changes; intent progress and the attempt
@@ -436,13 +437,15 @@ MOVES: Mapping[str, Build] = {
     "refund polled: failed": _refund_observed("FAILED"),
 }
 RESTART = "restart"
-# STATUS changes nothing: its move checks the answer and leaves the node as it is.
+# STATUS and HANDOVER_CHECK change nothing: their moves check the answer and leave the
+# node as it is.
 STATUS_QUERIES: Mapping[str, tuple[int, str]] = {
     "register: status": (LANE, "c1"),
     "register: status, second purchase": (LANE, "c2"),
     "register: status, unknown id": (LANE, "c9"),
     "lane 2: status": (OTHER_LANE, "c1"),
 }
+HANDOVER_CHECK = "register: handover check"
 # A move that is a timer: "timer: <owner> <kind>".
 _TIMER = "timer: "
 
@@ -471,6 +474,7 @@ def moves(state: CoreState, world: World) -> Iterable[tuple[str, Event | None]]:
         yield f"{_TIMER}{owner} {kind.value}", _timer_event(owner, kind)
     for name in STATUS_QUERIES:
         yield name, None
+    yield HANDOVER_CHECK, None
     yield RESTART, None
 
 
@@ -673,6 +677,30 @@ def _check_sale_change(old: Sale | None, sale: Sale, state: CoreState, world: Wo
                           f"{sale.intent_state}")
 
 
+def _cleared(sale: Sale, state: CoreState, world: World) -> bool:
+    """Whether the goods may leave on what the world knows: a supervisor's release, or a
+    payment the API approved for the sale that no fraud alert names."""
+    if sale.is_final:
+        # Rule handover held its approval or release to the world's facts when it entered
+        # this state, and it never changes again (the world forgets them then).
+        released = sale.override is not None and sale.override.decision is \
+            OverrideDecision.RELEASE
+        verified = sale.approved_payment_id is not None
+    else:
+        released, verified = _supervisor_released(sale, world), _api_approved(sale, world)
+    return released or (verified and sale.approved_payment_id not in state.fraud_alerts)
+
+
+def _check_handover_check(state: CoreState, world: World) -> None:
+    """The daemon's answer to HANDOVER_CHECK for the register's sale."""
+    sale = state.sale_of_request(LANE, "c1")
+    if sale is not None and answers.goods_may_leave(state, sale) \
+            and not _cleared(sale, state, world):
+        raise _Broken("handover", f"HANDOVER_CHECK c1 says allowed=yes for {sale.sale_id} "
+                      f"{sale.state.value} without a payment the API approved for it that "
+                      "no fraud alert names, or a supervisor's release")
+
+
 def _check_status(state: CoreState, world: World, lane: int, correlation_id: str) -> None:
     """The daemon's answer to this STATUS, held to the sale the register asked for."""
     answer = answers.status(state, lane, correlation_id)
@@ -691,16 +719,7 @@ def _check_status(state: CoreState, world: World, lane: int, correlation_id: str
             or answer.amount_cents != sale.amount_cents:
         raise _Broken("status", f"{said} (amount {answer.amount_cents}); the sale asked for is "
                       f"{sale.sale_id}, {sale.state.value}, {sale.amount_cents} cents")
-    fraud = sale.approved_payment_id in state.fraud_alerts
-    if sale.is_final:
-        # Rule handover held its approval or release to the world's facts when it entered
-        # this state, and it never changes again (the world forgets them then).
-        released = sale.override is not None and sale.override.decision is \
-            OverrideDecision.RELEASE
-        verified = sale.approved_payment_id is not None
-    else:
-        released, verified = _supervisor_released(sale, world), _api_approved(sale, world)
-    cleared = released or (verified and not fraud)
+    cleared = _cleared(sale, state, world)
     if answer.handover and not cleared:
         raise _Broken("status", f"{said} without a payment the API approved for "
                       f"{sale.sale_id} that no fraud alert names, or a supervisor's release")
@@ -783,6 +802,9 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
         return Node(restored, world, node.depth + 1, (*node.path, name), (*node.events, None))
     if name in STATUS_QUERIES:
         _check_status(node.state, node.world, *STATUS_QUERIES[name])
+        return node
+    if name == HANDOVER_CHECK:
+        _check_handover_check(node.state, node.world)
         return node
     if event is None:
         return Node(node.state, node.world, node.depth + 1, (*node.path, name),
@@ -927,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.depth < 1:
         parser.error("--depth must be at least 1")
-    kinds = len(MOVES) + len(STATUS_QUERIES) + 2
+    kinds = len(MOVES) + len(STATUS_QUERIES) + 3
     print(f"exploring to depth {args.depth}: {kinds} kinds of move "
           "(timers counted as one, restart as one)")
     print(f"{'depth':>5} {'new states':>11} {'transitions':>12} {'seconds':>9}")

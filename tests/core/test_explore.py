@@ -173,19 +173,34 @@ def test_each_broken_admission_is_reported_with_a_counterexample(
     assert violation.path[-1] == second_sale
 
 
+# The explorer found this at depth 7 when STATUS joined its alphabet: the register session
+# answered handover=yes from the state alone, and the checkout HANDOVER_CHECK from the
+# record alone, so a sale closed as handover_unconfirmed kept saying yes after a fraud alert
+# named its payment.
+LATE_FRAUD_ALERT = ["register: sale", "create: created", "api: intent FINISHED",
+                    "payment: approved", "timer: S1 handover", "fraud: this payment"]
+
+
 def test_handover_yes_from_the_state_alone_is_caught_after_a_late_fraud_alert(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The explorer found this at depth 7 when STATUS joined its alphabet: the register
-    # session used to answer handover=yes from the state alone, so a sale closed as
-    # handover_unconfirmed kept saying yes after a fraud alert named its payment.
-    moves = ["register: sale", "create: created", "api: intent FINISHED", "payment: approved",
-             "timer: S1 handover", "fraud: this payment", "register: status"]
+    moves = [*LATE_FRAUD_ALERT, "register: status"]
     assert explore.replay(moves) == []
     monkeypatch.setattr(answers, "status", _handover_from_the_state_alone)
     [violation] = explore.replay(moves)
     assert violation.rule == "status"
     assert "handover_unconfirmed handover=yes" in violation.detail
+
+
+def test_a_handover_check_from_the_record_alone_is_caught_after_a_late_fraud_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moves = [*LATE_FRAUD_ALERT, "register: handover check"]
+    assert explore.replay(moves) == []
+    monkeypatch.setattr(answers, "goods_may_leave", lambda core, sale: sale.may_hand_over)
+    [violation] = explore.replay(moves)
+    assert violation.rule == "handover"
+    assert "HANDOVER_CHECK c1 says allowed=yes" in violation.detail
 
 
 def test_the_restart_reconcile_race_found_by_the_explorer_stays_fixed() -> None:
