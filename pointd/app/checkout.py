@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-Each lane has one register session. What the register asks is answered here from the
-core's state (status, handover checks) or turned into a core event for the engine (sale,
-cancel, handover done). What the core decides for the register arrives as ``TellRegister``
-effects and is shown through the lane's session. Nothing here decides: every SALE becomes a
-``SaleRequested`` with the lane's terminal verdict, and the core's admission (lane busy,
-terminal held, correlation id repeated or reused) comes back in the Step, which is only
-translated for the register.
+Each lane has one register session. What the register asks is answered from the core's
+state (STATUS and HANDOVER_CHECK by ``pointd.core.answers``) or turned into a core event
+for the engine (sale, cancel, handover done). What the core decides for the register
+arrives as ``TellRegister`` effects and is shown through the lane's session. Nothing here
+decides: every SALE becomes a ``SaleRequested`` with the lane's terminal verdict (USB,
+device list, PDV mode, Mercado Pago reachable), and the core's admission (lane busy,
+terminal held by another sale, correlation id repeated or reused) comes back in the Step,
+which is only translated for the register.
 
 A register that repeats a SALE with a correlation id the lane already knows (after a
 reconnect, or after the daemon restarted) gets that sale's current standing again, never a
@@ -31,6 +32,7 @@ from typing import Protocol
 
 import structlog
 
+from pointd.core import answers
 from pointd.core.effects import TellRefund, TellRegister
 from pointd.core.events import CancelRequested, HandoverConfirmed, SaleRequested
 from pointd.core.machine import CoreState, Sale, Step
@@ -224,19 +226,21 @@ class Checkout:
                 await engine.submit(CancelRequested(sale_id=sale.sale_id, lane=lane, by="register"))
                 return None
             case StatusQuery():
-                if sale is None:
-                    return SaleStatus(request.correlation_id, None)
+                standing = answers.status(engine.state, lane, request.correlation_id)
                 return SaleStatus(
                     request.correlation_id,
-                    sale.state,
-                    amount_cents=sale.amount_cents,
-                    payment_id=sale.payment_id,
+                    standing.state,
+                    amount_cents=standing.amount_cents,
+                    payment_id=standing.payment_id,
+                    handover=standing.handover,
                 )
             case HandoverCheck():
                 if sale is None:
                     return _unknown(request.correlation_id)
                 return HandoverDecision(
-                    request.correlation_id, sale.may_hand_over, sale.state.value
+                    request.correlation_id,
+                    answers.goods_may_leave(engine.state, sale),
+                    sale.state.value,
                 )
             case HandoverDone():
                 if sale is None:

@@ -26,6 +26,7 @@ from pointd.control.bundle import build_support_bundle, bundle_answer, collect_v
 from pointd.control.errors import MethodError
 from pointd.control.protocol import ErrorCode, iso_time
 from pointd.control.server import Caller
+from pointd.core import answers
 from pointd.core.states import SaleState
 from pointd.journal.store import Journal
 
@@ -119,7 +120,7 @@ class ReadMethods:
         detail.update(
             in_memory=True,
             approved_payment_id=sale.approved_payment_id,
-            may_hand_over=sale.may_hand_over,
+            may_hand_over=answers.goods_may_leave(self._engine.state, sale),
             cancel_requested=sale.cancel_requested,
             verify_started_at=iso_time(sale.verify_started_at),
             override=None if sale.override is None else {

@@ -2,10 +2,10 @@
 
 Theory of operation: three inputs decide a lane's standing. They are the USB view (owned
 by a TerminalWatch), Mercado Pago's device list (cached in a DeviceCatalog) and whether
-Mercado Pago can be reached. The live intents come from the core and are read only for a
-sale. Nothing here is cached between decisions. ``check`` and ``condition`` resolve the
-lane again from the current inputs with the pure functions of pointd.terminal, so a sale
-is never judged on an old view.
+Mercado Pago can be reached. Whether another sale holds the terminal is not one of them:
+the core judges that when it admits the sale. Nothing here is cached between decisions.
+``check`` and ``condition`` resolve the lane again from the current inputs with the pure
+functions of pointd.terminal, so a sale is never judged on an old view.
 
 What is kept is the last condition announced per lane, so ``on_condition`` fires only
 when something changed. Recomputation runs on every trigger that can change a condition:
@@ -156,7 +156,6 @@ class LaneTerminals:
         *,
         catalog: DeviceCatalog,
         fetch_devices: DeviceListFetcher,
-        live_intent: Callable[[str], bool],
         on_condition: ConditionCallback,
         watch: TerminalWatch | None,
         refresh_interval: float,
@@ -178,7 +177,6 @@ class LaneTerminals:
         self._lanes = _validated_lanes(lanes)
         self._catalog = catalog
         self._fetch_devices = fetch_devices
-        self._live_intent = live_intent
         self._on_condition = on_condition
         self._watch = watch
         self._refresh_interval = float(refresh_interval)
@@ -206,11 +204,10 @@ class LaneTerminals:
         return self._cloud_reachable
 
     def check(self, lane: int) -> tuple[str | None, Refusal | None]:
-        """The terminal id to use for a sale on ``lane`` now, and why to refuse it (or None)."""
+        """The terminal id to use for a sale on ``lane`` now, and why its terminal cannot take
+        one (or None). Whether another sale holds that terminal is the core's to judge."""
         resolution, record = self._assess(self._spec(lane))
-        busy = resolution.device_id is not None and self._live_intent(resolution.device_id)
-        refusal = check_lane(resolution, record, busy, self._cloud_reachable)
-        return resolution.device_id, refusal
+        return resolution.device_id, check_lane(resolution, record, self._cloud_reachable)
 
     def condition(self, lane: int) -> LaneCondition:
         """The lane's standing for the idle display, from the current inputs."""

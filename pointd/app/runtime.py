@@ -454,7 +454,6 @@ def _wire(
         [LaneSpec(lane.number, lane.terminal, lane.terminal_serial) for lane in config.lanes],
         catalog=DeviceCatalog(ports.monotonic),
         fetch_devices=cloud.list_terminals,
-        live_intent=lambda terminal_id: terminal_id in engine.state.terminals,
         on_condition=on_condition,
         watch=watch,
         refresh_interval=config.terminals.refresh_interval,

@@ -7,15 +7,25 @@ that replays it (exit 1).
 
 Theory of operation
 -------------------
-The explorer plays the world around one lane: a register, Mercado Pago and a supervisor.
+The explorer plays the world around one lane: a register, Mercado Pago and a supervisor,
+and the register of a second lane that shares the first lane's terminal.
 A *move* is one thing the world can do next; it becomes a core event built from what the
 world has seen so far (the sale's intent id and reference, the refund being sent), or it is
 not possible yet (an answer to a create that was never sent). The moves are:
 
 - the register: a SALE (a new purchase, then the same one again; its id with another
   amount; a second purchase, refused while the first is in progress), a CANCEL, a
-  HANDOVER_DONE (STATUS and HANDOVER_CHECK only read the state, which the
-  invariants below check);
+  HANDOVER_DONE, and STATUS for its sale, for its second purchase and for an id it never
+  used, in every state, and HANDOVER_CHECK for its sale (neither changes anything: the
+  move checks the daemon's answer, ``pointd.core.answers``, and leaves the state as it
+  was; every STATUS is also asked right after each SALE);
+- the register of a second lane with the same terminal (two unpinned lanes and one
+  terminal on USB both find it): a SALE while this lane's sale holds the terminal, which
+  admission must refuse, and a STATUS. The checkout sends the lane's terminal verdict
+  (USB, device list, PDV mode, Mercado Pago reachable) with the SALE and leaves whether
+  another sale holds the terminal to the core, so the SALE arrives with a clean verdict,
+  as the daemon sends it. Once the terminal is free, that lane's sale would be what this
+  lane's is, so it is not asked then;
 - a create's outcome, when one is in flight: created, not sent, unknown, terminal busy,
   rejected; a reconciliation's: the attempt proven absent, or its approved payment found;
 - the intent (or order) in every state, as the API answers it, and two notifications
@@ -37,12 +47,15 @@ because time passed, so two sequences that reach the same state reach the same J
 document, and a state is explored once however many sequences reach it. What is deduplicated
 is the snapshot of the core state together with the world's view (armed timers, calls in
 flight, and the facts the invariants need: which payments the API approved for which sale,
-which create attempts it proved absent).
+which create attempts it proved absent). A sale the second lane asked for and the core
+refused is left out of that key (``canonical``): nothing can reach it again, so the state
+after the refusal is the state before it.
 
 At every transition and every state reached it checks the rules of docs/architecture.md:
 
 - ``handover``: goods may leave only with a payment the API approved for this sale (and no
-  fraud alert against it), or with a supervisor's journaled release;
+  fraud alert against it), or with a supervisor's journaled release; HANDOVER_CHECK says
+  ``allowed=yes`` only then;
 - ``create``: no create for attempt n+1 unless attempt n was proven absent, and no resend of
   an attempt unless its send was proven not to have left;
 - ``backwards``: a final sale or refund never changes; intent progress and the attempt
@@ -57,7 +70,16 @@ At every transition and every state reached it checks the rules of docs/architec
 - ``way out``: every unfinished sale or refund has an armed timer or a call whose answer
   will come (a sale BLOCKED by a fraud alert waits for a person: its way out is a
   supervisor's override, which is a move);
-- ``table``: no handler moves a record where its row does not say it may.
+- ``table``: no handler moves a record where its row does not say it may;
+- ``admission``: no two unfinished sales share a lane, and no two sales hold one terminal
+  (a second intent could be created where the first may be charging);
+- ``status``: STATUS names the newest sale that lane's register asked for under the id
+  (``unknown`` only when there is none: the register then sends the SALE again), says the
+  state it is in (so a final state is told to a register that asks), its amount, and
+  ``handover=yes`` exactly when the goods may leave now: approved, overridden or
+  handover_unconfirmed, with a payment the API approved for it that no fraud alert names
+  (an alert after the sale closed unconfirmed takes the permission back), or with a
+  supervisor's release.
 """
 
 from __future__ import annotations
@@ -71,7 +93,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointd.core import machine, refunds
+from pointd.core import answers, machine, refunds
 from pointd.core.effects import (
     CancelTimer,
     CreateIntent,
@@ -119,6 +141,7 @@ from pointd.core.states import (
     HANDOVER_ALLOWED_STATES,
     PAID_INTENT_STATES,
     REFUNDABLE_SALE_STATES,
+    TERMINAL_HOLDING_STATES,
     IntentState,
     SaleState,
 )
@@ -126,6 +149,7 @@ from pointd.core.table import Step
 
 STORE = "explore"
 LANE = 1
+OTHER_LANE = 2  # its register finds the same terminal
 TERMINAL = "PAX_EXPLORE"
 AMOUNT = 1500
 COLLECTOR = "1234567"
@@ -219,11 +243,12 @@ Build = Callable[[CoreState, World], Event | None]
 
 
 def _current(state: CoreState) -> Sale | None:
-    """The lane's sale in progress, else the newest sale."""
+    """The lane's sale in progress, else its newest sale."""
     sale = state.sale_on_lane(LANE)
     if sale is not None:
         return sale
-    return state.sales[max(state.sales, key=lambda s: (len(s), s))] if state.sales else None
+    mine = [s for s in state.sales.values() if s.lane == LANE]
+    return max(mine, key=lambda s: (len(s.sale_id), s.sale_id)) if mine else None
 
 
 def _new_sale_id(state: CoreState) -> str:
@@ -242,6 +267,14 @@ def _sale_request(correlation: str, amount: int = AMOUNT) -> Build:
     def build(state: CoreState, world: World) -> Event:
         return SaleRequested(_new_sale_id(state), LANE, correlation, amount, TERMINAL, None)
     return build
+
+
+def _other_lane_sale(state: CoreState, world: World) -> Event | None:
+    """The second lane's SALE while this lane's sale holds their terminal."""
+    holder = state.sale_on_lane(LANE)
+    if holder is None or holder.state not in TERMINAL_HOLDING_STATES:
+        return None
+    return SaleRequested(_new_sale_id(state), OTHER_LANE, "c1", AMOUNT, TERMINAL, None)
 
 
 def _on_sale(make: Callable[[Sale], Event | None]) -> Build:
@@ -356,6 +389,7 @@ MOVES: Mapping[str, Build] = {
     "register: another sale": _sale_request("c2"),
     "register: cancel": lambda state, world: CancelRequested(None, LANE, "register"),
     "register: handover done": _on_sale(lambda sale: HandoverConfirmed(sale.sale_id)),
+    "lane 2: sale, terminal held": _other_lane_sale,
     "create: created": _call_answer(
         "create", lambda sale, n: IntentCreated(sale, n, f"I{sale}A{n}")),
     "create: not sent": _call_answer("create", lambda s, n: CreateNotSent(s, n, "refused")),
@@ -403,6 +437,15 @@ MOVES: Mapping[str, Build] = {
     "refund polled: failed": _refund_observed("FAILED"),
 }
 RESTART = "restart"
+# STATUS and HANDOVER_CHECK change nothing: their moves check the answer and leave the
+# node as it is.
+STATUS_QUERIES: Mapping[str, tuple[int, str]] = {
+    "register: status": (LANE, "c1"),
+    "register: status, second purchase": (LANE, "c2"),
+    "register: status, unknown id": (LANE, "c9"),
+    "lane 2: status": (OTHER_LANE, "c1"),
+}
+HANDOVER_CHECK = "register: handover check"
 # A move that is a timer: "timer: <owner> <kind>".
 _TIMER = "timer: "
 
@@ -429,6 +472,9 @@ def moves(state: CoreState, world: World) -> Iterable[tuple[str, Event | None]]:
             yield name, event
     for owner, kind in sorted(world.armed):
         yield f"{_TIMER}{owner} {kind.value}", _timer_event(owner, kind)
+    for name in STATUS_QUERIES:
+        yield name, None
+    yield HANDOVER_CHECK, None
     yield RESTART, None
 
 
@@ -562,12 +608,15 @@ def _attempt_possible(world: World, event: Event | None) -> bool:
 
 
 def _check_state(before: CoreState | None, state: CoreState, world: World) -> None:
+    lanes: dict[int, str] = {}
+    terminals: dict[str, str] = {}
     for sale in state.sales.values():
         old = before.sales.get(sale.sale_id) if before else None
         if old is not sale:
             _check_sale_change(old, sale, state, world)
         if not sale.is_final:
             _check_sale_way_out(sale, world)
+            _check_admitted(sale, lanes, terminals)
     for refund in state.refunds.refunds.values():
         old_refund = before.refunds.refunds.get(refund.refund_id) if before else None
         if old_refund is not refund:
@@ -582,13 +631,35 @@ def _check_state(before: CoreState | None, state: CoreState, world: World) -> No
                           f"{paid} paid")
 
 
+def _check_admitted(sale: Sale, lanes: dict[int, str], terminals: dict[str, str]) -> None:
+    """Note an unfinished sale's lane and terminal; two sales on one of them break a rule."""
+    other = lanes.setdefault(sale.lane, sale.sale_id)
+    if other != sale.sale_id:
+        raise _Broken("admission", f"{other} and {sale.sale_id} are both in progress on "
+                      f"lane {sale.lane}")
+    if sale.state in TERMINAL_HOLDING_STATES:
+        other = terminals.setdefault(sale.terminal_id, sale.sale_id)
+        if other != sale.sale_id:
+            raise _Broken("admission", f"{other} and {sale.sale_id} both hold terminal "
+                          f"{sale.terminal_id}: the second intent may go where the first "
+                          "may be charging")
+
+
+def _api_approved(sale: Sale, world: World) -> bool:
+    """Whether the API approved the payment this sale holds as approved."""
+    return (sale.approved_payment_id is not None
+            and (sale.sale_id, sale.approved_payment_id) in world.approved)
+
+
+def _supervisor_released(sale: Sale, world: World) -> bool:
+    """Whether a supervisor's journaled release stands for this sale."""
+    return (sale.sale_id in world.released and sale.override is not None
+            and sale.override.decision is OverrideDecision.RELEASE)
+
+
 def _check_sale_change(old: Sale | None, sale: Sale, state: CoreState, world: World) -> None:
     if sale.state in _GOODS_OUT:
-        verified = (sale.approved_payment_id is not None
-                    and (sale.sale_id, sale.approved_payment_id) in world.approved)
-        released = (sale.sale_id in world.released and sale.override is not None
-                    and sale.override.decision is OverrideDecision.RELEASE)
-        if not (verified or released):
+        if not (_api_approved(sale, world) or _supervisor_released(sale, world)):
             raise _Broken("handover", f"{sale.sale_id} is {sale.state.value} without a payment "
                           "the API approved for it or a supervisor's release")
         if sale.state is SaleState.APPROVED and sale.approved_payment_id in state.fraud_alerts:
@@ -604,6 +675,57 @@ def _check_sale_change(old: Sale | None, sale: Sale, state: CoreState, world: Wo
                 _INTENT_RANK[sale.intent_state] < _INTENT_RANK[old.intent_state])):
             raise _Broken("backwards", f"{sale.sale_id}: intent {old.intent_state} → "
                           f"{sale.intent_state}")
+
+
+def _cleared(sale: Sale, state: CoreState, world: World) -> bool:
+    """Whether the goods may leave on what the world knows: a supervisor's release, or a
+    payment the API approved for the sale that no fraud alert names."""
+    if sale.is_final:
+        # Rule handover held its approval or release to the world's facts when it entered
+        # this state, and it never changes again (the world forgets them then).
+        released = sale.override is not None and sale.override.decision is \
+            OverrideDecision.RELEASE
+        verified = sale.approved_payment_id is not None
+    else:
+        released, verified = _supervisor_released(sale, world), _api_approved(sale, world)
+    return released or (verified and sale.approved_payment_id not in state.fraud_alerts)
+
+
+def _check_handover_check(state: CoreState, world: World) -> None:
+    """The daemon's answer to HANDOVER_CHECK for the register's sale."""
+    sale = state.sale_of_request(LANE, "c1")
+    if sale is not None and answers.goods_may_leave(state, sale) \
+            and not _cleared(sale, state, world):
+        raise _Broken("handover", f"HANDOVER_CHECK c1 says allowed=yes for {sale.sale_id} "
+                      f"{sale.state.value} without a payment the API approved for it that "
+                      "no fraud alert names, or a supervisor's release")
+
+
+def _check_status(state: CoreState, world: World, lane: int, correlation_id: str) -> None:
+    """The daemon's answer to this STATUS, held to the sale the register asked for."""
+    answer = answers.status(state, lane, correlation_id)
+    asked = [s for s in state.sales.values()
+             if s.lane == lane and s.correlation_id == correlation_id]
+    sale = max(asked, key=lambda s: (s.requested_at, s.sale_id)) if asked else None
+    said = (f"STATUS {correlation_id} on lane {lane} says {answer.sale_id or 'unknown'} "
+            f"{answer.state.value if answer.state else ''} handover="
+            f"{'yes' if answer.handover else 'no'}")
+    if sale is None:
+        if answer.state is not None or answer.handover:
+            raise _Broken("status", f"{said}, but that register never asked for a sale "
+                          f"under {correlation_id}")
+        return
+    if answer.sale_id != sale.sale_id or answer.state is not sale.state \
+            or answer.amount_cents != sale.amount_cents:
+        raise _Broken("status", f"{said} (amount {answer.amount_cents}); the sale asked for is "
+                      f"{sale.sale_id}, {sale.state.value}, {sale.amount_cents} cents")
+    cleared = _cleared(sale, state, world)
+    if answer.handover and not cleared:
+        raise _Broken("status", f"{said} without a payment the API approved for "
+                      f"{sale.sale_id} that no fraud alert names, or a supervisor's release")
+    if answer.handover != (cleared and sale.state in HANDOVER_ALLOWED_STATES):
+        raise _Broken("status", f"{said}: the goods may leave exactly in approved, "
+                      "overridden and handover_unconfirmed, with that payment or release")
 
 
 def _check_sale_way_out(sale: Sale, world: World) -> None:
@@ -678,6 +800,12 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
     if name == RESTART:
         restored, world = _restart(node)
         return Node(restored, world, node.depth + 1, (*node.path, name), (*node.events, None))
+    if name in STATUS_QUERIES:
+        _check_status(node.state, node.world, *STATUS_QUERIES[name])
+        return node
+    if name == HANDOVER_CHECK:
+        _check_handover_check(node.state, node.world)
+        return node
     if event is None:
         return Node(node.state, node.world, node.depth + 1, (*node.path, name),
                     (*node.events, None))
@@ -691,6 +819,11 @@ def advance(node: Node, name: str, event: Event | None, tables: Tables) -> Node 
     world = _check_effects(node.state, world, event, result)
     _check_state(node.state, result.state, world)
     world = _forget_settled(node.state, result.state, world)
+    if isinstance(event, SaleRequested):
+        # Asked at once, before canonical() may drop a refused sale of the second lane.
+        asked = dict.fromkeys([(event.lane, event.correlation_id), *STATUS_QUERIES.values()])
+        for lane, correlation_id in asked:
+            _check_status(result.state, world, lane, correlation_id)
     return Node(result.state, world, node.depth + 1, (*node.path, name), (*node.events, event))
 
 
@@ -702,13 +835,25 @@ def canonical(state: CoreState) -> Hashable:
 
     ``detail`` is only shown (no rule reads it), so states that differ in it alone have the
     same future. Every index is derived from the records and the fraud alerts.
+
+    A sale the second lane asked for and the core refused is left out too: it is final
+    from the start, has no intent, payment, timer or reference for any event to reach, and
+    its lane asks nothing else of it (its STATUS was checked when it was refused). The state
+    with it has the future of the state without it, which is where the refusal came from,
+    so the move adds transitions but no states. One the core admitted is kept (and has
+    already broken rule admission).
     """
+    sales = (state.sales[k] for k in sorted(state.sales))
     return (
-        tuple(_SALE_KEY(state.sales[k]) for k in sorted(state.sales)),
+        tuple(_SALE_KEY(sale) for sale in sales if not _inert(sale)),
         tuple(_REFUND_KEY(state.refunds.refunds[k]) for k in sorted(state.refunds.refunds)),
         state.fraud_alerts,
         state.forgotten_through,
     )
+
+
+def _inert(sale: Sale) -> bool:
+    return sale.lane != LANE and sale.is_final and sale.attempt == 0
 
 
 def _decisive_fields(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]]:
@@ -804,7 +949,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.depth < 1:
         parser.error("--depth must be at least 1")
-    print(f"exploring to depth {args.depth}: {len(MOVES) + 2} kinds of move "
+    kinds = len(MOVES) + len(STATUS_QUERIES) + 3
+    print(f"exploring to depth {args.depth}: {kinds} kinds of move "
           "(timers counted as one, restart as one)")
     print(f"{'depth':>5} {'new states':>11} {'transitions':>12} {'seconds':>9}")
 

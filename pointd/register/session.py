@@ -51,7 +51,6 @@ from pointd.core.events import RefundRefusal
 from pointd.core.states import (
     ENDED_UNPAID_STATES,
     FINAL_STATES,
-    HANDOVER_ALLOWED_STATES,
     HOLD_STATES,
     PAID_FINAL_STATES,
     RELEASED_STATES,
@@ -159,6 +158,7 @@ class SaleStatus:
     amount_cents: int | None = None
     payment_id: str | None = None
     card_last4: str | None = None
+    handover: bool = False  # the core's judgement (pointd.core.answers): the goods may leave
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def status_reply(status: SaleStatus) -> msg.StatusReply:
     return msg.StatusReply(
         status.correlation_id,
         status.state.value,
-        handover=status.state in HANDOVER_ALLOWED_STATES,
+        handover=status.handover,
         amount_cents=status.amount_cents,
         payment_id=status.payment_id,
         card_last4=status.card_last4,

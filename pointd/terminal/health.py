@@ -9,7 +9,9 @@ problem they can act on:
 2. Mercado Pago cannot be reached             -> CLOUD_UNAVAILABLE / CARD_PAYMENTS_UNAVAILABLE
 3. no cloud device for the lane (or several)  -> TERMINAL_UNKNOWN
 4. the device is known not to be in PDV mode   -> TERMINAL_NOT_PDV
-5. the terminal already has a live intent     -> TERMINAL_BUSY (sales only)
+
+A terminal that another sale holds (two lanes may find the same terminal on USB) is
+refused by the core at admission (TERMINAL_BUSY), not here.
 
 Cloud reachability comes before identity because an unreachable cloud also leaves the
 device list empty, and "unknown terminal" would then send the technician the wrong way.
@@ -149,10 +151,13 @@ def _known_not_pdv(record: DeviceRecord) -> bool:
 def check_lane(
     resolution: Resolution,
     cloud_device: DeviceRecord | None,
-    live_intent_on_terminal: bool,
     cloud_reachable: bool,
 ) -> Refusal | None:
-    """Why a sale on this lane must be refused now, or None when it may proceed (pure)."""
+    """Why the lane's terminal cannot take a sale now, or None when it can (pure).
+
+    Whether another sale holds the terminal is not judged here: the core decides that at
+    admission (``Refusal.TERMINAL_BUSY``), on the state it commits the sale to.
+    """
     if resolution.presence is UsbPresence.DETACHED:
         return Refusal.TERMINAL_NOT_CONNECTED
     if not cloud_reachable:
@@ -163,8 +168,6 @@ def check_lane(
         return Refusal.TERMINAL_UNKNOWN
     if _known_not_pdv(cloud_device):
         return Refusal.TERMINAL_NOT_PDV
-    if live_intent_on_terminal:
-        return Refusal.TERMINAL_BUSY
     return None
 
 
@@ -174,7 +177,7 @@ def lane_condition(
     cloud_reachable: bool,
 ) -> LaneCondition:
     """The lane's standing for the idle display; READY again as soon as causes clear (pure)."""
-    refusal = check_lane(resolution, cloud_device, False, cloud_reachable)
+    refusal = check_lane(resolution, cloud_device, cloud_reachable)
     if refusal is None:
         return LaneCondition.READY
     return _CONDITION_FOR_REFUSAL[refusal]

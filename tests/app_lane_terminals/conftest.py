@@ -60,7 +60,6 @@ class Harness:
     clock: ManualClock
     watch: TerminalWatch | None
     sleep: GatedSleep
-    busy: set[str]
     announced: list[tuple[int, LaneCondition]]
     changes: asyncio.Queue[tuple[int, LaneCondition]]
 
@@ -89,7 +88,6 @@ def build(bus: FakeUsbBus) -> Build:
         cloud = FakeCloud(devices=list(devices or []))
         clock = ManualClock(1000.0)
         sleep = GatedSleep()
-        busy: set[str] = set()
         announced: list[tuple[int, LaneCondition]] = []
         changes: asyncio.Queue[tuple[int, LaneCondition]] = asyncio.Queue()
         holder: list[LaneTerminals] = []
@@ -115,7 +113,6 @@ def build(bus: FakeUsbBus) -> Build:
             specs or (LaneSpec(1),),
             catalog=DeviceCatalog(clock),
             fetch_devices=cloud.list_terminals,
-            live_intent=lambda terminal_id: terminal_id in busy,
             on_condition=on_condition,
             watch=watch,
             refresh_interval=refresh_interval,
@@ -125,6 +122,6 @@ def build(bus: FakeUsbBus) -> Build:
             wall_clock=clock,
         )
         holder.append(lanes)
-        return Harness(lanes, cloud, clock, watch, sleep, busy, announced, changes)
+        return Harness(lanes, cloud, clock, watch, sleep, announced, changes)
 
     return make

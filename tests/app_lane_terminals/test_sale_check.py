@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pointd.app.lane_terminals import LaneSpec, UnknownLane
-from pointd.core.states import LaneCondition, Refusal
+from pointd.core.events import SaleRequested
+from pointd.core.machine import step, telling
+from pointd.core.policy import Policy
+from pointd.core.records import CoreState
+from pointd.core.states import Admission, LaneCondition, Refusal
 from pointd.sim.usb.bus import FakeUsbBus
 
 from .conftest import GERTEC, GERTEC_SERIAL, INGENICO, PAX, PAX_SERIAL, Build, Device
@@ -13,25 +17,32 @@ from .conftest import GERTEC, GERTEC_SERIAL, INGENICO, PAX, PAX_SERIAL, Build, D
 BOTH_PDV = [Device(GERTEC, "PDV"), Device(PAX, "PDV")]
 
 
-async def test_a_terminal_with_a_live_intent_refuses_the_sale_but_shows_ready(
+async def test_two_lanes_that_find_one_terminal_are_both_clear_and_the_core_refuses_the_second(
     build: Build, bus: FakeUsbBus
 ) -> None:
-    h = build(LaneSpec(1), devices=BOTH_PDV)
+    # Neither lane is pinned and one terminal is on USB: both lanes find it. Whether a sale
+    # holds it is the core's to judge at admission, on the state it commits the sale to.
+    h = build(LaneSpec(1), LaneSpec(2), devices=BOTH_PDV)
     bus.plug("gertec-mp35p")
     await h.lanes.refresh()
-    h.busy.add(GERTEC)
-    assert h.lanes.check(1) == (GERTEC, Refusal.TERMINAL_BUSY)
-    assert h.lanes.condition(1) is LaneCondition.READY
-    h.busy.clear()
-    assert h.lanes.check(1) == (GERTEC, None)
+    assert h.lanes.check(1) == h.lanes.check(2) == (GERTEC, None)
+    terminal = GERTEC
+    policy = Policy(currency="ARS", collector_id="1", min_amount_cents=100,
+                    max_amount_cents=100_000)
+    first = step(CoreState.empty("shop"), SaleRequested("S1", 1, "a", 1500, terminal, None),
+                 now=1000.0, policy=policy)
+    assert first.admission is Admission.ADMITTED
+    second = step(first.state, SaleRequested("S2", 2, "a", 1500, terminal, None),
+                  now=1000.0, policy=policy)
+    assert second.admission is Admission.REFUSED
+    assert second.state.sales["S2"].refusal is Refusal.TERMINAL_BUSY
+    assert second.effects == (telling(second.state.sales["S2"]),)
+    assert h.lanes.condition(2) is LaneCondition.READY
 
 
-async def test_an_unplugged_terminal_is_refused_before_asking_whether_it_is_busy(
-    build: Build, bus: FakeUsbBus
-) -> None:
+async def test_an_unplugged_terminal_is_refused(build: Build, bus: FakeUsbBus) -> None:
     h = build(LaneSpec(1, terminal_serial=GERTEC_SERIAL), devices=BOTH_PDV)
     await h.lanes.refresh()
-    h.busy.add(GERTEC)
     assert h.lanes.check(1) == (GERTEC, Refusal.TERMINAL_NOT_CONNECTED)
 
 
@@ -102,9 +113,8 @@ async def test_two_lanes_each_get_their_own_terminal(build: Build, bus: FakeUsbB
     bus.plug("gertec-mp35p")
     bus.plug("pax-a910")
     await h.lanes.refresh()
-    h.busy.add(PAX)
     assert h.lanes.check(1) == (GERTEC, None)
-    assert h.lanes.check(2) == (PAX, Refusal.TERMINAL_BUSY)
+    assert h.lanes.check(2) == (PAX, None)
 
 
 async def test_a_standalone_terminal_is_refused_as_not_pdv(build: Build, bus: FakeUsbBus) -> None:

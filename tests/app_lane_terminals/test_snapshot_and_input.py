@@ -107,7 +107,6 @@ def _lanes(specs: Any, **overrides: Any) -> LaneTerminals:
     arguments: dict[str, Any] = {
         "catalog": DeviceCatalog(lambda: 0.0),
         "fetch_devices": _no_devices,
-        "live_intent": lambda _terminal: False,
         "on_condition": lambda _lane, _condition: None,
         "watch": None,
         "refresh_interval": 300.0,

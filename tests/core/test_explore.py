@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pointd.core import explore, machine
+from pointd.core import answers, explore, machine
 from pointd.core.events import (
     IntentObserved,
     ObservationSource,
@@ -19,9 +20,11 @@ from pointd.core.events import (
 )
 from pointd.core.gate import Verdict
 from pointd.core.machine import LIVE_INTENT_STATES, SaleTx
-from pointd.core.records import Sale
-from pointd.core.states import IntentState, SaleState
-from pointd.core.table import Transition, Trigger
+from pointd.core.persistent import PersistentMap
+from pointd.core.policy import Policy
+from pointd.core.records import CoreState, Sale
+from pointd.core.states import HANDOVER_ALLOWED_STATES, IntentState, SaleState
+from pointd.core.table import Step, Transition, Trigger
 
 S = SaleState
 
@@ -78,6 +81,126 @@ def test_each_broken_rule_is_reported_with_a_replayable_counterexample(name: str
     assert [v.rule for v in explore.replay(violation.path, tables=tables)] == [rule]
     assert explore.replay(violation.path) == []
     assert "explore.replay(moves)" in violation.report()
+
+
+# --- STATUS and admission: the core's answers and admission, doctored ----------------------
+
+Status = Callable[[CoreState, int, str], answers.SaleStanding]
+Admit = Callable[[CoreState, Any, float, Policy], Step]
+real_status: Status = answers.status
+real_admit: Admit = machine._admit
+
+
+def _handover_from_the_state_alone(core: CoreState, lane: int, cid: str) -> answers.SaleStanding:
+    # What the register session answered before the core did: the state, not the proof.
+    standing = real_status(core, lane, cid)
+    return dataclasses.replace(standing, handover=standing.state in HANDOVER_ALLOWED_STATES)
+
+
+def _unknown_id_names_the_sale_in_progress(core: CoreState, lane: int,
+                                           cid: str) -> answers.SaleStanding:
+    standing = real_status(core, lane, cid)
+    sale = core.sale_on_lane(lane)
+    if standing.state is None and sale is not None:
+        return real_status(core, lane, sale.correlation_id)
+    return standing
+
+
+def _id_looked_up_on_every_lane(core: CoreState, lane: int, cid: str) -> answers.SaleStanding:
+    newest = max((s for s in core.sales.values() if s.correlation_id == cid),
+                 key=lambda s: (s.requested_at, s.sale_id), default=None)
+    return real_status(core, lane if newest is None else newest.lane, cid)
+
+
+def _final_state_told_as_processing(core: CoreState, lane: int,
+                                    cid: str) -> answers.SaleStanding:
+    standing = real_status(core, lane, cid)
+    sale = core.sale_of_request(lane, cid)
+    if sale is not None and sale.is_final:
+        return dataclasses.replace(standing, state=S.PROCESSING, handover=False)
+    return standing
+
+
+def _admit_on_a_held_terminal(core: CoreState, event: Any, now: float, policy: Policy) -> Step:
+    return real_admit(dataclasses.replace(core, terminals=PersistentMap()), event, now, policy)
+
+
+def _admit_on_a_busy_lane(core: CoreState, event: Any, now: float, policy: Policy) -> Step:
+    return real_admit(dataclasses.replace(core, lanes=PersistentMap()), event, now, policy)
+
+
+STATUS_BREAKS: dict[str, Status] = {
+    "an unknown id answered with the sale in progress": _unknown_id_names_the_sale_in_progress,
+    "an id answered with another lane's sale": _id_looked_up_on_every_lane,
+    "a final state told as processing": _final_state_told_as_processing,
+}
+# Each with the SALE that is wrongly admitted.
+ADMISSION_BREAKS: dict[str, tuple[Admit, str]] = {
+    "a sale admitted on a terminal another lane's sale holds": (
+        _admit_on_a_held_terminal, "lane 2: sale, terminal held"),
+    "a second sale admitted on a busy lane": (_admit_on_a_busy_lane, "register: another sale"),
+}
+
+
+def _caught(monkeypatch: pytest.MonkeyPatch, rule: str) -> explore.Violation:
+    report = explore.explore(4)
+    violation = report.violation
+    assert violation is not None, "not caught"
+    assert violation.rule == rule, violation.report()
+    assert [v.rule for v in explore.replay(violation.path)] == [rule]
+    monkeypatch.undo()
+    assert explore.replay(violation.path) == []
+    return violation
+
+
+@pytest.mark.parametrize("name", list(STATUS_BREAKS))
+def test_each_wrong_status_answer_is_reported_with_a_counterexample(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(answers, "status", STATUS_BREAKS[name])
+    violation = _caught(monkeypatch, "status")
+    assert "STATUS" in violation.detail
+
+
+@pytest.mark.parametrize("name", list(ADMISSION_BREAKS))
+def test_each_broken_admission_is_reported_with_a_counterexample(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admit, second_sale = ADMISSION_BREAKS[name]
+    monkeypatch.setattr(machine, "_admit", admit)
+    violation = _caught(monkeypatch, "admission")
+    assert violation.path[0] == "register: sale"
+    assert violation.path[-1] == second_sale
+
+
+# The explorer found this at depth 7 when STATUS joined its alphabet: the register session
+# answered handover=yes from the state alone, and the checkout HANDOVER_CHECK from the
+# record alone, so a sale closed as handover_unconfirmed kept saying yes after a fraud alert
+# named its payment.
+LATE_FRAUD_ALERT = ["register: sale", "create: created", "api: intent FINISHED",
+                    "payment: approved", "timer: S1 handover", "fraud: this payment"]
+
+
+def test_handover_yes_from_the_state_alone_is_caught_after_a_late_fraud_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moves = [*LATE_FRAUD_ALERT, "register: status"]
+    assert explore.replay(moves) == []
+    monkeypatch.setattr(answers, "status", _handover_from_the_state_alone)
+    [violation] = explore.replay(moves)
+    assert violation.rule == "status"
+    assert "handover_unconfirmed handover=yes" in violation.detail
+
+
+def test_a_handover_check_from_the_record_alone_is_caught_after_a_late_fraud_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moves = [*LATE_FRAUD_ALERT, "register: handover check"]
+    assert explore.replay(moves) == []
+    monkeypatch.setattr(answers, "goods_may_leave", lambda core, sale: sale.may_hand_over)
+    [violation] = explore.replay(moves)
+    assert violation.rule == "handover"
+    assert "HANDOVER_CHECK c1 says allowed=yes" in violation.detail
 
 
 def test_the_restart_reconcile_race_found_by_the_explorer_stays_fixed() -> None:

@@ -88,6 +88,29 @@ async def test_a_fraud_alert_after_an_approved_result_withdraws_it(relayed_store
                      lambda: len(register.of_kind(msg.Withdraw, "wd-1")) > withdraws)
 
 
+async def test_a_fraud_alert_after_an_unconfirmed_handover_takes_back_handover_yes(
+    relayed_store: Store,
+) -> None:
+    # The register never confirmed the handover, so the sale closed as handover_unconfirmed
+    # (the goods may or may not have left). A fraud alert then names its payment: a register
+    # that lost its RESULT and asks STATUS must not be told the goods may leave.
+    store = relayed_store
+    register = store.registers[1]
+    outcome = await approved(store, 1, 2500, "fu-1")
+    await store.advance(daemon=HANDOVER_WAIT)
+    await register.shows("fu-1", S.HANDOVER_UNCONFIRMED)
+    assert (await register.emulator.status("fu-1")).handover is True
+    async with httpx.AsyncClient(base_url=store.sim.base_url) as http:
+        sent = await http.post(f"/_sim/payments/{outcome.payment_id}/fraud_alert")
+    assert sent.json()["status_code"] == 200, sent.text
+    await eventually("the fraud alert",
+                     lambda: outcome.payment_id in store.engine_state.fraud_alerts)
+    status = await register.emulator.status("fu-1")
+    assert (status.state, status.handover) == ("handover_unconfirmed", False)
+    check = await register.emulator.handover_check("fu-1")
+    assert (check.allowed, check.reason) == (False, "handover_unconfirmed")
+
+
 async def run_scripted(store: Store, register: Register,
                        sales: list[ScriptedSale]) -> list[object]:
     """Run the emulator's script mode on a lane, moving the cloud for each sale."""

@@ -104,6 +104,7 @@ class StubEngine:
             amount_cents=self.amounts[cid],
             payment_id=f"P{self.amounts[cid]}" if approved else None,
             card_last4=CARD_LAST4 if approved else None,
+            handover=approved,
         )
 
     async def __call__(self, request: RegisterRequest) -> Reply | None:

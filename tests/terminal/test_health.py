@@ -43,21 +43,20 @@ def record(mode: str = "PDV", device_id: str = DEVICE_ID) -> DeviceRecord:
 
 
 def test_a_healthy_lane_may_sell() -> None:
-    assert check_lane(ATTACHED, record(), False, True) is None
-    assert check_lane(NO_USB_INFO, record(), False, True) is None  # no USB info: no refusal
+    assert check_lane(ATTACHED, record(), True) is None
+    assert check_lane(NO_USB_INFO, record(), True) is None  # no USB info: no refusal
     assert lane_condition(ATTACHED, record(), True) is LaneCondition.READY
 
 
 @pytest.mark.parametrize(
-    ("resolution", "device", "busy", "reachable", "refusal", "condition"),
+    ("resolution", "device", "reachable", "refusal", "condition"),
     [
-        (UNKNOWN, None, False, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
-        (AMBIGUOUS, None, False, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
-        (ATTACHED, None, False, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
+        (UNKNOWN, None, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
+        (AMBIGUOUS, None, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
+        (ATTACHED, None, True, Refusal.TERMINAL_UNKNOWN, LaneCondition.TERMINAL_UNKNOWN),
         (
             ATTACHED,
             record(device_id="OTHER__1"),
-            False,
             True,
             Refusal.TERMINAL_UNKNOWN,
             LaneCondition.TERMINAL_UNKNOWN,
@@ -65,7 +64,6 @@ def test_a_healthy_lane_may_sell() -> None:
         (
             DETACHED,
             record(),
-            False,
             True,
             Refusal.TERMINAL_NOT_CONNECTED,
             LaneCondition.TERMINAL_NOT_CONNECTED,
@@ -73,41 +71,37 @@ def test_a_healthy_lane_may_sell() -> None:
         (
             ATTACHED,
             record("STANDALONE"),
-            False,
             True,
             Refusal.TERMINAL_NOT_PDV,
             LaneCondition.TERMINAL_NOT_PDV,
         ),
-        (ATTACHED, record(), True, True, Refusal.TERMINAL_BUSY, LaneCondition.READY),
         (
             ATTACHED,
             record(),
-            False,
             False,
             Refusal.CLOUD_UNAVAILABLE,
             LaneCondition.CARD_PAYMENTS_UNAVAILABLE,
         ),
     ],
 )
-def test_each_refusal_and_condition(  # noqa: PLR0917  one argument per table column
+def test_each_refusal_and_condition(
     resolution: Resolution,
     device: DeviceRecord | None,
-    busy: bool,
     reachable: bool,
     refusal: Refusal,
     condition: LaneCondition,
 ) -> None:
-    assert check_lane(resolution, device, busy, reachable) is refusal
+    assert check_lane(resolution, device, reachable) is refusal
     assert lane_condition(resolution, device, reachable) is condition
 
 
 def test_pdv_mode_is_read_without_regard_to_case_or_spaces() -> None:
-    assert check_lane(ATTACHED, record(" pdv "), False, True) is None
+    assert check_lane(ATTACHED, record(" pdv "), True) is None
 
 
 def test_an_unlisted_mode_is_not_refused() -> None:
     unknown_mode = DeviceRecord(Device(DEVICE_ID, None), age=5.0, stale=False)
-    assert check_lane(ATTACHED, unknown_mode, False, True) is None
+    assert check_lane(ATTACHED, unknown_mode, True) is None
 
 
 async def test_the_cloud_clients_device_model_is_accepted() -> None:
@@ -123,16 +117,16 @@ async def test_the_cloud_clients_device_model_is_accepted() -> None:
     assert await catalog.refresh(list_devices)
     found = catalog.lookup(DEVICE_ID)
     assert found is not None
-    assert check_lane(ATTACHED, found, False, True) is None
+    assert check_lane(ATTACHED, found, True) is None
 
 
 def test_order_puts_the_fixable_cause_first() -> None:
     # Unplugged and cloud down: the cashier can fix the cable, so that is what is shown.
-    assert check_lane(DETACHED, None, True, False) is Refusal.TERMINAL_NOT_CONNECTED
+    assert check_lane(DETACHED, None, False) is Refusal.TERMINAL_NOT_CONNECTED
     # Cloud down also empties the device list: "unavailable" beats "unknown terminal".
-    assert check_lane(UNKNOWN, None, False, False) is Refusal.CLOUD_UNAVAILABLE
-    # A terminal in the wrong mode is refused before its busy state matters.
-    assert check_lane(ATTACHED, record("STANDALONE"), True, True) is Refusal.TERMINAL_NOT_PDV
+    assert check_lane(UNKNOWN, None, False) is Refusal.CLOUD_UNAVAILABLE
+    # Cloud down beats a wrong mode read from the last good list.
+    assert check_lane(ATTACHED, record("STANDALONE"), False) is Refusal.CLOUD_UNAVAILABLE
 
 
 def test_condition_returns_to_ready_when_causes_clear() -> None:

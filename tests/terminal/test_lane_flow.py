@@ -50,7 +50,7 @@ async def test_unplug_and_replug_move_the_lane_between_ready_and_not_connected(
         record = catalog.lookup(resolution.device_id)
         return (
             lane_condition(resolution, record, cloud_reachable=True),
-            check_lane(resolution, record, False, cloud_reachable=True),
+            check_lane(resolution, record, cloud_reachable=True),
         )
 
     def on_change(_change: TerminalChange) -> None:
@@ -97,7 +97,7 @@ async def test_a_standalone_terminal_alone_on_usb_is_identified_and_reported(
     resolution = resolve_lane_terminal(None, None, watch.view.devices, catalog.devices)
     assert resolution.device_id == "PAX_A910__SMARTPOS1234345545"
     record = catalog.lookup(resolution.device_id)
-    assert check_lane(resolution, record, False, True) is Refusal.TERMINAL_NOT_PDV
+    assert check_lane(resolution, record, True) is Refusal.TERMINAL_NOT_PDV
 
 
 class OverflowingMonitor:
