@@ -106,7 +106,7 @@ def _keyed(secret: str) -> hmac.HMAC:
 
     The relay computes every candidate of every notification with the same secret; a copy
     of a keyed state skips OpenSSL's digest lookup and key setup, which cost more than the
-    MAC of a 60-byte manifest (docs/benchmarks.md, "CPU per event: relay, 2026-12-02").
+    MAC of a 60-byte manifest (docs/benchmarks.md, "Relay CPU per event: the second pass").
     """
     return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
