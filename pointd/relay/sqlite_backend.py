@@ -9,7 +9,6 @@ awaits them; no other thread touches a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -140,13 +139,13 @@ class SqliteStorage:
         connection = self._writer
         if connection is None:
             raise StorageError("storage is not open")
-        return await _run_on(self._writer_pool, work, connection)
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, work, connection)
 
     async def _on_reader(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         connection = self._reader
         if connection is None:
             raise StorageError("storage is not open")
-        return await _run_on(self._reader_pool, work, connection)
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, work, connection)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -443,49 +442,6 @@ class SqliteStorage:
             await self._on_writer(work)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite is not writable: {exc}") from exc
-
-
-def _run_on(
-    pool: ThreadPoolExecutor,
-    work: Callable[[sqlite3.Connection], _T],
-    connection: sqlite3.Connection,
-) -> asyncio.Future[_T]:
-    """``work(connection)`` on ``pool``'s thread, as a future of the running loop.
-
-    What ``run_in_executor`` does, without its concurrent Future, its condition variable and
-    the chain of callbacks between the two futures: the thread settles the loop's future with
-    one ``call_soon_threadsafe``. Every commit pays this hand-off, and at sparse traffic it
-    was a measurable part of the relay's CPU per event (docs/benchmarks.md). As with an
-    executor job, work whose future was cancelled before it started is not run; work already
-    running completes and its result is dropped.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def job() -> None:
-        if future.cancelled():
-            return
-        error: BaseException | None = None
-        result: _T | None = None
-        try:
-            result = work(connection)
-        except BaseException as exc:  # handed to the awaiting coroutine, as an executor does
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed while the work ran
-            loop.call_soon_threadsafe(_settle, future, result, error)
-
-    pool.submit(job)
-    return future
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    """On the loop: settle ``future`` unless it was cancelled meanwhile."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 _LEARN = (
