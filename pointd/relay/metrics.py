@@ -133,6 +133,7 @@ class RelayMetrics:
             ["outcome"],
             registry=self.public,
         )
+        self._intake_by_outcome: dict[str, Counter] = {}
         self._commit = Histogram(
             "pointd_relay_commit_seconds",
             "Duration of one durable group commit.",
@@ -159,7 +160,12 @@ class RelayMetrics:
 
     def count_intake(self, outcome: str) -> None:
         """Count one intake answer by outcome (stored, duplicate, unauthorized, ...)."""
-        self._intake.labels(outcome).inc()
+        counter = self._intake_by_outcome.get(outcome)
+        if counter is None:
+            # labels() takes a lock and validates the label on every call; the outcomes
+            # are a handful of fixed words, so each child is looked up once.
+            counter = self._intake_by_outcome[outcome] = self._intake.labels(outcome)
+        counter.inc()
 
     def observe_commit(self, items: int, seconds: float) -> None:
         """Record one group commit's size and duration."""

@@ -88,6 +88,7 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DUMMY_DIGEST = hashlib.sha256(b"pointd-relay-no-such-store").digest()
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class ClientGone(Exception):
@@ -98,13 +99,25 @@ def _error(status: int, reason: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
 
 
+def _compact_json(payload: Any) -> bytes:
+    """``json.dumps(payload, separators=(",", ":"))``, encoded, with one encoder for the
+    process instead of one built per call."""
+    return _COMPACT_JSON(payload).encode()
+
+
+def _answer_body(outcome: str, event_id: int) -> bytes:
+    """The body of intake's 200, ``{"status":…,"event":…}``, formatted without an encoder:
+    the outcome is one of two fixed words and the event id an integer."""
+    return b'{"status":"%s","event":%d}' % (outcome.encode(), event_id)
+
+
 async def _send_json(
     send: Send,
     status: int,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = payload if isinstance(payload, bytes) else _compact_json(payload)
     await send(
         {
             "type": "http.response.start",
@@ -261,7 +274,7 @@ class RelayService:
             log.info("notification_stored", event_id=result.event_id, kind=item.kind,
                      topic=item.topic, route=result.store or "unrouted", signed=item.signed)
         self._note_rerouted(result)
-        await _send_json(send, 200, {"status": outcome, "event": result.event_id})
+        await _send_json(send, 200, _answer_body(outcome, result.event_id))
 
     def _note_rerouted(self, result: WriteResult) -> None:
         if result.rerouted:
@@ -727,9 +740,7 @@ class _EventStream(Response):
 
 
 def _event_frame(event: StoredEvent) -> bytes:
-    return sse.frame(
-        json.dumps(event.to_json(), separators=(",", ":")).encode(), event_id=event.position
-    )
+    return sse.frame(_compact_json(event.to_json()), event_id=event.position)
 
 
 class _Body:

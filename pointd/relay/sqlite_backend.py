@@ -451,7 +451,8 @@ _LEARN = (
 
 
 def _learn(connection: sqlite3.Connection, taught: dict[str, str], now: float) -> None:
-    connection.executemany(_LEARN, [(key, store, now) for key, store in taught.items()])
+    if taught:  # most cascades learn nothing new; an empty executemany is still a statement
+        connection.executemany(_LEARN, [(key, store, now) for key, store in taught.items()])
 
 
 def _reroute(

@@ -24,6 +24,9 @@ from typing import Any, Protocol
 from pointd.relay.notification import FRAUD_TOPICS
 
 MAX_READ_LIMIT = 500
+# ``json.dumps(..., separators=(",", ":"), sort_keys=True)`` builds an encoder per call; each
+# notification encodes two mappings on the writer's thread.
+_MAPPING_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +227,7 @@ class RouteCascade:
 
 def encode_mapping(mapping: dict[str, str]) -> str:
     """A query or header mapping as stored text."""
-    return json.dumps(mapping, separators=(",", ":"), sort_keys=True)
+    return _MAPPING_JSON(mapping)
 
 
 def decode_mapping(text: str) -> dict[str, str]:

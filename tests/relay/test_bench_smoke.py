@@ -78,3 +78,16 @@ def test_quick_sustained_intake_against_the_floor_runs_and_loses_nothing() -> No
     assert "floor durable" in summary
     assert "(lost 0)" in summary.split("pointd", 1)[1], summary
     assert " ratio x " in summary
+
+
+@pytest.mark.slow
+def test_quick_paired_relays_run_side_by_side() -> None:
+    lines = quick_run("relay_paired.py").splitlines()
+    assert any(line.strip().startswith("calibration: ") for line in lines)
+    (round_line,) = [line for line in lines if line.startswith("round 1: ")]
+    assert "baseline sparse" in round_line
+    assert "candidate sparse" in round_line
+    (summary,) = [line for line in lines if line.startswith("candidate / baseline: ")]
+    assert "sparse x " in summary
+    assert "intake x " in summary
+    assert summary.endswith("(intake failures 0)"), summary
