@@ -19,6 +19,7 @@ import pytest
 import structlog
 import uvicorn
 
+import pointd.logging
 from pointd.logging import configure_logging, recent_log_lines, register_secret
 
 from .conftest import Configure
@@ -209,3 +210,27 @@ def test_an_uncaught_exception_is_a_json_line_not_a_traceback(configure: Configu
     [line] = json_lines(stream.getvalue())
     assert line["event"] == "uncaught_exception"
     assert "RuntimeError: boom" in line["exception"]
+
+
+@pytest.mark.parametrize(("fmt", "renders"), [("json", 1), ("console", 2)])
+def test_a_json_line_is_redacted_once_for_the_stream_and_the_recent_lines(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch, fmt: str, renders: int
+) -> None:
+    calls: list[str] = []
+    real = pointd.logging.redact_event
+
+    def counted(logger: Any, method: str, event_dict: Any) -> Any:
+        calls.append(event_dict["event"])
+        return real(logger, method, event_dict)
+
+    monkeypatch.setattr(pointd.logging, "redact_event", counted)
+    stream = configure(fmt, "info")
+    marker = secrets.token_hex(8)
+    structlog.get_logger("pointd.test").info("once", marker=marker, token="s3cr3t-value")
+    assert calls == ["once"] * renders
+    [kept] = [json.loads(text) for text in recent_log_lines() if marker in text]
+    assert kept["token"] == "[redacted]"
+    assert marker in stream.getvalue()
+    assert "s3cr3t-value" not in stream.getvalue()
+    if fmt == "json":
+        assert json_lines(stream.getvalue()) == [kept]
