@@ -13,6 +13,11 @@ squares) grows by less than 1 % of the rate per second. A run that does not hold
 repeated at 85 % of its rate (at most three times). Afterwards every store stream (the
 floor: its table) is read back: anything answered 200 and not stored is lost (exit 1).
 
+The floor with nothing durable (``bench/relay_floor.py serve``: the same Starlette + uvicorn
+intake, the notification only put on a queue) is sustained the same way first. It is not
+the target's reference; it is the stack's own ceiling on this machine, printed beside the
+target so that a target above it is seen to ask for another stack, not a better commit.
+
 Requests are pre-built and signed before the clock starts (the floor ignores the
 signature); the generator shares the machine's two cores with the server, the same way for
 both, and its CPU is printed.
@@ -203,6 +208,10 @@ async def run(args: argparse.Namespace) -> int:
     print(f"  {args.seconds:g} s open loop at {args.load:g} x capacity, {args.connections} "
           f"connections, backend {args.backend}, replicas {args.replicas}", flush=True)
     results: dict[str, Any] = {}
+    async with floor_process() as memory_floor:
+        _cap, memory_run, memory_runs, _answered = await sustain(
+            "floor (memory, no disk)", [memory_floor], args
+        )
     with tempfile.TemporaryDirectory(prefix="pointd-floor-") as directory:
         async with floor_process(Path(directory) / "floor.sqlite3") as floor:
             _cap, floor_run, floor_runs, floor_answered = await sustain(
@@ -220,8 +229,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"sustained: floor durable {floor_run.rate:.0f}/s (lost {floor_lost}), {name} "
           f"{pointd_run.rate:.0f}/s (lost {pointd_lost}); ratio x {ratio:.2f} "
           f"(target >= {TARGET_RATIO:g}): {'met' if met else 'missed'}", flush=True)
+    ceiling = memory_run.rate / floor_run.rate
+    print(f"ceiling: the floor with nothing durable held {memory_run.rate:.0f}/s "
+          f"({'held' if memory_run.held else 'did not hold'}), x {ceiling:.2f} the durable "
+          f"floor; the target asks for {TARGET_RATIO * floor_run.rate:.0f}/s", flush=True)
     results = {
         "machine": machine,
+        "floor_memory": [vars(r) | {"rate": r.rate, "held": r.held} for r in memory_runs],
+        "ceiling_ratio": ceiling,
         "floor": [vars(r) | {"rate": r.rate, "held": r.held} for r in floor_runs],
         "pointd": [vars(r) | {"rate": r.rate, "held": r.held} for r in pointd_runs],
         "ratio": ratio, "lost": {"floor": floor_lost, "pointd": pointd_lost}, "met": met,
