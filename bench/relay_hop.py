@@ -14,9 +14,13 @@ is where its phase says, and reports the stamps at the end:
   streams it, and the consumer commits each event it reads the same way before it stamps.
 * **pointd stream** / **pointd long-poll** — ``pointd relay`` (SQLite, or PostgreSQL with
   ``--backend postgres``, on ``--replicas`` 1 or 2 relay processes sharing one server) and
-  ``RelayConsumer`` on that leg, whose handler is the daemon's: it journals the batch in a
-  real pointd journal (``Journal.record_relay_batch``: seen keys and cursor, one fsynced
-  transaction); stamped when that commit returned. Durable on both sides. With two
+  ``RelayConsumer`` on that leg, configured as ``pointd run`` configures it (the webhook
+  secret, so each event's signature is checked again), whose handler is the daemon's own
+  ``NotificationHandler`` on a real pointd journal: it reads each notification and journals
+  the batch (``Journal.record_relay_batch``: seen keys and cursor, one fsynced
+  transaction), then gives the engine the intent hint; stamped at that hint, i.e. when the
+  commit returned (the engine's fetch that the hint starts is not part of the hop).
+  Durable on both sides. With two
   replicas, notifications alternate between them and two stores are read, one from each
   replica, so half of each store's events cross replicas through ``LISTEN/NOTIFY``; every
   event must reach its own store's journal once.
