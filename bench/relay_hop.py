@@ -14,9 +14,13 @@ is where its phase says, and reports the stamps at the end:
   streams it, and the consumer commits each event it reads the same way before it stamps.
 * **pointd stream** / **pointd long-poll** — ``pointd relay`` (SQLite, or PostgreSQL with
   ``--backend postgres``, on ``--replicas`` 1 or 2 relay processes sharing one server) and
-  ``RelayConsumer`` on that leg, whose handler is the daemon's: it journals the batch in a
-  real pointd journal (``Journal.record_relay_batch``: seen keys and cursor, one fsynced
-  transaction); stamped when that commit returned. Durable on both sides. With two
+  ``RelayConsumer`` on that leg, configured as ``pointd run`` configures it (the webhook
+  secret, so each event's signature is checked again), whose handler is the daemon's own
+  ``NotificationHandler`` on a real pointd journal: it reads each notification and journals
+  the batch (``Journal.record_relay_batch``: seen keys and cursor, one fsynced
+  transaction), then gives the engine the intent hint; stamped at that hint, i.e. when the
+  commit returned (the engine's fetch that the hint starts is not part of the hop).
+  Durable on both sides. With two
   replicas, notifications alternate between them and two stores are read, one from each
   replica, so half of each store's events cross replicas through ``LISTEN/NOTIFY``; every
   event must reach its own store's journal once.
@@ -63,9 +67,10 @@ from run_record import (  # noqa: E402
     summarize,
 )
 
+from pointd.app.notifications import NotificationHandler  # noqa: E402
 from pointd.journal.store import Journal  # noqa: E402
 from pointd.logging import configure_logging  # noqa: E402
-from pointd.relay.client import Delivery, RelayConsumer, RelayEvent  # noqa: E402
+from pointd.relay.client import Delivery, RelayConsumer  # noqa: E402
 
 START_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 60.0
@@ -86,12 +91,33 @@ class _JournalCursor:
         return int(self._journal.relay_cursor() or 0)
 
 
+@dataclass
+class _StampingEngine:
+    """The engine side of the daemon's ``NotificationHandler``: the handler gives an intent
+    hint once the batch's commit has returned (``Journal.record_relay_batch``), which is
+    where the hop ends; the engine's fetch of that intent from Mercado Pago is not part of
+    the hop, so the hint is stamped and dropped. Bench intents are ``bench-<n>``, sent with
+    the x-request-id ``rq-<n>``."""
+
+    stamps: dict[str, int] = field(default_factory=dict)
+
+    async def submit(self, event: object, *, notification_key: str | None = None) -> object:
+        raise RuntimeError(f"a bench notification became a core event: {event!r}")
+
+    def hint_intent(self, intent_id: str, external_reference: str | None = None) -> bool:
+        self.stamps[f"rq-{int(intent_id.removeprefix('bench-'))}"] = time.monotonic_ns()
+        return True
+
+    def hint_payment(self, payment_id: str) -> bool:
+        raise RuntimeError(f"a bench notification named a payment: {payment_id}")
+
+
 async def consumer_main(args: argparse.Namespace) -> None:
     """A consumer process: prints ``ready`` once connected, then answers each ``report`` on
     stdin with the stamps so far; exits when stdin closes."""
     configure_logging(level="warning", stream=sys.stderr)  # stdout carries the reports
     stamps: dict[str, int] = {}
-    repeats = 0
+    counts: dict[str, int] = {}  # the pointd handler's: "duplicate" is an event journaled twice
     ready = asyncio.Event()
     running: asyncio.Task[None]
     consumer: RelayConsumer | None = None
@@ -107,23 +133,14 @@ async def consumer_main(args: argparse.Namespace) -> None:
         running = asyncio.create_task(relay_floor.consume(args.url, on_floor_event, ready))
     else:
         journal = Journal.open(args.journal)
-
-        async def handler(events: Sequence[RelayEvent], cursor: int) -> None:
-            nonlocal repeats
-            recorded = journal.record_relay_batch([f"relay:{e.id}" for e in events], cursor)
-            now = time.monotonic_ns()
-            for event, fresh in zip(events, recorded, strict=True):
-                if fresh:
-                    stamps[event.headers["x-request-id"]] = now
-                else:
-                    repeats += 1
-
+        handler = NotificationHandler(_StampingEngine(stamps), journal, counts)
         consumer = RelayConsumer(
             args.url,
             args.store,
             relay_intake.STORES[args.store],
             handler,
             _JournalCursor(journal),
+            webhook_secret=relay_intake.SECRET,
             delivery=args.delivery,
             on_health_change=lambda health: ready.set(),
         )
@@ -135,7 +152,7 @@ async def consumer_main(args: argparse.Namespace) -> None:
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
     )
     while await reader.readline():
-        print(json.dumps({"stamps": stamps, "repeats": repeats}), flush=True)
+        print(json.dumps({"stamps": stamps, "repeats": counts.get("duplicate", 0)}), flush=True)
     if consumer is not None:
         consumer.stop()
     running.cancel()

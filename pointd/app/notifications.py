@@ -139,32 +139,42 @@ class NotificationHandler:
     counts: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, events: Sequence[RelayEvent], cursor: int) -> None:
-        """Journal a delivered batch and the relay cursor it reached, then act on its hints."""
-        seen: list[str] = []
-        readings: list[Reading] = []
+        """Journal a delivered batch and the relay cursor it reached, then act on its hints.
+
+        A fraud alert is looked up and submitted before the batch's commit (its effects
+        follow its own fsync); every other event's key goes into the batch's commit, whose
+        INSERT OR IGNORE says which were new: one statement per event instead of a lookup
+        and an insert, and only the new ones are counted, logged and acted on."""
+        batch: list[tuple[str, RelayEvent, Reading]] = []
         for event in events:
             key = f"relay:{event.id}"
+            reading = read_notification(event)
+            if not reading.events:
+                batch.append((key, event, reading))
+                continue
             if self.journal.notification_seen(key):
                 self._count("duplicate")
                 continue
-            if event.verified is False:
-                log.warning("notification.signature_mismatch", relay_id=event.id, kind=event.kind)
-            reading = read_notification(event)
-            if reading.events:
-                first, *rest = reading.events
-                await self.engine.submit(first, notification_key=key)
-                for core_event in rest:
-                    await self.engine.submit(core_event)
-            else:
-                seen.append(key)
-            readings.append(reading)
-            self._count(event.kind)
-        self.journal.record_relay_batch(seen, cursor)
-        for reading in readings:
+            self._note(event)
+            first, *rest = reading.events
+            await self.engine.submit(first, notification_key=key)
+            for core_event in rest:
+                await self.engine.submit(core_event)
+        fresh = self.journal.record_relay_batch([key for key, _event, _reading in batch], cursor)
+        for (_key, event, reading), new in zip(batch, fresh, strict=True):
+            if not new:
+                self._count("duplicate")
+                continue
+            self._note(event)
             for intent_id in reading.intent_hints:
                 self.engine.hint_intent(intent_id, reading.reference)
             for payment_id in reading.payment_hints:
                 self.engine.hint_payment(payment_id)
+
+    def _note(self, event: RelayEvent) -> None:
+        if event.verified is False:
+            log.warning("notification.signature_mismatch", relay_id=event.id, kind=event.kind)
+        self._count(event.kind)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

@@ -161,3 +161,50 @@ async def test_an_unknown_intent_is_fetched_only_for_an_attempt_still_reconcilin
     assert rig.sale().state is SaleState.ON_TERMINAL
     assert rig.cloud.called("get_state") == [INTENT]
     await rig.engine.stop()
+
+
+class CountingEngine:
+    """The rig's real engine, with the hints and submissions it is given counted."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.intent_hints: list[str] = []
+        self.submitted: list[object] = []
+
+    async def submit(self, event: Any, *, notification_key: str | None = None) -> object:
+        self.submitted.append(event)
+        return await self.engine.submit(event, notification_key=notification_key)
+
+    def hint_intent(self, intent_id: str, external_reference: str | None = None) -> bool:
+        self.intent_hints.append(intent_id)
+        return bool(self.engine.hint_intent(intent_id, external_reference))
+
+    def hint_payment(self, payment_id: str) -> bool:
+        return bool(self.engine.hint_payment(payment_id))
+
+
+async def test_a_redelivered_batch_is_journaled_and_acted_on_once(tmp_path: Path) -> None:
+    # The relay sends a batch again after a crash before the ack: a new handler (a new
+    # daemon process) on the same journal hints nothing and submits nothing a second time,
+    # whether the event became a core event (the fraud alert) or only a hint.
+    rig = await open_sale(tmp_path)
+    journal = rig.engine.journal
+    engine = CountingEngine(rig.engine)
+    batch = [
+        relayed(intent_body("FINISHED", FOREIGN_PAYMENT), {"data.id": INTENT}, 1),
+        relayed(json.dumps({"type": "stop_delivery_op_wh",
+                            "data": {"id": "ALERT-1", "payment_id": int(PAYMENT)}}).encode(),
+                {"type": "stop_delivery_op_wh", "data.id": "ALERT-1"}, 2),
+        relayed(intent_body("OPEN"), {"data.id": INTENT}, 3),
+    ]
+    first = NotificationHandler(engine, journal)
+    await first(batch[:2], 2)
+    again = NotificationHandler(engine, journal)
+    await again(batch, 3)
+    assert engine.intent_hints == [INTENT, INTENT]  # events 1 and 3, once each
+    assert engine.submitted == [FraudAlerted(PAYMENT)]
+    assert (first.counts, again.counts) == ({"intent": 1, "webhook": 1},
+                                            {"duplicate": 2, "intent": 1})
+    assert journal.relay_cursor() == "3"
+    assert all(journal.notification_seen(f"relay:{n}") for n in (1, 2, 3))
+    await rig.engine.stop()

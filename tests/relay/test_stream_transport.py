@@ -89,6 +89,51 @@ async def test_silence_past_the_read_timeout_is_a_read_timeout() -> None:
             await read_all(f"http://127.0.0.1:{port}/stream", read_timeout=0.2)
 
 
+async def test_a_stream_that_keeps_talking_outlives_its_read_timeout() -> None:
+    # The read timeout bounds each read, not the stream: chunks every 50 ms for three times
+    # the timeout must all arrive (the one watchdog timer moves to each read's deadline).
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD)
+        for n in range(30):
+            writer.write(chunk(b"data: %d\n\n" % n))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with server(serve) as port:
+        pieces = await read_all(f"http://127.0.0.1:{port}/stream", read_timeout=0.5)
+    assert b"".join(pieces) == b"".join(b"data: %d\n\n" % n for n in range(30))
+
+
+async def test_silence_after_data_is_a_read_timeout_and_time_between_reads_is_not() -> None:
+    # The reader takes three timeouts' worth between two reads (a slow journal commit):
+    # that is not silence. Then the relay says nothing: that is.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD + chunk(b"data: one\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # a second TCP segment, not a timing assertion
+        writer.write(chunk(b"data: two\n\n"))
+        await writer.drain()
+        await reader.read()  # silent until the client gives up and closes
+        writer.close()
+
+    pieces: list[bytes] = []
+    async with server(serve) as port, httpx.AsyncClient(
+        transport=DirectStreamTransport(), timeout=httpx.Timeout(IO_TIMEOUT, read=0.2)
+    ) as client, client.stream("GET", f"http://127.0.0.1:{port}/stream") as response:
+        chunks = response.aiter_raw()
+        pieces.append(await anext(chunks))
+        await asyncio.sleep(0.6)
+        pieces.append(await anext(chunks))
+        with pytest.raises(httpx.ReadTimeout):
+            await anext(chunks)
+    assert b"".join(pieces) == b"data: one\n\ndata: two\n\n"
+
+
 async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
