@@ -90,11 +90,12 @@ async def test_silence_past_the_read_timeout_is_a_read_timeout() -> None:
 
 
 async def test_a_refused_connection_is_a_connect_error() -> None:
+    # Bound but not listening: connects are refused, and no other process can listen there.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(httpx.ConnectError):
-        await read_all(f"http://127.0.0.1:{port}/stream")
+        with pytest.raises(httpx.ConnectError):
+            await read_all(f"http://127.0.0.1:{port}/stream")
 
 
 async def test_it_sends_nothing_but_get() -> None:
