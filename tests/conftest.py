@@ -20,6 +20,13 @@ from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis fails an example that takes over 200 ms by default; with every core running a
+# test worker beside other suites, a scheduling stall can be that long. How fast code runs is
+# measured in bench/, never asserted in a test, so no property test has a deadline.
+settings.register_profile("pointd", deadline=None)
+settings.load_profile("pointd")
 
 # Turns of the loop a finished test gets for callbacks that end tasks (done callbacks,
 # cancellations being delivered) before what is still pending counts as left behind.
@@ -27,6 +34,16 @@ SETTLE_TURNS = 20
 # A thread that is stopping may need a moment to end after its join was asked; this bounds it.
 THREAD_END_TIMEOUT = 10.0
 THREAD_LOOK_INTERVAL = 0.01
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow tests (whole processes, up to a minute each) first.
+
+    pytest-xdist hands tests to its workers in this order; a slow test handed out last
+    would leave one worker running it alone while the others have nothing left to do.
+    The sort is stable, so each module's tests keep their order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
