@@ -14,6 +14,7 @@ Every test must leave nothing running behind it (as aioesphomeapi's conftest ins
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Generator
@@ -34,6 +35,17 @@ SETTLE_TURNS = 20
 # A thread that is stopping may need a moment to end after its join was asked; this bounds it.
 THREAD_END_TIMEOUT = 10.0
 THREAD_LOOK_INTERVAL = 0.01
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start be stopped with Ctrl-C (SIGINT), as a technician does.
+
+    A suite started in the background of a non-interactive shell (``cmd &`` in a CI script,
+    a job runner) inherits SIGINT ignored, and an ignored signal stays ignored across exec:
+    every ``pointctl watch`` the tests then interrupt would run on until its test times out.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
