@@ -14,12 +14,20 @@ Every test must leave nothing running behind it (as aioesphomeapi's conftest ins
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis fails an example that takes over 200 ms by default; with every core running a
+# test worker beside other suites, a scheduling stall can be that long. How fast code runs is
+# measured in bench/, never asserted in a test, so no property test has a deadline.
+settings.register_profile("pointd", deadline=None)
+settings.load_profile("pointd")
 
 # Turns of the loop a finished test gets for callbacks that end tasks (done callbacks,
 # cancellations being delivered) before what is still pending counts as left behind.
@@ -27,6 +35,27 @@ SETTLE_TURNS = 20
 # A thread that is stopping may need a moment to end after its join was asked; this bounds it.
 THREAD_END_TIMEOUT = 10.0
 THREAD_LOOK_INTERVAL = 0.01
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start be stopped with Ctrl-C (SIGINT), as a technician does.
+
+    A suite started in the background of a non-interactive shell (``cmd &`` in a CI script,
+    a job runner) inherits SIGINT ignored, and an ignored signal stays ignored across exec:
+    every ``pointctl watch`` the tests then interrupt would run on until its test times out.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow tests (whole processes, up to a minute each) first.
+
+    pytest-xdist hands tests to its workers in this order; a slow test handed out last
+    would leave one worker running it alone while the others have nothing left to do.
+    The sort is stable, so each module's tests keep their order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ insists that the leak fails it, and that the same module without the leak passes
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,25 @@ def test_a_clean_test_passes(pytester: pytest.Pytester) -> None:
                                    "    await asyncio.sleep(0)\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == 0
+
+
+def test_a_suite_started_with_ctrl_c_ignored_still_interrupts_its_children(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(CONFTEST.read_text(encoding="utf-8"))
+    pytester.makepyfile(test_child=(
+        "import signal, subprocess, sys\n\n"
+        "def test_it():\n"
+        "    probe = 'import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)'\n"
+        "    done = subprocess.run([sys.executable, '-c', probe], capture_output=True,\n"
+        "                          text=True, check=True)\n"
+        "    assert done.stdout.strip() == 'False'\n"
+    ))
+    # As `cmd &` in a non-interactive shell starts it: the fresh pytest inherits SIG_IGN.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.ret == 0, result.stdout.str()

@@ -67,3 +67,6 @@ def test_the_readme_installs_what_its_first_two_commands_need() -> None:
     assert "uvicorn" not in base
     assert "-e '.[test]'" in tests
     assert any(r.startswith("pointd[relay") for r in extras["test"])
+    # The suite runs on every core: `-n` is pytest-xdist's option.
+    assert re.search(r"-m pytest .*-n auto", tests)
+    assert any(r.startswith("pytest-xdist") for r in extras["test"])

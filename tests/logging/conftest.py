@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 
+import pointd.logging
 from pointd.logging import configure_logging
 
 Configure = Callable[..., io.StringIO]
@@ -34,3 +35,15 @@ def configure() -> Iterator[Configure]:
     logging.captureWarnings(False)
     sys.excepthook = sys.__excepthook__
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def registered_secrets_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the values a logging test registers as secrets once it ends.
+
+    The registry is process-wide, and the property tests register arbitrary text ("0000",
+    "2026"): left registered, it redacts ordinary numbers in whatever test the same process
+    runs next (under pytest-xdist, in any order).
+    """
+    monkeypatch.setattr(pointd.logging, "_registered", set(pointd.logging._registered))
+    monkeypatch.setattr(pointd.logging, "_registered_pattern", pointd.logging._registered_pattern)

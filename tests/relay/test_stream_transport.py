@@ -135,11 +135,12 @@ async def test_silence_after_data_is_a_read_timeout_and_time_between_reads_is_no
 
 
 async def test_a_refused_connection_is_a_connect_error() -> None:
+    # Bound but not listening: connects are refused, and no other process can listen there.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(httpx.ConnectError):
-        await read_all(f"http://127.0.0.1:{port}/stream")
+        with pytest.raises(httpx.ConnectError):
+            await read_all(f"http://127.0.0.1:{port}/stream")
 
 
 async def test_it_sends_nothing_but_get() -> None:

@@ -28,6 +28,9 @@ import pytest
 # Start-up of a fresh cluster on a loaded 2-core machine takes a few seconds.
 STARTUP_TIMEOUT = 30.0
 TEMPLATE = "pointd_template"
+# What the postmaster logs when its port is already bound, and how many ports it is offered.
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 5
 
 
 def find_binaries() -> Path | None:
@@ -120,6 +123,19 @@ def start_server(*, durable: bool = False) -> PostgresServer:
             "no PostgreSQL binaries (initdb, postgres) on PATH or in /usr/lib/postgresql"
         )
     user = _unprivileged_user() if os.geteuid() == 0 else None
+    directory = initialise_cluster(binaries, user)
+    for _ in range(PORT_ATTEMPTS):
+        # Between the probe closing its socket and postgres binding the port, another
+        # process (a sibling pytest-xdist worker starting its own server, say) may take it.
+        server = launch(binaries, directory, user, port=_free_port(), durable=durable)
+        if server is not None:
+            return server
+    shutil.rmtree(directory, ignore_errors=True)
+    raise RuntimeError(f"PostgreSQL found no free port in {PORT_ATTEMPTS} attempts")
+
+
+def initialise_cluster(binaries: Path, user: str | None) -> Path:
+    """A fresh cluster in a new temporary directory (owned by ``user`` if given)."""
     directory = Path(tempfile.mkdtemp(prefix="pointd-pg-"))
     directory.chmod(0o755)
     data = directory / "data"
@@ -145,7 +161,13 @@ def start_server(*, durable: bool = False) -> PostgresServer:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    return directory
+
+
+def launch(
+    binaries: Path, directory: Path, user: str | None, *, port: int, durable: bool = False
+) -> PostgresServer | None:
+    """Start the cluster in ``directory`` on ``port``; None if another process holds it."""
     settings = [
         "-c",
         "listen_addresses=127.0.0.1",
@@ -158,9 +180,14 @@ def start_server(*, durable: bool = False) -> PostgresServer:
         # Tests crash the relay, never the database server, so the server's own fsync adds
         # only time; commits are still made before the relay answers.
         settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
-    log = open(directory / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    log_path = directory / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
-        _as_user([str(binaries / "postgres"), "-D", str(data), "-p", str(port), *settings], user),
+        _as_user(
+            [str(binaries / "postgres"), "-D", str(directory / "data"), "-p", str(port),
+             *settings],
+            user,
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -171,16 +198,25 @@ def start_server(*, durable: bool = False) -> PostgresServer:
     while True:
         try:
             with psycopg.connect(server.dsn(), autocommit=True, connect_timeout=2) as connection:
-                connection.execute(f"CREATE DATABASE {TEMPLATE}")
-            break
+                # A sibling's server that won the port answers too: ours will fail to bind.
+                [answering] = connection.execute("SHOW data_directory").fetchone() or [""]
+                if Path(answering).resolve() == (directory / "data").resolve():
+                    connection.execute(f"CREATE DATABASE {TEMPLATE}")
+                    return server
+            process.terminate()
+            process.wait()
+            log.close()
+            return None
         except psycopg.OperationalError:
+            if process.poll() is not None and PORT_TAKEN in log_path.read_text(errors="replace"):
+                log.close()
+                return None
             if process.poll() is not None or time.monotonic() > deadline:
                 stop_server(server)
                 raise RuntimeError(
-                    "PostgreSQL did not start: " + (directory / "server.log").read_text()[-2000:]
+                    "PostgreSQL did not start: " + log_path.read_text()[-2000:]
                 ) from None
             time.sleep(0.1)
-    return server
 
 
 def stop_server(server: PostgresServer) -> None:
