@@ -79,7 +79,10 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self._address)
-                sock.sendall(message.encode(errors="replace"))
+                # Never wait on the event loop: a notify socket whose queue is full (systemd
+                # not reading) drops this message, as a missed ping, instead of the daemon
+                # stopping until systemd reads.
+                sock.send(message.encode(errors="replace"), socket.MSG_DONTWAIT)
         except OSError as exc:
             # Missing READY gets the unit failed by systemd's start timeout and a missing
             # WATCHDOG gets it restarted; crashing here would only lose the journal's view.
@@ -133,7 +136,8 @@ class WatchdogLoop:
         try:
             # A check that hangs is as unhealthy as one that fails; never wait past the
             # interval or the ping would be late even when the answer is yes.
-            healthy = await asyncio.wait_for(self._check(), self._interval)
+            async with asyncio.timeout(self._interval):
+                healthy = await self._check()
         except Exception as exc:
             log.warning("health_check_failed", error=repr(exc))
             return False

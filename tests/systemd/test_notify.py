@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,57 @@ async def test_a_hanging_check_never_pings(path_listener: tuple[str, Listener]) 
     # The check is bounded by the ping interval; a tiny interval keeps the test instant.
     assert await WatchdogLoop(hang, Notifier(address), interval=0.01).beat() is False
     assert listener.messages() == []
+
+
+async def test_a_stop_that_lands_as_the_check_answers_still_stops_the_loop(
+    path_listener: tuple[str, Listener],
+) -> None:
+    # The daemon stops by cancelling its tasks and waiting for each. On Python 3.11 a
+    # cancellation that arrives while asyncio.wait_for's inner task has just finished is
+    # swallowed (wait_for returns the result), so a loop built on it never ends and the
+    # failed daemon never exits. Here the check itself cancels the loop as it answers.
+    address, _listener = path_listener
+    looping: asyncio.Task[None] | None = None
+    checks = 0
+
+    async def answers_as_the_stop_lands() -> bool:
+        nonlocal checks
+        checks += 1
+        if checks == 1:
+            assert looping is not None
+            looping.cancel()
+        return True
+
+    watchdog = WatchdogLoop(answers_as_the_stop_lands, Notifier(address), interval=0.01)
+    looping = asyncio.create_task(watchdog.run())
+    done, _ = await asyncio.wait({looping}, timeout=10)
+    if not done:
+        looping.cancel()  # lands in the sleep this time, so the test can end
+        await asyncio.wait({looping})
+    assert done, f"the watchdog loop went on after it was cancelled ({checks} checks)"
+    assert looping.cancelled()
+
+
+def test_a_notify_socket_nobody_reads_drops_pings_instead_of_blocking(
+    path_listener: tuple[str, Listener],
+) -> None:
+    # The daemon sends from its event loop: a full queue must cost a missed ping, never a
+    # daemon stopped until systemd reads. The sender runs in a thread so that a blocking
+    # send fails this test instead of hanging it.
+    address, listener = path_listener
+    notifier = Notifier(address)
+    outcome: list[bool] = []
+
+    def ping_until_refused() -> None:
+        for _ in range(1_000_000):
+            if not notifier.watchdog():
+                outcome.append(False)
+                return
+        outcome.append(True)
+
+    sender = threading.Thread(target=ping_until_refused, daemon=True)
+    sender.start()
+    sender.join(timeout=60)
+    assert not sender.is_alive(), "a send to a full notify socket blocked"
+    assert outcome == [False]
+    assert listener.messages()[:1] == ["WATCHDOG=1"]
