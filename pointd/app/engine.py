@@ -207,8 +207,17 @@ class Engine:
         # Hinted fetches in flight, and whether another hint came meanwhile.
         self._hinted: dict[tuple[str, str], bool] = {}
         self._stopping = False
-        self.healthy = True
+        self._journal_failed = asyncio.Event()
         self.last_step_at: float | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False once a journal write failed: the daemon must not go on deciding."""
+        return not self._journal_failed.is_set()
+
+    async def wait_journal_failure(self) -> None:
+        """Return when a journal write has failed (never, while the journal works)."""
+        await self._journal_failed.wait()
 
     @property
     def state(self) -> CoreState:
@@ -245,7 +254,7 @@ class Engine:
                     notification_key=notification_key,
                 )
             except Exception:
-                self.healthy = False
+                self._journal_failed.set()
                 log.critical("engine.journal_failed", event_type=type(event).__name__)
                 raise
             self._state = result.state
@@ -738,6 +747,7 @@ async def _drain(
     queue: asyncio.Queue[TellRegister | TellRefund], within: float
 ) -> None:
     try:
-        await asyncio.wait_for(queue.join(), within)
+        async with asyncio.timeout(within):
+            await queue.join()
     except TimeoutError:
         log.warning("engine.register_messages_dropped_at_stop", pending=queue.qsize())

@@ -90,9 +90,6 @@ log = structlog.get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-# How often the engine's health is looked at: a journal that cannot be written makes the
-# engine unhealthy, and the daemon must then fail within about this long.
-HEALTH_CHECK_INTERVAL = 1.0
 # Random bytes in a new sale or refund id (a ULID's 80 random bits).
 SALE_ID_ENTROPY = 10
 
@@ -624,10 +621,8 @@ async def run(parts: Parts) -> int:
 
 
 async def _watch_engine(engine: Engine) -> None:
-    while True:
-        await asyncio.sleep(HEALTH_CHECK_INTERVAL)
-        if not engine.healthy:
-            raise EngineUnhealthy("the journal could not be written")
+    await engine.wait_journal_failure()
+    raise EngineUnhealthy("the journal could not be written")
 
 
 async def _healthy(supervisor: Supervisor, engine: Engine) -> bool:

@@ -66,8 +66,10 @@ MAX_SUBSCRIBER_BUFFER = 256 * 1024
 RESPONSE_WRITE_TIMEOUT = 30.0
 # Probing an existing socket file to see whether another daemon still listens on it.
 STALE_PROBE_TIMEOUT = 1.0
-# How often ``watch`` looks whether the socket file is still this server's.
-SOCKET_CHECK_INTERVAL = 1.0
+# How often ``watch`` looks whether the socket file is still this server's. A removed socket
+# is rare (a cleanup of /run) and systemd restarts the daemon once it is seen; each look
+# wakes an idle daemon, so it is not looked at every second.
+SOCKET_CHECK_INTERVAL = 10.0
 READ_CHUNK = 65536
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -520,7 +522,8 @@ class ControlServer:
                 for line in framer.feed(data):
                     response = await self._answer(connection, line)
                     writer.write(encode(response))
-                    await asyncio.wait_for(writer.drain(), RESPONSE_WRITE_TIMEOUT)
+                    async with asyncio.timeout(RESPONSE_WRITE_TIMEOUT):
+                        await writer.drain()
         except (ConnectionError, TimeoutError):
             log.info("control_connection_lost", uid=caller.uid, pid=caller.pid)
         finally:
