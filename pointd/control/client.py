@@ -60,9 +60,8 @@ class ControlClient:
     ) -> ControlClient:
         """Open the socket; raise ``ConnectFailed`` or ``AccessDenied`` (nothing was sent)."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(os.fspath(path)), connect_timeout
-            )
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_unix_connection(os.fspath(path))
         except PermissionError as exc:
             raise AccessDenied(f"no permission to open {os.fspath(path)}: {exc.strerror}") from None
         except (OSError, TimeoutError) as exc:
@@ -90,7 +89,8 @@ class ControlClient:
         try:
             self._writer.write(encode(request))
             await self._writer.drain()
-            return await asyncio.wait_for(future, answer_timeout)
+            async with asyncio.timeout(answer_timeout):
+                return await future
         except (ConnectionError, TimeoutError) as exc:
             raise OutcomeUnknown(
                 f"{method}: no answer from the daemon ({type(exc).__name__}); "

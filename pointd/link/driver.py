@@ -421,4 +421,5 @@ class LinkDriver:
 
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()

@@ -113,7 +113,8 @@ async def open_port(url: str, baudrate: int) -> Port:
     sock = socket.socket(family, kind, proto)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, address), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await loop.sock_connect(sock, address)
     except (OSError, TimeoutError) as exc:
         sock.close()
         raise OSError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc

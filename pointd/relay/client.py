@@ -335,7 +335,8 @@ class RelayConsumer:
         sent = 0
         while self._ack_wanted > sent:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_now.wait(), ACK_DELAY)
+                async with asyncio.timeout(ACK_DELAY):
+                    await self._ack_now.wait()
             sent = self._ack_wanted
             with contextlib.suppress(RelayUnreachable, RelayRefused):
                 await self._request("POST", f"/stores/{self._store}/ack", json={"cursor": sent})

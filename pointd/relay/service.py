@@ -394,7 +394,8 @@ class RelayService:
                 if events or remaining <= 0 or self._closing:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, WAKE_RECHECK_INTERVAL))
+                    async with asyncio.timeout(min(remaining, WAKE_RECHECK_INTERVAL)):
+                        await changed.wait()
         except StorageError as exc:
             log.warning("store_read_failed", store=store, error=str(exc))
             return _error(503, "storage unavailable")

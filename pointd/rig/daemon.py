@@ -74,7 +74,8 @@ class InProcessDaemon:
         """Ask it to stop (as SIGTERM does) and return ``run``'s exit code."""
         assert self._run is not None
         self._parts.request_stop()
-        return await asyncio.wait_for(self._run, within)
+        async with asyncio.timeout(within):
+            return await self._run
 
 
 @dataclass

@@ -75,7 +75,8 @@ class Child:
     async def wait(self, within: float) -> int:
         """Wait for it to exit by itself; its exit code (TimeoutError after ``within``)."""
         assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), within)
+        async with asyncio.timeout(within):
+            code = await self.process.wait()
         self.exit_codes.append(code)
         return code
 
@@ -94,7 +95,8 @@ class Child:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             try:
-                code = await asyncio.wait_for(process.wait(), within)
+                async with asyncio.timeout(within):
+                    code = await process.wait()
             except TimeoutError:
                 process.kill()
                 code = await process.wait()

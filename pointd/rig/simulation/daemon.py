@@ -217,7 +217,8 @@ class SimDaemon:
             return None
         parts.request_stop()
         try:
-            code = await asyncio.wait_for(asyncio.shield(run_task), within)
+            async with asyncio.timeout(within):
+                code = await asyncio.shield(run_task)
         except TimeoutError:
             self.kill()
             return None

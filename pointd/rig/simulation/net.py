@@ -265,7 +265,8 @@ class Network:
         started = host.start(scope, body, gone)
         self._crossed(client, name, request)
         try:
-            answer = await asyncio.wait_for(asyncio.shield(started), read_timeout)
+            async with asyncio.timeout(read_timeout):
+                answer = await asyncio.shield(started)
         except TimeoutError:
             gone.set()
             self._trace(f"net {what} read timeout")

@@ -530,7 +530,8 @@ class Simulation:
             wait = start + fault.at - self.loop.time()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sold.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await sold.wait()
             if sold.is_set():
                 return
             self.tally.planned[fault.kind] += 1
@@ -667,7 +668,8 @@ class Simulation:
         self.network.trip(kind, client=daemon.name, host=CLOUD_HOST, method=method,
                           path_part=path, action=kill_now)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(crossed.wait(), TRIP_WIRE_WAIT)
+            async with asyncio.timeout(TRIP_WIRE_WAIT):
+                await crossed.wait()
         self.network.untrip(kind)
         if not crossed.is_set():
             return False

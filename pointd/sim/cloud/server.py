@@ -274,7 +274,8 @@ class CloudSimulator:
             due = self.world.next_due()
             wait = None if due is None else self.clock.real_seconds_until(due)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     # -- webhooks --------------------------------------------------------------------
 

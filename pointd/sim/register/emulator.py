@@ -436,8 +436,9 @@ class RegisterEmulator:
                     self.hellos_sent += 1
                     await self.send_message(msg.Hello(self._versions, self._register_name))
                     # The protocol's HELLO_REPLY_TIMEOUT: no answer, say HELLO again.
-                    await asyncio.wait_for(
-                        future, max(0.0, min(HELLO_REPLY_TIMEOUT, deadline - loop.time())))
+                    async with asyncio.timeout(
+                            max(0.0, min(HELLO_REPLY_TIMEOUT, deadline - loop.time()))):
+                        await future
                 except (LinkError, EmulatorError, TimeoutError) as exc:
                     if isinstance(exc, DaemonRejected):
                         raise
@@ -458,7 +459,8 @@ class RegisterEmulator:
             future = self._expect(reply_kind, correlation_id)
             try:
                 await self.send_message(message)
-                return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    return await future
             except DaemonRejected as exc:
                 if exc.error.code is not msg.ErrorCode.HELLO_REQUIRED:
                     raise
