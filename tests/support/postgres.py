@@ -28,7 +28,8 @@ import pytest
 # Start-up of a fresh cluster on a loaded 2-core machine takes a few seconds.
 STARTUP_TIMEOUT = 30.0
 TEMPLATE = "pointd_template"
-# What the postmaster logs when its port is already bound, and how many ports it is offered.
+# What the postmaster logs when its port is already bound (its messages are kept in English
+# by lc_messages=C, whatever the machine's locale), and how many ports it is offered.
 PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 5
 
@@ -175,6 +176,8 @@ def launch(
         f"unix_socket_directories={directory}",
         "-c",
         "max_connections=100",
+        "-c",
+        "lc_messages=C",
     ]
     if not durable:
         # Tests crash the relay, never the database server, so the server's own fsync adds
