@@ -48,7 +48,7 @@ from relay_intake import (  # noqa: E402
     percentile,
     request_bytes,
 )
-from run_record import describe_machine, print_machine  # noqa: E402
+from run_record import add_run_arguments, describe_machine, print_machine, save_json  # noqa: E402
 
 from tests.security.hostile_bodies import crafted_bodies  # noqa: E402
 
@@ -208,6 +208,13 @@ async def run(args: argparse.Namespace) -> int:
     print(f"p99 under hostile load / reference p99: {ratio:.2f}; p99 {p99:.2f} ms "
           f"= {p99 / calibration:.3f} calibrations; target p99 <= {TARGET_P99_MS:g} ms: "
           f"{'met' if p99 <= TARGET_P99_MS else 'missed'}; lost {lost}", flush=True)
+    if args.json is not None:
+        path = save_json("relay_hostile", args.json, {
+            "benchmark": "relay_hostile", "quick": args.quick, "machine": machine,
+            "figures": {f.name: f.values for f in results},
+            "p99 ratio": ratio, "lost": lost,
+        })
+        print(f"figures saved to {path}")
     return 1 if lost else 0
 
 
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="hostile clients send only requests the relay refuses (no unique IPN to store)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny run: proves it works")
+    add_run_arguments(parser)
     parser.add_argument("--hostile-worker", nargs=2, metavar=("HOST", "PORT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
