@@ -30,15 +30,3 @@ def test_mypy_strict_finds_nothing_in_pointd() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
 
-
-def test_no_asyncio_wait_for_in_pointd() -> None:
-    # On Python 3.11 asyncio.wait_for swallows a cancellation that lands just as its inner
-    # task finishes, so a loop built on it can outlive the daemon's stop (a failed daemon
-    # that never exited: tests/systemd/test_notify.py). asyncio.timeout has no such race.
-    offenders = [
-        f"{path.relative_to(ROOT)}:{number}"
-        for path in sorted((ROOT / "pointd").rglob("*.py"))
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if "asyncio.wait_for(" in line
-    ]
-    assert offenders == [], "asyncio.wait_for (use asyncio.timeout): " + ", ".join(offenders)
