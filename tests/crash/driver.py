@@ -69,17 +69,19 @@ _CREATE_PATH_SUFFIXES = ("/payment-intents", "/v1/orders")
 def crash_policy() -> Policy:
     """Short timers so a sale ends quickly, long enough that none races an HTTP answer.
 
-    The poll fallback stands in for webhooks (the simulator sends none here). Verify,
-    reconcile and create-retry timers are far longer than a loopback answer, so each run
-    journals the same events in the same order and crash point k is the same write in
-    every run; escalation and abandonment never fire.
+    The poll fallback stands in for webhooks (the simulator sends none here). It and the
+    verify, reconcile and create-retry timers are far longer than a loopback answer, so each
+    run journals the same events in the same order and crash point k is the same write in
+    every run; escalation and abandonment never fire. (A poll due every 0.05 s was not: with
+    both cores busy a fetch took longer, the poll fired again before its answer, and the run
+    journaled one TimerExpired more than its baseline.)
     """
     return Policy(
         currency="ARS",
         collector_id="123456789",
         min_amount_cents=500,
         max_amount_cents=400_000_000,
-        poll_fallback_after=0.05,
+        poll_fallback_after=1.0,
         verify_initial_backoff=2.0,
         verify_max_backoff=2.0,
         confirmation_escalate_after=600.0,
